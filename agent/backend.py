@@ -118,6 +118,7 @@ class GpuHealthData:
     temp_shutdown_c: int | None = None  # NVML_TEMPERATURE_THRESHOLD_SHUTDOWN
     power_w: float | None = None
     power_limit_w: float | None = None  # enforced limit
+    power_default_limit_w: float | None = None  # nvmlDeviceGetPowerManagementDefaultLimit
     clock_event_reasons: int | None = None  # bitmask, CLOCK_EVENT_* above
     ecc_enabled: bool | None = None
     ecc_volatile_uncorrected: int | None = None
@@ -168,6 +169,7 @@ class NvLinkTopology:
     gpus: list[tuple[int, str | None, list[NvLinkState]]]  # (index, uuid, links)
     p2p: list[P2PLink] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "GPU 2: ..." for GPUs that could not be read
 
 
 @dataclass(frozen=True)

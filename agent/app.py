@@ -1,0 +1,306 @@
+"""Command line and wiring: options -> backend -> tools -> protocol session.
+
+``main`` is the ``gpu-agent`` console script (and ``python -m agent``): it serves one MCP
+session on stdin/stdout. ``create_session`` gives the same session without a process,
+for the simulated cluster's in-process exec.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from agent import __version__, protocol
+from agent.errors import AgentError, UsageError
+from agent.protocol import MAX_MESSAGE_BYTES, Session
+from agent.tools import INSTRUCTIONS, Toolbox
+
+if TYPE_CHECKING:
+    import argparse
+
+    from agent.backend import Backend
+
+DESCRIPTION = """\
+Read-only NVIDIA GPU diagnostics for one Kubernetes node, served as an MCP server
+(JSON-RPC 2.0, one message per line) on stdin/stdout. Logs go to stderr.
+
+Tools: get_gpu_inventory, get_gpu_health, analyze_xid_errors, get_gpu_processes,
+get_nvlink_topology.
+"""
+
+EPILOG = """\
+examples:
+  gpu-agent                                  # NVML on this node's GPUs
+  gpu-agent --backend fake                   # a simulated 8x H100 node with faults
+  gpu-agent --backend fake --scenario s.json # your own simulated node
+  gpu-agent --host-proc /host/proc           # map GPU processes to pods
+
+When NVML cannot be initialised (no driver, pod without runtimeClassName: nvidia) the
+agent still starts and answers; every GPU tool then returns an error that says why.
+Each tool call is bounded by --call-timeout: a call stuck in the driver is answered with
+an error and abandoned, and the agent keeps answering.
+"""
+
+
+DEFAULTS: dict[str, Any] = {
+    "backend": "nvml",
+    "scenario": None,
+    "kmsg": None,
+    "host_proc": None,
+    "call_timeout": 20.0,
+    "log_level": "warning",
+}
+_FLAGS = {"--" + dest.replace("_", "-"): dest for dest in DEFAULTS}
+BACKENDS = ("nvml", "fake")
+
+
+class Options:
+    """Parsed ``gpu-agent`` options (see ``build_parser`` for their meaning)."""
+
+    def __init__(
+        self,
+        backend: str,
+        scenario: str | None,
+        kmsg: str | None,
+        host_proc: str | None,
+        call_timeout: float,
+        log_level: str,
+    ) -> None:
+        self.backend = backend
+        self.scenario = scenario
+        self.kmsg = kmsg
+        self.host_proc = host_proc
+        self.call_timeout = call_timeout
+        self.log_level = log_level
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Options) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Options({vars(self)})"
+
+
+def _seconds(text: str) -> float | None:
+    """A --call-timeout value, or None when it is not a number in (0, 3600]."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value <= 3600 else None
+
+
+def _fast_parse(args: Sequence[str]) -> Options | None:
+    """Parse the common, well-formed command lines without argparse (importing and
+    building it costs ~5 ms of the start-up budget). None: let argparse decide (help,
+    version, abbreviations, anything invalid), so its messages stay the only ones."""
+    values = dict(DEFAULTS)
+    i = 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                return None
+            value = args[i + 1]
+            i += 1
+        i += 1
+        dest = _FLAGS.get(flag)
+        if dest is None or (value.startswith("-") and not eq):
+            return None
+        values[dest] = value
+    timeout = _seconds(str(values["call_timeout"]))
+    if (
+        values["backend"] not in BACKENDS
+        or values["log_level"] not in protocol.LOG_LEVELS
+        or timeout is None
+    ):
+        return None
+    values["call_timeout"] = timeout
+    return Options(**values)
+
+
+def _seconds_type(text: str) -> float:
+    import argparse
+
+    value = _seconds(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds > 0 and ≤ 3600, got {text!r}"
+        )
+    return value
+
+
+def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
+    """The ``gpu-agent`` option parser. ``raise_errors``: raise UsageError instead of
+    printing and exiting (for create_session)."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            if not raise_errors:
+                super().error(message)
+            raise UsageError(f"{message} (see gpu-agent --help)")
+
+        def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+            if not raise_errors:
+                super().exit(status, message)
+            raise UsageError(message or "--help and --version are only for the command line")
+
+    parser = Parser(
+        prog="gpu-agent",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULTS["backend"],
+        help="where GPU facts come from: nvml (the real driver, default) or fake (a scenario)",
+    )
+    parser.add_argument(
+        "--scenario",
+        metavar="FILE",
+        help="fake backend: JSON scenario describing GPUs and faults "
+        "(default: the bundled 8x H100 node with three faulty GPUs)",
+    )
+    parser.add_argument(
+        "--kmsg",
+        metavar="PATH",
+        help="kernel log to read XIDs from (default /dev/kmsg; with --backend fake the "
+        "scenario's own records unless --kmsg is given). Needs CAP_SYSLOG when "
+        "kernel.dmesg_restrict=1",
+    )
+    parser.add_argument(
+        "--host-proc",
+        metavar="PATH",
+        help="the host's /proc, to map GPU processes to pods (default: no pod mapping)",
+    )
+    parser.add_argument(
+        "--call-timeout",
+        type=_seconds_type,
+        default=DEFAULTS["call_timeout"],
+        metavar="SECONDS",
+        help="answer a tool call with an error when it runs longer (default 20)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=tuple(protocol.LOG_LEVELS),
+        default=DEFAULTS["log_level"],
+        help="stderr verbosity (default warning)",
+    )
+    parser.add_argument("--version", action="version", version=f"gpu-agent {__version__}")
+    return parser
+
+
+def parse_options(args: Sequence[str], raise_errors: bool = False) -> Options:
+    """Options from a command line (fast path first, argparse for everything else)."""
+    options = _fast_parse(args)
+    if options is None:
+        options = Options(**vars(build_parser(raise_errors).parse_args(list(args))))
+    return options
+
+
+def _factory(options: Options) -> Callable[[], Backend]:
+    if options.backend == "fake":
+        scenario: str | None = options.scenario
+
+        def fake() -> Backend:
+            from agent.fake import load_scenario
+
+            return load_scenario(scenario)
+
+        return fake
+
+    def nvml() -> Backend:
+        from agent.nvml import NvmlBackend  # the only import of pynvml, and only here
+
+        return NvmlBackend()
+
+    return nvml
+
+
+def session_from(options: Options, write: Callable[[bytes], None]) -> Session:
+    """Build the backend (eagerly for fake, lazily for NVML), tools and session."""
+    if options.scenario is not None and options.backend != "fake":
+        raise UsageError("--scenario only applies to --backend fake")
+    if options.host_proc is not None and not os.path.isdir(options.host_proc):
+        raise UsageError(
+            f"--host-proc {options.host_proc}: not a directory (mount the host's /proc there)"
+        )
+    protocol.log_threshold = protocol.LOG_LEVELS[options.log_level]
+    toolbox = Toolbox(
+        _factory(options),
+        backend_name=options.backend,
+        kmsg_path=options.kmsg,
+        host_proc=options.host_proc,
+        eager=options.backend == "fake",  # a bad scenario is a start-up error
+    )
+    return Session(
+        toolbox,
+        write,
+        call_timeout=options.call_timeout,
+        server_version=__version__,
+        instructions=INSTRUCTIONS,
+    )
+
+
+def create_session(args: Sequence[str], write: Callable[[bytes], None]) -> Session:
+    """A session for ``gpu-agent ARGS`` without a process (the simulated cluster's exec).
+
+    ``write`` receives complete newline-terminated JSON lines, possibly from worker
+    threads. Raises AgentError subclasses (UsageError, ScenarioError...) for bad input.
+    """
+    return session_from(parse_options(args, raise_errors=True), write)
+
+
+def serve(session: Session, stream: object) -> None:
+    """Feed ``stream``'s lines to ``session`` until EOF; over-long lines are skipped
+    without being held in memory, and answered with an error."""
+    readline = stream.readline  # type: ignore[attr-defined]
+    while True:
+        line: bytes = readline(MAX_MESSAGE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
+            size = len(line)
+            while True:  # drain the rest of this line in bounded pieces
+                rest: bytes = readline(MAX_MESSAGE_BYTES)
+                size += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            session.refuse_oversized(size)
+            continue
+        session.feed(line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gpu-agent``: serve MCP on stdin/stdout until stdin closes."""
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    try:
+        session = session_from(options, write)
+    except AgentError as exc:
+        protocol.log(str(exc), "error")
+        return 2
+    protocol.log(f"serving MCP on stdio (backend {options.backend})", "info")
+    try:
+        serve(session, sys.stdin.buffer)
+    except KeyboardInterrupt:
+        return 130
+    session.close()
+    try:
+        sys.stdout.flush()
+    except OSError:  # the reader went away: keep Python's exit-time flush quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if session.busy:
+        # Threads stuck inside the driver could block interpreter shutdown: leave now.
+        sys.stderr.flush()
+        os._exit(0)
+    return 0

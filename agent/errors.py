@@ -1,0 +1,32 @@
+"""The agent's exceptions. ``str(error)`` is a message for the user: what went wrong
+and what to do next."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base class of every error the agent raises on purpose."""
+
+
+class BackendUnavailable(AgentError):
+    """NVML could not be initialised (libnvidia-ml.so.1 missing, driver not loaded...)."""
+
+
+class ScenarioError(AgentError):
+    """The fake backend's scenario file is unreadable or malformed."""
+
+
+class KmsgUnavailable(AgentError):
+    """The kernel log cannot be read; the message says why (e.g. needs CAP_SYSLOG)."""
+
+
+class ToolArgumentError(AgentError):
+    """A tool was called with arguments its inputSchema rejects (JSON-RPC -32602)."""
+
+
+class NvmlTimeout(AgentError):
+    """A bounded NVML call did not return in time."""
+
+
+class UsageError(AgentError):
+    """Bad command-line arguments (the message includes the usage hint)."""

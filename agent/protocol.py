@@ -1,0 +1,653 @@
+"""JSON-RPC 2.0 / MCP server core over newline-delimited messages (standard library only).
+
+One :class:`Session` per connection. ``feed`` takes one message at a time from the
+reader (stdin in ``gpu-agent``, an exec stream in the simulated cluster). Cheap
+methods (``initialize``, ``ping``, ``tools/list``) are answered on the caller's
+thread; ``tools/call`` runs on a bounded set of daemon worker threads, so several
+requests may be in flight and are answered in any order. Every tool call has a
+deadline: a call stuck in a driver is answered with an error result when the
+deadline passes and its thread is abandoned (daemon threads never block exit).
+
+The agent deliberately does not use the ``mcp`` SDK: importing it costs ~1.3 CPU-s
+and 63 MiB, far over the in-pod budget (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from agent.errors import AgentError, ToolArgumentError
+
+SUPPORTED_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+LATEST_VERSION = SUPPORTED_VERSIONS[-1]
+MAX_MESSAGE_BYTES = 1 << 20  # a longer line is refused (and skipped) without being parsed
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+MAX_WORKERS = 4  # NVML serialises most calls internally; more threads buy nothing
+MAX_QUEUED = 256  # tool calls waiting for a worker before new ones are refused
+MAX_HUNG = 8  # abandoned (timed-out) calls still running before new calls are refused
+
+Json = dict[str, Any]
+Writer = Callable[[bytes], None]
+
+
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+log_threshold = LOG_LEVELS["warning"]  # set by --log-level
+
+
+def log(message: str, level: str = "warning") -> None:
+    """Write one diagnostic line to stderr (stdout carries only protocol).
+
+    ``logging`` is not used: importing it costs more than the whole protocol core.
+    """
+    if LOG_LEVELS.get(level, 30) < log_threshold:
+        return
+    try:
+        sys.stderr.write(f"gpu-agent: {level}: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr closed: nothing better to do
+        pass
+
+
+class RpcError(Exception):
+    """A JSON-RPC error answer for the request being handled."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class ToolProvider(Protocol):
+    """What the session needs from the tool layer (agent.tools.Toolbox implements it)."""
+
+    timeout_hint: str  # appended to the timeout message: what probably hung, what to do
+
+    def definitions(self) -> list[Json]:
+        """The tools offered now (MCP Tool objects, newest protocol shape)."""
+        ...
+
+    def call(self, name: str, arguments: Json) -> Json:
+        """Run a tool; return its structured result. Raise AgentError for a failure the
+        user should read (it becomes an ``isError`` result)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --- a tiny JSON Schema validator: only the keywords our inputSchemas use -----------------
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == "object":
+        return isinstance(value, dict)
+    if kind == "array":
+        return isinstance(value, list)
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "null":
+        return value is None
+    if isinstance(value, bool):  # bool is an int in Python, never in JSON
+        return False
+    if kind == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if kind == "number":
+        return isinstance(value, int | float) and math.isfinite(value)
+    return True  # unknown type names are not ours to reject
+
+
+def validate(value: Any, schema: Mapping[str, Any], path: str = "arguments") -> list[str]:
+    """Check ``value`` against a JSON Schema subset (type, enum, properties, required,
+    additionalProperties, items, minimum/maximum, exclusiveMinimum/Maximum, minLength,
+    maxLength). Returns readable problems; empty means valid."""
+    kinds = schema.get("type")
+    if kinds is not None:
+        allowed = [kinds] if isinstance(kinds, str) else list(kinds)
+        if not any(_type_ok(value, k) for k in allowed):
+            return [f"{path} must be {' or '.join(allowed)}, got {_json_type(value)}"]
+    problems: list[str] = []
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{path} must be one of {json.dumps(schema['enum'])}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        for key, word in _BOUNDS:
+            bound = schema.get(key)
+            if not isinstance(bound, int | float):
+                continue
+            if key == "minimum":
+                ok = value >= bound
+            elif key == "maximum":
+                ok = value <= bound
+            elif key == "exclusiveMinimum":
+                ok = value > bound
+            else:
+                ok = value < bound
+            if not ok:
+                problems.append(f"{path} must be {word} {bound}, got {_brief(value)}")
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            problems.append(f"{path} must have at least {schema['minLength']} characters")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            problems.append(f"{path} must have at most {schema['maxLength']} characters")
+    if isinstance(value, dict):
+        props: Mapping[str, Any] = schema.get("properties", {})
+        for key in schema.get("required", ()):
+            if key not in value:
+                problems.append(f"{path}.{key} is required")
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in props:
+                problems.extend(validate(item, props[key], f"{path}.{key}"))
+            elif extra is False:
+                known = ", ".join(props) or "none"
+                problems.append(f"{path} has unknown property {key!r} (known: {known})")
+            elif isinstance(extra, Mapping):
+                problems.extend(validate(item, extra, f"{path}.{key}"))
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for i, item in enumerate(value):
+            problems.extend(validate(item, schema["items"], f"{path}[{i}]"))
+    return problems
+
+
+_BOUNDS = (
+    ("minimum", "≥"),
+    ("maximum", "≤"),
+    ("exclusiveMinimum", ">"),
+    ("exclusiveMaximum", "<"),
+)
+
+
+def _brief(value: Any) -> str:
+    text = (
+        repr(value) if not isinstance(value, int) or value.bit_length() < 200 else "a huge number"
+    )
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+# --- protocol-version shaping -------------------------------------------------------------
+
+
+def negotiate(requested: Any) -> str:
+    """The version we answer: the client's when we speak it, else our latest (the client
+    then decides whether to continue, per the MCP lifecycle)."""
+    return requested if requested in SUPPORTED_VERSIONS else LATEST_VERSION
+
+
+def shape_tool(tool: Json, version: str) -> Json:
+    """Drop Tool fields a client of an older protocol version does not know."""
+    if version >= "2025-06-18":
+        return tool
+    drop = (
+        {"title", "outputSchema"}
+        if version == "2025-03-26"
+        else {"title", "outputSchema", "annotations"}
+    )
+    return {k: v for k, v in tool.items() if k not in drop}
+
+
+def _finite(value: Any) -> Any:
+    """Replace NaN/Infinity (not JSON) by null, e.g. a driver's garbage reading."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """Compact, strictly valid JSON (non-finite numbers become null)."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def tool_result(structured: Json, version: str) -> Json:
+    """A successful CallToolResult: structuredContent plus the same JSON as text."""
+    text = dumps(structured)  # the whole answer goes through dumps() again when sent
+    result: Json = {"content": [{"type": "text", "text": text}], "isError": False}
+    if version >= "2025-06-18":  # structuredContent arrived with 2025-06-18
+        result["structuredContent"] = structured
+    return result
+
+
+def error_result(message: str) -> Json:
+    """A CallToolResult for a tool that ran and failed: the model reads the message."""
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+_METHODS = frozenset({"initialize", "ping", "tools/list", "tools/call"})
+
+
+def _id_key(rid: Any) -> tuple[bool, Any]:
+    # "1" and 1 are different ids
+    return (isinstance(rid, str), rid)
+
+
+def _valid_id(rid: Any) -> bool:
+    return isinstance(rid, str) or (isinstance(rid, int) and not isinstance(rid, bool))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class _Call:
+    """One accepted tools/call request, from acceptance to its single answer."""
+
+    __slots__ = (
+        "rid",
+        "name",
+        "arguments",
+        "done",
+        "cancelled",
+        "timed_out",
+        "slot",
+        "timer",
+        "started",
+    )
+
+    def __init__(self, rid: Any, name: str, arguments: Json) -> None:
+        self.rid = rid
+        self.name = name
+        self.arguments = arguments
+        self.done = False
+        self.cancelled = False
+        self.timed_out = False
+        self.slot = False  # holds (or held) a worker slot; False while queued
+        self.timer: threading.Timer | None = None
+        self.started = 0.0
+
+
+class Session:
+    """One MCP connection. ``write`` gets complete newline-terminated JSON lines and is
+    called from several threads (serialised here under a lock)."""
+
+    def __init__(
+        self,
+        provider: ToolProvider,
+        write: Writer,
+        *,
+        call_timeout: float = 20.0,
+        server_name: str = "k8s-gpu-mcp-agent",
+        server_version: str = "0",
+        instructions: str = "",
+        max_workers: int = MAX_WORKERS,
+    ) -> None:
+        self.provider = provider
+        self._write = write
+        self.call_timeout = call_timeout
+        self._server_info = {"name": server_name, "version": server_version}
+        self._instructions = instructions
+        self._max_workers = max_workers
+        self.version = LATEST_VERSION  # until initialize says otherwise
+        self.client_info: Json | None = None
+        self.initialized = False
+        self._write_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._inflight: dict[tuple[bool, Any], _Call] = {}
+        self._queue: deque[_Call] = deque()
+        self._running = 0  # worker threads counted against max_workers
+        self._hung = 0  # abandoned threads still inside a tool
+        self._outstanding = 0  # accepted tools/call requests not yet answered or dropped
+        self._closed = False
+        self._write_failed = False
+
+    # --- input ---------------------------------------------------------------------------
+
+    def feed(self, line: bytes | str) -> None:
+        """Handle one message (a line without its newline; surrounding blanks ignored)."""
+        if self._closed:
+            return
+        if len(line) > MAX_MESSAGE_BYTES:
+            self.refuse_oversized(len(line))
+            return
+        line = line.strip()
+        if not line:
+            return
+        try:
+            message = json.loads(line, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            self._send_error(None, PARSE_ERROR, f"Parse error: {_short(exc)}")
+            return
+        try:
+            self._dispatch(message)
+        except Exception as exc:  # a bug must cost one answer, never the session
+            log(f"internal error handling a message: {type(exc).__name__}: {exc}")
+            rid = message.get("id") if isinstance(message, dict) else None
+            self._send_error(rid if _valid_id(rid) else None, INTERNAL_ERROR, "Internal error")
+
+    def refuse_oversized(self, size: int) -> None:
+        """Answer a message that was too long to read (the reader skipped it)."""
+        self._send_error(
+            None,
+            INVALID_REQUEST,
+            f"Invalid Request: message of {size} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit",
+        )
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, list):
+            self._send_error(
+                None,
+                INVALID_REQUEST,
+                "Invalid Request: JSON-RPC batches are not supported (MCP removed batching in "
+                "2025-06-18); send one message per line",
+            )
+            return
+        if not isinstance(message, dict):
+            self._send_error(None, INVALID_REQUEST, "Invalid Request: a message must be an object")
+            return
+        has_id = "id" in message
+        rid = message.get("id")
+        if has_id and not _valid_id(rid):
+            self._send_error(
+                None, INVALID_REQUEST, "Invalid Request: id must be a string or integer"
+            )
+            return
+        answer_id = rid if has_id else None
+        if message.get("jsonrpc") != "2.0":
+            self._send_error(answer_id, INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"')
+            return
+        if "method" not in message:
+            if has_id and ("result" in message or "error" in message):
+                return  # a response; this server never sends requests, so nothing waits for it
+            self._send_error(answer_id, INVALID_REQUEST, 'Invalid Request: "method" is missing')
+            return
+        method = message["method"]
+        if not isinstance(method, str):
+            self._send_error(
+                answer_id, INVALID_REQUEST, 'Invalid Request: "method" must be a string'
+            )
+            return
+        params = message.get("params")
+        if params is not None and not isinstance(params, dict | list):
+            self._send_error(
+                answer_id, INVALID_REQUEST, 'Invalid Request: "params" must be an object'
+            )
+            return
+        if not has_id:
+            self._notification(method, params)
+            return
+        try:
+            result = self._request(rid, method, params)
+        except RpcError as err:
+            self._send_error(rid, err.code, err.message, err.data)
+            return
+        if result is not None:
+            self._send({"jsonrpc": "2.0", "id": rid, "result": result})
+
+    def _notification(self, method: str, params: Any) -> None:
+        if method == "notifications/initialized":
+            self.initialized = True
+        elif method == "notifications/cancelled" and isinstance(params, dict):
+            rid = params.get("requestId")
+            if _valid_id(rid):
+                self._cancel(rid)
+        # unknown notifications are ignored, as JSON-RPC and MCP require
+
+    def _request(self, rid: Any, method: str, raw_params: Json | list[Any] | None) -> Json | None:
+        if method not in _METHODS:
+            raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+        if isinstance(raw_params, list):
+            raise RpcError(INVALID_PARAMS, "Invalid params: params must be an object")
+        params = raw_params or {}
+        if method == "initialize":
+            return self._initialize(params)
+        if method == "ping":
+            return {}
+        if method == "tools/list":
+            cursor = params.get("cursor")
+            if cursor is not None and not isinstance(cursor, str):
+                raise RpcError(INVALID_PARAMS, "Invalid params: cursor must be a string")
+            return {"tools": [shape_tool(t, self.version) for t in self.provider.definitions()]}
+        if method == "tools/call":
+            self._accept_call(rid, params)
+            return None  # answered by a worker
+        raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+
+    def _initialize(self, params: Json) -> Json:
+        requested = params.get("protocolVersion")
+        if not isinstance(requested, str):
+            raise RpcError(INVALID_PARAMS, "Invalid params: protocolVersion (string) is required")
+        self.version = negotiate(requested)
+        info = params.get("clientInfo")
+        self.client_info = info if isinstance(info, dict) else None
+        result: Json = {
+            "protocolVersion": self.version,
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": dict(self._server_info),
+        }
+        if self._instructions:
+            result["instructions"] = self._instructions
+        return result
+
+    # --- tool calls ------------------------------------------------------------------------
+
+    def _accept_call(self, rid: Any, params: Json) -> None:
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise RpcError(INVALID_PARAMS, "Invalid params: name (string) is required")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params: arguments must be an object")
+        tools = {t["name"]: t for t in self.provider.definitions()}
+        tool = tools.get(name)
+        if tool is None:
+            known = ", ".join(sorted(tools)) or "none"
+            raise RpcError(INVALID_PARAMS, f"Unknown tool: {name} (this agent has: {known})")
+        problems = validate(arguments, tool.get("inputSchema", {}))
+        if problems:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"Invalid arguments for tool {name}: " + "; ".join(problems),
+                {"problems": problems},
+            )
+        call = _Call(rid, name, arguments)
+        key = _id_key(rid)
+        start = refuse = False
+        with self._lock:
+            if key in self._inflight:
+                raise RpcError(INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in use")
+            if len(self._queue) >= MAX_QUEUED:
+                raise RpcError(
+                    INTERNAL_ERROR,
+                    f"Agent busy: {MAX_QUEUED} tool calls are already waiting; retry later",
+                )
+            self._inflight[key] = call
+            self._outstanding += 1
+            if self._hung >= MAX_HUNG:
+                refuse = True
+            elif self._running < self._max_workers:
+                self._running += 1
+                call.slot = start = True
+            else:
+                self._queue.append(call)
+        if refuse:
+            message = (
+                f"{self._hung} earlier tool calls are still stuck (each ran past the "
+                f"{self.call_timeout:g} s --call-timeout); {self.provider.timeout_hint} "
+                "This agent refuses new calls until they return: end this session and start a "
+                "new one once the node is fixed."
+            )
+            self._finish(call, error_result(message), from_worker=False)
+        elif start:
+            self._start(call)
+
+    def _start(self, call: _Call) -> None:
+        call.started = time.monotonic()
+        timer = threading.Timer(self.call_timeout, self._expire, (call,))
+        timer.daemon = True
+        call.timer = timer
+        worker = threading.Thread(
+            target=self._run, args=(call,), name=f"tool {call.name}", daemon=True
+        )
+        timer.start()
+        worker.start()
+
+    def _run(self, call: _Call) -> None:
+        try:
+            result = tool_result(self.provider.call(call.name, call.arguments), self.version)
+        except ToolArgumentError as exc:
+            result = error_result(f"Invalid arguments: {exc}")
+        except AgentError as exc:
+            result = error_result(str(exc))
+        except Exception as exc:  # a tool bug is reported to the caller, never kills the agent
+            log(f"tool {call.name} failed unexpectedly: {type(exc).__name__}: {exc}", "error")
+            result = error_result(
+                f"Tool {call.name} failed unexpectedly: {type(exc).__name__}: {exc}. "
+                "Retry once; if it persists, report it with the agent's stderr."
+            )
+        self._finish(call, result, from_worker=True)
+
+    def _expire(self, call: _Call) -> None:
+        message = (
+            f"Tool {call.name} did not finish within {self.call_timeout:g} s (--call-timeout). "
+            f"{self.provider.timeout_hint} The agent stays responsive; the stuck call was "
+            "abandoned."
+        )
+        if self._finish(call, error_result(message), from_worker=False, expired=True):
+            log(f"tool {call.name} (id {call.rid!r}) timed out after {self.call_timeout:g} s")
+
+    def _finish(
+        self, call: _Call, result: Json, *, from_worker: bool, expired: bool = False
+    ) -> bool:
+        """Settle a call exactly once (worker, deadline, or refusal, whichever comes
+        first); False when it was already settled."""
+        nxt: _Call | None = None
+        with self._lock:
+            if call.done:
+                if from_worker and call.timed_out:
+                    self._hung -= 1  # the abandoned thread came back after all
+                return False
+            call.done = True
+            if expired:
+                call.timed_out = True
+                self._hung += 1
+            self._inflight.pop(_id_key(call.rid), None)
+            if call.slot:  # it held a worker slot (or was abandoned): free the slot
+                self._running -= 1
+                if self._queue:
+                    nxt = self._queue.popleft()
+                    nxt.slot = True
+                    self._running += 1
+            cancelled = call.cancelled
+        if call.timer is not None:
+            call.timer.cancel()
+        if nxt is not None:
+            self._start(nxt)
+        if log_threshold <= 10:
+            took = (time.monotonic() - call.started) * 1000 if call.started else 0.0
+            state = "cancelled" if cancelled else "error" if result.get("isError") else "ok"
+            log(f"tool {call.name} id={call.rid!r}: {state} in {took:.1f} ms", "debug")
+        if cancelled:
+            return True  # MCP: no response; _cancel already stopped waiting for it
+        self._send({"jsonrpc": "2.0", "id": call.rid, "result": result})
+        with self._lock:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.notify_all()
+        return True
+
+    def _cancel(self, rid: Any) -> None:
+        with self._lock:
+            call = self._inflight.get(_id_key(rid))
+            if call is None or call.done:
+                return  # unknown or finished: the spec says ignore
+            call.cancelled = True
+            if not call.slot:  # still queued: drop it before it starts
+                self._queue.remove(call)
+                call.done = True
+                del self._inflight[_id_key(rid)]
+            # No answer will be sent, so shutdown need not wait for it. A running call
+            # cannot be interrupted: its thread finishes (or is abandoned) and the result
+            # is dropped.
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.notify_all()
+
+    # --- output ----------------------------------------------------------------------------
+
+    def _send_error(self, rid: Any, code: int, message: str, data: Any = None) -> None:
+        error: Json = {"code": code, "message": message}
+        if data is not None:
+            error["data"] = data
+        self._send({"jsonrpc": "2.0", "id": rid, "error": error})
+
+    def _send(self, message: Json) -> None:
+        data = dumps(message).encode() + b"\n"
+        with self._write_lock:
+            if self._write_failed:
+                return
+            try:
+                self._write(data)
+            except Exception as exc:  # the reader went away; keep draining quietly
+                self._write_failed = True
+                log(f"cannot write answers any more ({type(exc).__name__}: {exc})")
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> int:
+        """Threads still inside a tool: running (even if cancelled) or abandoned."""
+        with self._lock:
+            return self._running + self._hung
+
+    @property
+    def hung(self) -> int:
+        """Tool calls abandoned after their deadline that have not returned yet."""
+        return self._hung
+
+    def close(self) -> None:
+        """Input ended: answer every accepted request (each is bounded by its deadline),
+        then release the backend unless a thread is still inside it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            while self._outstanding:
+                self._idle.wait()
+        if self.busy:
+            log(f"{self.busy} tool call(s) still running at exit; backend left open under them")
+            return
+        try:
+            self.provider.close()
+        except Exception as exc:  # best effort at exit
+            log(f"closing the backend failed: {type(exc).__name__}: {exc}")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."

@@ -1,0 +1,736 @@
+"""The agent's MCP tools: their definitions (the catalog the broker imports) and handlers.
+
+Handlers turn backend snapshots into JSON, judge health (``agent.health``), read and
+explain XIDs (``agent.xid``) and map processes to pods (``agent.procs``). Those modules
+are imported on first use so ``tools/list`` and the start-up path stay cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.errors import BackendUnavailable, KmsgUnavailable
+
+if TYPE_CHECKING:
+    from agent.backend import Backend, KmsgRecord
+    from agent.xid import XidEvent
+
+Json = dict[str, Any]
+
+STATUSES = ["healthy", "warning", "degraded", "critical"]
+DEFAULT_SINCE_MINUTES = 60
+DEFAULT_KMSG = "/dev/kmsg"
+
+ANNOTATIONS: Json = {
+    "readOnlyHint": True,
+    "destructiveHint": False,
+    "idempotentHint": True,
+    "openWorldHint": False,
+}
+
+# --- schema building blocks --------------------------------------------------------------
+
+
+def _n(kind: str) -> Json:
+    """A nullable scalar: null means the GPU or driver does not support the query."""
+    return {"type": [kind, "null"]}
+
+
+_STR_LIST: Json = {"type": "array", "items": {"type": "string"}}
+
+NODE_SCHEMA: Json = {
+    "type": "object",
+    "description": "Which node and agent answered.",
+    "properties": {
+        "name": {"type": "string", "description": "Kubernetes node name (NODE_NAME) or hostname"},
+        "hostname": {"type": "string"},
+        "backend": {"type": "string", "enum": ["nvml", "fake"]},
+        "driver_version": _n("string"),
+        "cuda_driver_version": _n("string"),
+        "agent_version": {"type": "string"},
+    },
+    "required": ["name", "hostname", "backend", "driver_version", "agent_version"],
+}
+
+_SINCE: Json = {
+    "type": "number",
+    "exclusiveMinimum": 0,
+    "maximum": 525600,
+    "default": DEFAULT_SINCE_MINUTES,
+    "description": "Look back this many minutes in the kernel log (default 60; max one year).",
+}
+
+_MIG_INSTANCE: Json = {
+    "type": "object",
+    "properties": {
+        "gpu_instance_id": {"type": "integer"},
+        "compute_instance_id": _n("integer"),
+        "uuid": _n("string"),
+        "profile": _n("string"),
+        "memory_total_mib": _n("integer"),
+    },
+    "required": ["gpu_instance_id"],
+}
+
+_INVENTORY_GPU: Json = {
+    "type": "object",
+    "properties": {
+        "index": {"type": "integer"},
+        "name": _n("string"),
+        "uuid": _n("string"),
+        "serial": _n("string"),
+        "pci_bus_id": _n("string"),
+        "memory_total_mib": _n("integer"),
+        "memory_used_mib": _n("integer"),
+        "mig_mode_current": _n("boolean"),
+        "mig_mode_pending": _n("boolean"),
+        "mig_instances": {"type": "array", "items": _MIG_INSTANCE},
+        "persistence_mode": _n("boolean"),
+        "power_limit_w": _n("number"),
+        "sm_clock_mhz": _n("integer"),
+        "mem_clock_mhz": _n("integer"),
+        "sm_clock_max_mhz": _n("integer"),
+        "mem_clock_max_mhz": _n("integer"),
+        "compute_capability": _n("string"),
+        "vbios_version": _n("string"),
+        "lost": {"type": "boolean"},
+        "error": _n("string"),
+        "unsupported": _STR_LIST,
+    },
+    "required": ["index", "name", "uuid", "pci_bus_id", "lost", "unsupported"],
+}
+
+_ISSUE: Json = {
+    "type": "object",
+    "properties": {
+        "check": {"type": "string"},
+        "severity": {"type": "string", "enum": STATUSES[1:] + ["info"]},
+        "message": {"type": "string"},
+        "action": {"type": "string"},
+    },
+    "required": ["check", "severity", "message", "action"],
+}
+
+_HEALTH_GPU: Json = {
+    "type": "object",
+    "properties": {
+        "index": {"type": "integer"},
+        "uuid": _n("string"),
+        "name": _n("string"),
+        "pci_bus_id": _n("string"),
+        "status": {"type": "string", "enum": STATUSES},
+        "issues": {"type": "array", "items": _ISSUE},
+        "metrics": {"type": "object"},
+        "unsupported": _STR_LIST,
+    },
+    "required": ["index", "uuid", "pci_bus_id", "status", "issues", "unsupported"],
+}
+
+_XID_LOG: Json = {
+    "type": "object",
+    "description": "Where XIDs came from and whether the kernel log could be read.",
+    "properties": {
+        "source": {"type": "string"},
+        "readable": {"type": "boolean"},
+        "reason": _n("string"),
+        "events_in_window": {"type": "integer"},
+        "unmatched_events": {
+            "type": "integer",
+            "description": "XIDs in the window whose PCI bus id matched no visible GPU",
+        },
+    },
+    "required": ["source", "readable", "reason", "events_in_window"],
+}
+
+_XID_GROUP: Json = {
+    "type": "object",
+    "properties": {
+        "xid": {"type": "integer"},
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
+        "immediate_action": _n("string"),
+        "investigatory_action": _n("string"),
+        "recommended_action": {"type": "string"},
+        "gpu_index": _n("integer"),
+        "gpu_uuid": _n("string"),
+        "pci_bus_id": {"type": "string"},
+        "count": {"type": "integer", "minimum": 1},
+        "first_seen": {"type": "string", "description": "UTC ISO-8601"},
+        "last_seen": {"type": "string", "description": "UTC ISO-8601"},
+        "pids": {"type": "array", "items": {"type": "integer"}},
+        "processes": _STR_LIST,
+        "recovery_action": _n("string"),
+        "last_message": {"type": "string"},
+    },
+    "required": [
+        "xid",
+        "name",
+        "severity",
+        "recommended_action",
+        "gpu_index",
+        "gpu_uuid",
+        "pci_bus_id",
+        "count",
+        "first_seen",
+        "last_seen",
+    ],
+}
+
+_XID_SUMMARY: Json = {
+    "type": "object",
+    "properties": {
+        "events": {"type": "integer", "minimum": 0},
+        "groups": {"type": "integer", "minimum": 0},
+        "critical": {"type": "integer", "minimum": 0},
+        "warning": {"type": "integer", "minimum": 0},
+        "info": {"type": "integer", "minimum": 0},
+        "gpus_affected": {"type": "integer", "minimum": 0},
+        "worst_severity": {
+            "type": ["string", "null"],
+            "enum": ["info", "warning", "critical", None],
+        },
+    },
+    "required": ["events", "groups", "critical", "warning", "info", "worst_severity"],
+}
+
+_NVLINK: Json = {
+    "type": "object",
+    "properties": {
+        "link": {"type": "integer"},
+        "active": {"type": "boolean"},
+        "remote_pci_bus_id": _n("string"),
+        "replay_errors": _n("integer"),
+        "recovery_errors": _n("integer"),
+        "crc_flit_errors": _n("integer"),
+        "crc_data_errors": _n("integer"),
+    },
+    "required": ["link", "active"],
+}
+
+_POD: Json = {
+    "type": ["object", "null"],
+    "description": "The pod the process belongs to, from its cgroup (needs --host-proc)",
+    "properties": {
+        "pod_uid": _n("string"),
+        "container_id": _n("string"),
+        "runtime": _n("string"),
+        "qos_class": _n("string"),
+    },
+}
+
+TOOL_DEFINITIONS: list[Json] = [
+    {
+        "name": "get_gpu_inventory",
+        "title": "GPU inventory",
+        "description": (
+            "List the NVIDIA GPUs on this node and the driver: driver and CUDA driver "
+            "version, and per GPU its index, model name, UUID, serial, PCI bus id, memory, "
+            "MIG mode (and MIG instances when enabled), persistence mode, power limit, "
+            "clocks and compute capability. Use it to learn what hardware is installed; "
+            "use get_gpu_health to learn whether it is working. Null fields are queries "
+            "this GPU or driver does not support."
+        ),
+        "inputSchema": {"type": "object", "properties": {}, "additionalProperties": False},
+        "outputSchema": {
+            "type": "object",
+            "properties": {
+                "node": NODE_SCHEMA,
+                "driver": {
+                    "type": "object",
+                    "properties": {
+                        "driver_version": _n("string"),
+                        "cuda_driver_version": _n("string"),
+                        "nvml_version": _n("string"),
+                        "gpu_count": {"type": "integer", "minimum": 0},
+                    },
+                    "required": ["driver_version", "cuda_driver_version", "gpu_count"],
+                },
+                "gpus": {"type": "array", "items": _INVENTORY_GPU},
+            },
+            "required": ["node", "driver", "gpus"],
+        },
+        "annotations": {"title": "GPU inventory", **ANNOTATIONS},
+    },
+    {
+        "name": "get_gpu_health",
+        "title": "GPU health check",
+        "description": (
+            "Judge the health of every NVIDIA GPU on this node. Returns the node status "
+            "(the worst GPU's) and per GPU a status of healthy, warning, degraded or "
+            "critical with a list of issues, each with the check, a message explaining "
+            "it and a recommended action. Checks: temperature against the GPU's own "
+            "slowdown/shutdown thresholds, power against its limit, clock throttle reasons, "
+            "ECC uncorrectable errors, retired pages and row remapping, PCIe replays, "
+            "NVLink errors, GPU fallen off the bus, recent critical XIDs from the kernel "
+            "log (window: since_minutes) and the recovery action the driver requests. "
+            "Start here when asked whether GPUs on a node are OK."
+        ),
+        "inputSchema": {
+            "type": "object",
+            "properties": {"since_minutes": _SINCE},
+            "additionalProperties": False,
+        },
+        "outputSchema": {
+            "type": "object",
+            "properties": {
+                "node": NODE_SCHEMA,
+                "status": {"type": "string", "enum": STATUSES},
+                "summary": {"type": "string"},
+                "since_minutes": {"type": "number"},
+                "issues": {
+                    "type": "array",
+                    "items": _ISSUE,
+                    "description": "Node-level issues (e.g. the kernel log could not be read)",
+                },
+                "gpus": {"type": "array", "items": _HEALTH_GPU},
+                "xid_log": _XID_LOG,
+            },
+            "required": ["node", "status", "summary", "issues", "gpus", "xid_log"],
+        },
+        "annotations": {"title": "GPU health check", **ANNOTATIONS},
+    },
+    {
+        "name": "analyze_xid_errors",
+        "title": "Analyze XID errors",
+        "description": (
+            "Read the node's kernel log for NVIDIA XID errors (driver-reported GPU faults) "
+            "in the last since_minutes minutes. Repeats of the same XID on the same GPU are "
+            "grouped with a count and first/last time (UTC). Each group carries the XID's "
+            "name, severity, meaning and NVIDIA's recommended action, and the GPU (index, "
+            "UUID, PCI bus id) and process involved. Fails with the reason when the kernel "
+            "log cannot be read (e.g. the container lacks CAP_SYSLOG), rather than "
+            "reporting no errors."
+        ),
+        "inputSchema": {
+            "type": "object",
+            "properties": {"since_minutes": _SINCE},
+            "additionalProperties": False,
+        },
+        "outputSchema": {
+            "type": "object",
+            "properties": {
+                "node": NODE_SCHEMA,
+                "source": {"type": "string", "description": "kernel log path or 'scenario'"},
+                "window": {
+                    "type": "object",
+                    "properties": {
+                        "since_minutes": {"type": "number"},
+                        "start": {"type": "string", "description": "UTC ISO-8601"},
+                        "end": {"type": "string", "description": "UTC ISO-8601"},
+                    },
+                    "required": ["since_minutes", "start", "end"],
+                },
+                "summary": _XID_SUMMARY,
+                "xids": {
+                    "type": "array",
+                    "items": _XID_GROUP,
+                    "description": "Groups of the same XID on the same GPU, worst first",
+                },
+            },
+            "required": ["node", "source", "window", "summary", "xids"],
+        },
+        "annotations": {"title": "Analyze XID errors", **ANNOTATIONS},
+    },
+    {
+        "name": "get_gpu_processes",
+        "title": "GPU processes",
+        "description": (
+            "List the processes using each NVIDIA GPU on this node: pid (host pid "
+            "namespace), process name, GPU memory used and kind (compute or graphics). "
+            "When the agent can see the host's /proc (--host-proc), each process also "
+            "carries the Kubernetes pod UID and container id from its cgroup, so you can "
+            "tell which pod holds a GPU."
+        ),
+        "inputSchema": {"type": "object", "properties": {}, "additionalProperties": False},
+        "outputSchema": {
+            "type": "object",
+            "properties": {
+                "node": NODE_SCHEMA,
+                "pod_mapping": {
+                    "type": "object",
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "host_proc": _n("string"),
+                        "note": {"type": "string"},
+                    },
+                    "required": ["enabled", "host_proc"],
+                },
+                "gpus": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "index": {"type": "integer"},
+                            "uuid": _n("string"),
+                            "lost": {"type": "boolean"},
+                            "error": _n("string"),
+                            "unsupported": _STR_LIST,
+                            "processes": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "pid": {"type": "integer"},
+                                        "name": _n("string"),
+                                        "used_memory_mib": _n("integer"),
+                                        "kind": {"type": "string"},
+                                        "pod": _POD,
+                                    },
+                                    "required": ["pid", "name", "used_memory_mib", "kind", "pod"],
+                                },
+                            },
+                        },
+                        "required": ["index", "uuid", "lost", "processes"],
+                    },
+                },
+            },
+            "required": ["node", "pod_mapping", "gpus"],
+        },
+        "annotations": {"title": "GPU processes", **ANNOTATIONS},
+    },
+    {
+        "name": "get_nvlink_topology",
+        "title": "NVLink topology",
+        "description": (
+            "Show NVLink state per GPU on this node (each link active or down, the remote "
+            "end's PCI bus id, replay/recovery/CRC error counters) and the peer-to-peer "
+            "topology between every pair of GPUs (NVLINK, same board, PCIe switch levels, "
+            "host bridge, NUMA node, system) with the number of NVLinks between them. Use "
+            "it for multi-GPU communication problems (NCCL hangs, slow all-reduce)."
+        ),
+        "inputSchema": {"type": "object", "properties": {}, "additionalProperties": False},
+        "outputSchema": {
+            "type": "object",
+            "properties": {
+                "node": NODE_SCHEMA,
+                "gpus": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "index": {"type": "integer"},
+                            "uuid": _n("string"),
+                            "links": {"type": "array", "items": _NVLINK},
+                            "active_links": {"type": "integer", "minimum": 0},
+                        },
+                        "required": ["index", "uuid", "links", "active_links"],
+                    },
+                },
+                "p2p": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "gpu_a": {"type": "integer"},
+                            "gpu_b": {"type": "integer"},
+                            "level": {"type": "string"},
+                            "nvlink_count": {"type": "integer", "minimum": 0},
+                        },
+                        "required": ["gpu_a", "gpu_b", "level", "nvlink_count"],
+                    },
+                },
+                "unsupported": _STR_LIST,
+            },
+            "required": ["node", "gpus", "p2p", "unsupported"],
+        },
+        "annotations": {"title": "NVLink topology", **ANNOTATIONS},
+    },
+]
+
+TOOL_NAMES = tuple(t["name"] for t in TOOL_DEFINITIONS)
+
+INSTRUCTIONS = (
+    "This agent reports, read-only, on the NVIDIA GPUs of one Kubernetes node. Start with "
+    "get_gpu_health: a status per GPU with the reason and recommended action for each issue. "
+    "Then use analyze_xid_errors for driver-reported faults from the kernel log, "
+    "get_gpu_processes to see which processes (and pods) hold each GPU, get_gpu_inventory "
+    "for installed hardware and driver versions, and get_nvlink_topology for interconnect "
+    "problems."
+)
+
+TIMEOUT_HINT = (
+    "An NVML query is probably hung: a GPU may have fallen off the bus or the driver is "
+    "stuck. Check the kernel log for Xid 79/119/154 (analyze_xid_errors does not need NVML) "
+    "and nvidia-smi on the node; a GPU reset or node reboot is usually needed."
+)
+
+NVML_HINT = (
+    "The agent needs the NVIDIA driver's libnvidia-ml.so.1: run it in a pod with "
+    "runtimeClassName: nvidia (or CDI injection from the NVIDIA container toolkit) on a "
+    "node whose driver is loaded. The agent keeps running; every GPU tool fails until NVML "
+    "is reachable. `gpu-agent --backend fake` runs without a GPU."
+)
+
+
+def _plain(value: Any) -> Any:
+    """Backend dataclasses -> JSON-ready values (cheaper than dataclasses.asdict)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(v) for k, v in vars(value).items()}
+    return value
+
+
+def _worst(a: str, b: str) -> str:
+    return a if STATUSES.index(a) >= STATUSES.index(b) else b
+
+
+class Toolbox:
+    """The tool handlers over one backend. Implements ``agent.protocol.ToolProvider``.
+
+    ``factory`` builds the backend. The fake backend is built eagerly (a bad scenario is
+    a start-up error); NVML is built on the first tool call, inside the call's deadline,
+    and retried on later calls while it keeps failing.
+    """
+
+    timeout_hint = TIMEOUT_HINT
+
+    def __init__(
+        self,
+        factory: Callable[[], Backend],
+        *,
+        backend_name: str,
+        kmsg_path: str | None = None,
+        host_proc: str | None = None,
+        node_name: str | None = None,
+        eager: bool = False,
+    ) -> None:
+        self._factory = factory
+        self.backend_name = backend_name
+        self.kmsg_path = kmsg_path  # None: the backend's own records, else /dev/kmsg
+        self.host_proc = host_proc
+        self.hostname = os.uname().nodename
+        # The pod's NODE_NAME (downward API) names the Kubernetes node; without it the
+        # fake backend's scenario node, then the hostname.
+        self._node_name = node_name or os.environ.get("NODE_NAME") or None
+        self._backend: Backend | None = None
+        self._backend_lock = threading.Lock()
+        self._driver: tuple[str | None, str | None] | None = None
+        self._definitions = TOOL_DEFINITIONS
+        self._handlers: dict[str, Callable[[Json], Json]] = {
+            "get_gpu_inventory": self.get_gpu_inventory,
+            "get_gpu_health": self.get_gpu_health,
+            "analyze_xid_errors": self.analyze_xid_errors,
+            "get_gpu_processes": self.get_gpu_processes,
+            "get_nvlink_topology": self.get_nvlink_topology,
+        }
+        if eager:
+            self.backend()
+
+    # --- ToolProvider ------------------------------------------------------------------
+
+    def definitions(self) -> list[Json]:
+        return self._definitions
+
+    def call(self, name: str, arguments: Json) -> Json:
+        return self._handlers[name](arguments)
+
+    def close(self) -> None:
+        with self._backend_lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def backend(self) -> Backend:
+        """The backend, built on first use (NVML init happens here, under a deadline)."""
+        with self._backend_lock:
+            if self._backend is None:
+                try:
+                    backend = self._factory()
+                except BackendUnavailable as exc:
+                    text = str(exc)
+                    raise BackendUnavailable(
+                        text if "runtimeClassName" in text else f"{text}. {NVML_HINT}"
+                    ) from exc
+                disabled: frozenset[str] = getattr(backend, "disabled_tools", frozenset())
+                if disabled:
+                    self._definitions = [t for t in TOOL_DEFINITIONS if t["name"] not in disabled]
+                self._backend = backend
+            return self._backend
+
+    def node(self, backend: Backend) -> Json:
+        """Who answered: node name, hostname, backend and driver (cached after one read)."""
+        if self._driver is None:
+            info = backend.driver()
+            self._driver = (info.driver_version, info.cuda_driver_version)
+        name = self._node_name or getattr(backend, "node", None)
+        return {
+            "name": name if isinstance(name, str) and name else self.hostname,
+            "hostname": self.hostname,
+            "backend": self.backend_name,
+            "driver_version": self._driver[0],
+            "cuda_driver_version": self._driver[1],
+            "agent_version": __version__,
+        }
+
+    def kernel_log(self, backend: Backend) -> tuple[str, float, Sequence[KmsgRecord]]:
+        """(source, boot time, records). An explicit --kmsg wins over backend records;
+        raises KmsgUnavailable with the reason when the log cannot be read."""
+        if self.kmsg_path is None:
+            supplied = backend.kmsg()
+            if supplied is not None:
+                return "scenario", supplied[0], supplied[1]
+        from agent.xid import read_kmsg
+
+        path = self.kmsg_path or DEFAULT_KMSG
+        boot, records = read_kmsg(path)
+        return path, boot, records
+
+    def xid_events(
+        self, backend: Backend, gpus: Sequence[tuple[int, str | None, str | None]]
+    ) -> tuple[str, list[XidEvent]]:
+        from agent.xid import parse_xids
+
+        source, boot, records = self.kernel_log(backend)
+        return source, parse_xids(records, boot, gpus)
+
+    # --- handlers --------------------------------------------------------------------------
+
+    def get_gpu_inventory(self, arguments: Json) -> Json:
+        backend = self.backend()
+        info = backend.driver()
+        return {
+            "node": self.node(backend),
+            "driver": _plain(info),
+            "gpus": _plain(backend.inventory()),
+        }
+
+    def get_gpu_health(self, arguments: Json) -> Json:
+        from agent.health import judge_gpu, judge_node
+
+        since = float(arguments.get("since_minutes", DEFAULT_SINCE_MINUTES))
+        backend = self.backend()
+        node = self.node(backend)
+        data = backend.health()
+        issues: list[Json] = []
+        recent: list[XidEvent] = []
+        reason: str | None = None
+        unmatched = 0
+        try:
+            source, events = self.xid_events(
+                backend, [(d.index, d.uuid, d.pci_bus_id) for d in data]
+            )
+        except KmsgUnavailable as exc:
+            source = self.kmsg_path or DEFAULT_KMSG
+            reason = str(exc)
+            issues.append(
+                {
+                    "check": "kernel_log",
+                    "severity": "warning",
+                    "message": f"XID history could not be checked: {reason}",
+                    "action": (
+                        "Grant the agent container CAP_SYSLOG (or set kernel.dmesg_restrict=0) "
+                        "so XIDs are part of the verdict; until then GPUs may look healthier "
+                        "than they are."
+                    ),
+                }
+            )
+        else:
+            cutoff = time.time() - since * 60
+            recent = [e for e in events if e.timestamp >= cutoff]
+            known = {d.pci_bus_id for d in data}
+            unmatched = sum(1 for e in recent if e.gpu_index is None and e.pci_bus_id not in known)
+        gpus = [judge_gpu(d, recent, node=node["name"]) for d in data]
+        status = judge_node(gpus)
+        for issue in issues:
+            status = _worst(status, issue["severity"])
+        counts = {s: sum(1 for g in gpus if g["status"] == s) for s in STATUSES}
+        summary = f"{len(gpus)} GPU(s): " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        if reason is not None:
+            summary += "; kernel log unreadable, XIDs not checked"
+        return {
+            "node": node,
+            "status": status,
+            "summary": summary,
+            "since_minutes": since,
+            "issues": issues,
+            "gpus": gpus,
+            "xid_log": {
+                "source": source,
+                "readable": reason is None,
+                "reason": reason,
+                "events_in_window": len(recent),
+                "unmatched_events": unmatched,
+            },
+        }
+
+    def analyze_xid_errors(self, arguments: Json) -> Json:
+        from agent.xid import analyze
+
+        since = float(arguments.get("since_minutes", DEFAULT_SINCE_MINUTES))
+        backend = self.backend()
+        node = self.node(backend)
+        gpus = [(g.index, g.uuid, g.pci_bus_id) for g in backend.inventory()]
+        source, events = self.xid_events(backend, gpus)  # KmsgUnavailable -> isError result
+        return {"node": node, "source": source, **analyze(events, since)}
+
+    def get_gpu_processes(self, arguments: Json) -> Json:
+        backend = self.backend()
+        node = self.node(backend)
+        host_proc = self.host_proc
+        pod_for_pid: Callable[[str, int], Json | None] | None = None
+        process_name: Callable[[str | None, int], str | None] | None = None
+        if host_proc is not None:
+            from agent.procs import pod_for_pid, process_name
+        gpus = []
+        for entry in backend.processes():
+            procs = []
+            for p in entry.processes:
+                name = p.name
+                if name is None and process_name is not None:
+                    name = process_name(host_proc, p.pid)
+                pod = pod_for_pid(host_proc, p.pid) if pod_for_pid and host_proc else None
+                procs.append(
+                    {
+                        "pid": p.pid,
+                        "name": name,
+                        "used_memory_mib": p.used_memory_mib,
+                        "kind": p.kind,
+                        "pod": pod,
+                    }
+                )
+            gpus.append(
+                {
+                    "index": entry.index,
+                    "uuid": entry.uuid,
+                    "lost": entry.lost,
+                    "error": entry.error,
+                    "unsupported": list(entry.unsupported),
+                    "processes": procs,
+                }
+            )
+        mapping: Json = {"enabled": host_proc is not None, "host_proc": host_proc}
+        if host_proc is None:
+            mapping["note"] = (
+                "Pod mapping is off: start the agent with --host-proc pointing at the host's "
+                "/proc (hostPID or a read-only hostPath mount) to see which pod owns each pid."
+            )
+        return {"node": node, "pod_mapping": mapping, "gpus": gpus}
+
+    def get_nvlink_topology(self, arguments: Json) -> Json:
+        backend = self.backend()
+        node = self.node(backend)
+        topo = backend.nvlink()
+        gpus = [
+            {
+                "index": index,
+                "uuid": uuid,
+                "links": _plain(links),
+                "active_links": sum(1 for link in links if link.active),
+            }
+            for index, uuid, links in topo.gpus
+        ]
+        return {
+            "node": node,
+            "gpus": gpus,
+            "p2p": _plain(topo.p2p),
+            "unsupported": list(topo.unsupported),
+        }

@@ -1,0 +1,160 @@
+"""The broker's exceptions. ``str(error)`` is a message for the user: what went wrong
+and what to do next. ``kind`` is the short machine-readable class a fan-out result
+carries (``NodeResult.error_kind``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class BrokerError(Exception):
+    """Base class of every error the broker raises on purpose."""
+
+    kind: str = "unreachable"
+
+
+class ConfigError(BrokerError):
+    """No usable cluster configuration (kubeconfig, context, credentials)."""
+
+    kind = "unreachable"
+
+
+class UnknownNode(BrokerError):
+    """A node name that discovery does not know (input error, nothing was contacted)."""
+
+    kind = "not_ready"
+
+    def __init__(self, nodes: Sequence[str], known: Sequence[str] = ()) -> None:
+        self.nodes = list(nodes)
+        names = ", ".join(self.nodes)
+        hint = ""
+        if known:
+            sample = ", ".join(sorted(known)[:5])
+            more = f" (and {len(known) - 5} more)" if len(known) > 5 else ""
+            hint = f" Known GPU nodes: {sample}{more}."
+        super().__init__(
+            f"unknown GPU node(s): {names}.{hint} Run `broker nodes` to list the GPU nodes "
+            "and their agent pods."
+        )
+
+
+class NodeNotReady(BrokerError):
+    """The node's agent pod is missing, not Running, not Ready, or went away."""
+
+    kind = "not_ready"
+
+    def __init__(self, node: str, reason: str) -> None:
+        self.node = node
+        self.reason = reason
+        super().__init__(f"node {node}: {reason}")
+
+
+class RbacDenied(BrokerError):
+    """The API server refused the request (403): a missing RBAC permission."""
+
+    kind = "rbac"
+
+    def __init__(self, verb: str, resource: str, namespace: str | None, detail: str = "") -> None:
+        self.verb = verb
+        self.resource = resource
+        self.namespace = namespace
+        scope = f" -n {namespace}" if namespace else ""
+        where = f"in namespace {namespace}" if namespace else "at cluster scope"
+        self.check = f"kubectl auth can-i {verb} {resource}{scope}"
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"RBAC denied: your credentials may not {verb} {resource} {where}{extra}. "
+            f"Check with `{self.check}`; grant it with the chart's broker Role/RoleBinding "
+            "or ask your cluster admin."
+        )
+
+
+class Unauthenticated(BrokerError):
+    """The API server rejected the credentials (401)."""
+
+    kind = "rbac"
+
+    def __init__(self, server: str) -> None:
+        super().__init__(
+            f"the API server at {server} rejected the credentials (401 Unauthorized). "
+            "Refresh them (log in again / re-run your credential plugin) and check with "
+            "`kubectl get pods -n <namespace>`."
+        )
+
+
+class ApiUnavailable(BrokerError):
+    """The API server could not be reached, or kept answering 429/5xx, or the stream broke."""
+
+    kind = "unreachable"
+
+
+class ExecFailed(BrokerError):
+    """The agent process ended with a failure status (non-zero exit, not found, killed)."""
+
+    kind = "agent_error"
+
+    def __init__(
+        self,
+        node: str,
+        message: str,
+        exit_code: int | None = None,
+        stderr_tail: str = "",
+    ) -> None:
+        self.node = node
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        text = f"node {node}: {message}"
+        if stderr_tail:
+            text += f"; agent stderr (last lines): {stderr_tail}"
+        super().__init__(text)
+
+
+class AgentProtocolError(BrokerError):
+    """The agent broke the MCP protocol (garbage on stdout, malformed answers)."""
+
+    kind = "protocol"
+
+
+class ToolMissing(BrokerError):
+    """Version skew: the node's agent build does not offer the requested tool."""
+
+    kind = "tool_missing"
+
+    def __init__(self, node: str, tool: str, agent_version: str | None) -> None:
+        self.node = node
+        self.tool = tool
+        self.agent_version = agent_version
+        version = agent_version or "unknown"
+        super().__init__(
+            f"node {node}: the agent (version {version}) does not offer tool {tool!r}; "
+            "upgrade the agent DaemonSet image on this node (helm upgrade) so every node "
+            "runs the same version."
+        )
+
+
+class NodeTimeout(BrokerError):
+    """A node call did not finish within its deadline."""
+
+    kind = "timeout"
+
+    def __init__(self, node: str, seconds: float, phase: str = "call") -> None:
+        self.node = node
+        self.seconds = seconds
+        self.phase = phase
+        super().__init__(
+            f"node {node}: no answer within {seconds:g} s ({phase}); the agent may be hung "
+            "(e.g. stuck in the driver) or the API server slow. Retry (a hung session is "
+            "re-opened), or allow more time with a longer timeout."
+        )
+
+
+class CallCancelled(BrokerError):
+    """The call was cancelled (the pool shut down, or the caller went away)."""
+
+    kind = "cancelled"
+
+
+class AgentCallError(BrokerError):
+    """The agent answered the tool call with an error (JSON-RPC error or ``isError``)."""
+
+    kind = "agent_error"

@@ -1,0 +1,691 @@
+"""One MCP client session per GPU node, opened lazily, kept warm, fanned out across.
+
+Each node's session is owned by one task in the pool's task group (anyio scopes must
+be entered and left by the same task); callers in any task share it. The owner opens
+the transport (pods/exec by default), initialises MCP, lists the agent's tools once,
+then keeps the session honest: it pings when idle so proxies and the kubelet's
+streaming idle timeout see traffic, closes it after ``idle_timeout``, and ends it at
+the first sign of a broken stream so that the next call re-opens it.
+
+Every node call has a deadline; ``fan_out`` shares one deadline across its nodes, so
+it returns in bounded time with a result or a precise error per node and never raises
+for one bad node. Cancelling the awaiting task cancels the node calls, and the SDK
+tells each agent with ``notifications/cancelled``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp.client.session import ClientSession
+from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
+
+from broker import __version__
+from broker.config import ClusterConfig, KubeApi
+from broker.discovery import Discovery, NodeTarget
+from broker.errors import (
+    AgentCallError,
+    AgentProtocolError,
+    ApiUnavailable,
+    BrokerError,
+    CallCancelled,
+    NodeNotReady,
+    NodeTimeout,
+    ToolMissing,
+    UnknownNode,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Connect", "Discover", "NodePool", "NodeResult", "NodeTarget"]
+
+TransportStreams = tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]
+Connect = Callable[[NodeTarget], AbstractAsyncContextManager[TransportStreams]]
+Discover = Callable[[bool], Awaitable[list[NodeTarget]]]
+Progress = Callable[[int, int, "NodeResult"], Awaitable[None]]
+
+_CLIENT_INFO = types.Implementation(name="k8s-gpu-mcp-broker", version=__version__)
+_CLOSE_GRACE_S = 5.0
+
+
+@dataclass
+class NodeResult:
+    """The outcome of one tool call on one node."""
+
+    node: str
+    ok: bool
+    result: dict[str, Any] | None  # the tool's structuredContent (also when isError, if any)
+    error: str | None
+    error_kind: str | None  # unreachable|rbac|timeout|agent_error|tool_missing|not_ready|
+    #                         protocol|cancelled
+    elapsed_s: float
+
+    @classmethod
+    def failure(cls, node: str, error: BrokerError, elapsed_s: float) -> NodeResult:
+        return cls(node, False, None, str(error), error.kind, elapsed_s)
+
+
+class _ToolCatalog:
+    """The agent's tools/list, shared by every session that got the same listing.
+
+    Interning matters at scale: 1,000 nodes running one agent version hold one copy
+    of the tool definitions (and one compiled output-schema validator per tool).
+    """
+
+    _interned: dict[str, _ToolCatalog] = {}
+
+    def __init__(self, tools: list[dict[str, Any]]) -> None:
+        self.tools = tools
+        self.names = frozenset(t["name"] for t in tools)
+        self._schemas = {t["name"]: t.get("outputSchema") for t in tools}
+        self._validators: dict[str, Any] = {}
+
+    @classmethod
+    def intern(cls, listing: types.ListToolsResult) -> _ToolCatalog:
+        tools = [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in listing.tools]
+        key = json.dumps(tools, sort_keys=True)
+        found = cls._interned.get(key)
+        if found is None:
+            found = cls._interned[key] = cls(tools)
+        return found
+
+    def check(self, tool: str, structured: Any) -> str | None:
+        """Why ``structured`` breaks the tool's outputSchema (None when it conforms)."""
+        schema = self._schemas.get(tool)
+        if not schema:
+            return None
+        validator = self._validators.get(tool)
+        if validator is None:
+            validators: Any = importlib.import_module("jsonschema.validators")
+            cls = validators.validator_for(schema)
+            validator = self._validators[tool] = cls(schema)
+        error = next(iter(validator.iter_errors(structured)), None)
+        return None if error is None else f"{error.message} at {list(error.absolute_path)}"
+
+
+class _Session:
+    """One node's MCP session and its owner task's state."""
+
+    __slots__ = (
+        "target",
+        "client",
+        "catalog",
+        "agent_version",
+        "ready",
+        "stop",
+        "done",
+        "error",
+        "failure",
+        "in_flight",
+        "last_used",
+        "last_seen",
+        "validated",
+    )
+
+    def __init__(self, target: NodeTarget) -> None:
+        self.target = target
+        self.client: ClientSession | None = None
+        self.catalog: _ToolCatalog | None = None
+        self.agent_version: str | None = None
+        self.ready = anyio.Event()
+        self.stop = anyio.Event()
+        self.done = anyio.Event()
+        self.error: BrokerError | None = None  # the open failed
+        self.failure: BrokerError | None = None  # the stream failed after opening
+        self.in_flight = 0
+        now = time.monotonic()
+        self.last_used = now
+        self.last_seen = now
+        self.validated: set[str] = set()  # tools whose answer was checked on this session
+
+    @property
+    def usable(self) -> bool:
+        return self.client is not None and self.failure is None and not self.stop.is_set()
+
+
+class _Watched:
+    """The transport's read stream as the session sees it, watched by the pool.
+
+    Every message refreshes the session's ``last_seen``. An exception item (the
+    transport explaining why the stream failed) is recorded as the session's failure
+    and ends the stream, as does end-of-stream itself: either way the session stops,
+    pending requests fail at once with the recorded cause, and the next call re-opens.
+    """
+
+    __slots__ = ("_inner", "_session", "_ended")
+
+    def __init__(self, inner: ReadStream[SessionMessage | Exception], session: _Session) -> None:
+        self._inner = inner
+        self._session = session
+        self._ended = False
+
+    async def receive(self) -> SessionMessage | Exception:
+        if self._ended:
+            raise anyio.EndOfStream
+        try:
+            item = await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._end(None)
+            raise anyio.EndOfStream from None
+        if isinstance(item, Exception):
+            self._end(item)
+            raise anyio.EndOfStream
+        self._session.last_seen = time.monotonic()
+        return item
+
+    def _end(self, error: Exception | None) -> None:
+        self._ended = True
+        s = self._session
+        if error is not None and s.failure is None:
+            s.failure = as_broker_error(error, s.target.node)
+        s.stop.set()
+
+    def __aiter__(self) -> _Watched:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _Watched:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+
+def as_broker_error(exc: BaseException, node: str) -> BrokerError:
+    """Map anything a node call can raise to the :class:`BrokerError` that explains it."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        for leaf in leaves:
+            if isinstance(leaf, BrokerError):
+                return leaf
+        return as_broker_error(leaves[0], node) if leaves else ApiUnavailable(str(exc))
+    if isinstance(exc, BrokerError):
+        return exc
+    if isinstance(exc, MCPError):
+        if exc.error.code == types.CONNECTION_CLOSED:
+            return ApiUnavailable(
+                f"node {node}: the connection to the agent closed; it will be re-opened on "
+                "the next call"
+            )
+        return AgentCallError(f"node {node}: the agent answered error {exc.error.code}: {exc}")
+    if isinstance(exc, ValidationError):
+        return AgentProtocolError(f"node {node}: the agent sent a malformed MCP message: {exc}")
+    if isinstance(exc, TimeoutError):
+        return ApiUnavailable(f"node {node}: the connection timed out ({exc or 'no detail'})")
+    if isinstance(exc, OSError):
+        return ApiUnavailable(f"node {node}: cannot start the agent transport: {exc}")
+    return AgentProtocolError(f"node {node}: unexpected {type(exc).__name__}: {exc}")
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+class NodePool:
+    """Sessions to every GPU node's agent, and calls across them.
+
+    ``connect(target)`` and ``discover(refresh)`` may be injected (tests, the simulated
+    cluster's in-process transport); by default both go through the API server named
+    by ``config``.
+
+    ``validate_output`` checks answers against the tool's ``outputSchema``: ``"first"``
+    (default) the first answer per tool on each session, ``"always"`` every answer
+    (jsonschema costs about 1 ms per health result, the bulk of a warm call), ``"never"``.
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig | None = None,
+        *,
+        max_concurrency: int = 64,
+        call_timeout: float = 30.0,
+        idle_timeout: float = 300.0,
+        ping_interval: float = 30.0,
+        agent_command: Sequence[str] = ("gpu-agent",),
+        connect: Connect | None = None,
+        discover: Discover | None = None,
+        discovery_ttl: float = 30.0,
+        validate_output: Literal["first", "always", "never"] = "first",
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if validate_output not in ("first", "always", "never"):
+            raise ValueError("validate_output is 'first', 'always' or 'never'")
+        if call_timeout <= 0 or idle_timeout <= 0 or ping_interval <= 0:
+            raise ValueError("call_timeout, idle_timeout and ping_interval must be positive")
+        self.config = config or ClusterConfig()
+        self.max_concurrency = max_concurrency
+        self.call_timeout = call_timeout
+        self.idle_timeout = idle_timeout
+        self.ping_interval = ping_interval
+        self.agent_command = list(agent_command)
+        self.validate_output = validate_output
+        self._connect_override = connect
+        self._discover_override = discover
+        self._discovery_ttl = discovery_ttl
+        self.api: KubeApi | None = None
+        self._discovery: Discovery | None = None
+        self._targets: dict[str, NodeTarget] = {}
+        self._listed: list[NodeTarget] | None = None
+        self._sessions: dict[str, _Session] = {}
+        self._open_slots = anyio.Semaphore(max_concurrency)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        self._stats = {
+            "opened": 0,
+            "reopened": 0,
+            "open_failures": 0,
+            "closed_idle": 0,
+            "closed_broken": 0,
+            "pings": 0,
+            "calls": 0,
+            "timeouts": 0,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def __aenter__(self) -> NodePool:
+        if self._connect_override is None or self._discover_override is None:
+            self.api = await KubeApi.open(self.config)
+            self._discovery = Discovery(self.api, ttl_s=self._discovery_ttl)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+        finally:
+            tg, self._tg = self._tg, None
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(exc_type, exc, tb)
+            if self.api is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.api.aclose()
+                self.api = None
+        return None
+
+    async def aclose(self) -> None:
+        """Close every session (each politely: stdin half-closed, websocket closed)."""
+        self._closed = True
+        sessions = list(self._sessions.values())
+        for s in sessions:
+            s.stop.set()
+        with anyio.move_on_after(_CLOSE_GRACE_S):
+            for s in sessions:
+                await s.done.wait()
+
+    def _require_open(self) -> anyio.abc.TaskGroup:
+        if self._tg is None or self._closed:
+            raise RuntimeError("NodePool is not open: use `async with NodePool(...) as pool`")
+        return self._tg
+
+    # -- discovery ---------------------------------------------------------------------
+    async def discover(self, refresh: bool = False) -> list[NodeTarget]:
+        """Every GPU node with its agent pod (ready or not, with the reason)."""
+        if self._discover_override is not None:
+            targets = await self._discover_override(refresh)
+        else:
+            assert self._discovery is not None, "use `async with NodePool(...)`"
+            targets = await self._discovery.targets(refresh)
+        if targets is not self._listed:  # discovery hands back its cached list while fresh
+            self._listed = targets
+            self._targets = {t.node: t for t in targets}
+        return targets
+
+    @property
+    def warnings(self) -> list[str]:
+        """Discovery caveats (e.g. no RBAC to list nodes)."""
+        return list(self._discovery.warnings) if self._discovery else []
+
+    async def _resolve(self, nodes: Sequence[str]) -> list[NodeTarget]:
+        targets = await self.discover()
+        unknown = [n for n in nodes if n not in self._targets]
+        if unknown:
+            targets = await self.discover(refresh=True)  # maybe a node just joined
+            unknown = [n for n in nodes if n not in self._targets]
+        if unknown:
+            raise UnknownNode(unknown, [t.node for t in targets])
+        return [self._targets[n] for n in nodes]
+
+    # -- calls -------------------------------------------------------------------------
+    async def call(self, node: str, tool: str, arguments: dict[str, Any]) -> NodeResult:
+        """Call ``tool`` on one node. Raises :class:`UnknownNode`; otherwise never raises
+        for the node's failures (they come back in the :class:`NodeResult`)."""
+        self._require_open()
+        (target,) = await self._resolve([node])
+        return await self._call_target(
+            target, tool, arguments, time.monotonic() + self.call_timeout
+        )
+
+    async def fan_out(
+        self,
+        nodes: Sequence[str],
+        tool: str,
+        arguments: dict[str, Any],
+        on_progress: Progress | None = None,
+    ) -> list[NodeResult]:
+        """Call ``tool`` on every node concurrently; results in the order of ``nodes``.
+
+        One deadline (``call_timeout``) covers the whole fan-out. Unknown names raise
+        :class:`UnknownNode` before anything is sent; every other failure is a result.
+        """
+        self._require_open()
+        names = list(dict.fromkeys(nodes))
+        targets = await self._resolve(names)
+        deadline = time.monotonic() + self.call_timeout
+        results: list[NodeResult | None] = [None] * len(targets)
+        done = 0
+
+        async def one(index: int, target: NodeTarget) -> None:
+            nonlocal done
+            result = await self._call_target(target, tool, arguments, deadline)
+            results[index] = result
+            done += 1
+            if on_progress is not None:
+                try:
+                    with anyio.move_on_after(max(1.0, deadline - time.monotonic())):
+                        await on_progress(done, len(targets), result)
+                except Exception:  # a progress sink must not sink the sweep
+                    logger.exception("on_progress callback failed")
+
+        async with anyio.create_task_group() as tg:
+            for i, target in enumerate(targets):
+                tg.start_soon(one, i, target)
+        return [r for r in results if r is not None]
+
+    async def list_tools(self, node: str) -> list[dict[str, Any]]:
+        """The node agent's tools/list (opens the session if needed). Raises BrokerError."""
+        self._require_open()
+        (target,) = await self._resolve([node])
+        try:
+            with anyio.fail_after(self.call_timeout):
+                s = await self._session(target)
+        except TimeoutError:
+            raise NodeTimeout(node, self.call_timeout, "opening the session") from None
+        assert s.catalog is not None
+        return list(s.catalog.tools)
+
+    async def _call_target(
+        self, target: NodeTarget, tool: str, arguments: dict[str, Any], deadline: float
+    ) -> NodeResult:
+        started = time.monotonic()
+        node = target.node
+        self._stats["calls"] += 1
+        session: _Session | None = None
+        phase = "opening the session"
+        try:
+            with anyio.fail_after(max(0.0, deadline - started)):
+                if not target.ready:
+                    raise NodeNotReady(node, target.reason or "agent pod not ready")
+                session = await self._session(target)
+                phase = "tool call"
+                return await self._invoke(session, tool, arguments, started)
+        except TimeoutError:
+            self._stats["timeouts"] += 1
+            if session is not None and phase == "tool call":
+                session.stop.set()  # a hung agent: start afresh next time
+            err: BrokerError = NodeTimeout(node, round(deadline - started, 1), phase)
+        except Exception as exc:  # every node failure becomes a result, never a raise
+            err = as_broker_error(exc, node)
+            if self._closed:
+                err = CallCancelled(f"node {node}: the broker shut down during the call ({err})")
+            if isinstance(err, NodeNotReady) and self._discovery is not None:
+                self._discovery.invalidate()
+        return NodeResult.failure(node, err, time.monotonic() - started)
+
+    async def _session(self, target: NodeTarget) -> _Session:
+        """A usable session for ``target``: the warm one, or a freshly opened one."""
+        tg = self._require_open()
+        last: BrokerError | None = None
+        for _attempt in range(2):
+            s = self._sessions.get(target.node)
+            stale = s is not None and (
+                (s.ready.is_set() and not s.usable) or s.target.pod != target.pod
+            )
+            if s is None or stale:
+                if s is not None:
+                    s.stop.set()
+                    self._stats["reopened"] += 1
+                s = _Session(target)
+                self._sessions[target.node] = s
+                tg.start_soon(self._own, s)
+            await s.ready.wait()
+            if s.error is not None:
+                raise s.error
+            quiet = time.monotonic() - s.last_seen > self.ping_interval / 2
+            if s.usable and (not quiet or await self._alive(s)):
+                return s
+            last = s.failure  # died before or during the liveness ping: re-open once
+        raise last or ApiUnavailable(f"node {target.node}: the session could not be kept open")
+
+    async def _alive(self, s: _Session) -> bool:
+        """Ping before trusting a session that has been quiet (half-open TCP, dead proxy)."""
+        assert s.client is not None
+        try:
+            with anyio.fail_after(min(5.0, self.call_timeout / 2)):
+                await s.client.send_ping()
+        except Exception as exc:
+            s.failure = s.failure or as_broker_error(exc, s.target.node)
+            s.stop.set()
+            return False
+        s.last_seen = time.monotonic()
+        self._stats["pings"] += 1
+        return True
+
+    async def _invoke(
+        self, s: _Session, tool: str, arguments: dict[str, Any], started: float
+    ) -> NodeResult:
+        assert s.client is not None and s.catalog is not None
+        node = s.target.node
+        if tool not in s.catalog.names:
+            # Re-list next time: the container may be restarted with a newer agent in place.
+            s.stop.set()
+            raise ToolMissing(node, tool, s.agent_version)
+        s.in_flight += 1
+        try:
+            result = await s.client.send_request(
+                types.CallToolRequest(
+                    params=types.CallToolRequestParams(name=tool, arguments=arguments)
+                ),
+                types.CallToolResult,
+            )
+        except MCPError as exc:
+            if exc.error.code == types.CONNECTION_CLOSED:
+                s.stop.set()
+                raise s.failure or as_broker_error(exc, node) from None
+            if exc.error.code == types.METHOD_NOT_FOUND or "unknown tool" in str(exc).lower():
+                raise ToolMissing(node, tool, s.agent_version) from None
+            raise
+        finally:
+            s.in_flight -= 1
+            s.last_used = time.monotonic()
+        s.last_seen = s.last_used
+        elapsed = time.monotonic() - started
+        structured = result.structured_content
+        if structured is None:
+            structured = _json_from_text(result)
+        if result.is_error:
+            message = _text(result) or "the tool reported an error"
+            return NodeResult(
+                node, False, structured, f"node {node}: {message}", "agent_error", elapsed
+            )
+        check = self.validate_output == "always" or (
+            self.validate_output == "first" and tool not in s.validated
+        )
+        if check:
+            s.validated.add(tool)
+            problem = s.catalog.check(tool, structured)
+            if problem is not None:
+                raise AgentProtocolError(
+                    f"node {node}: {tool} returned data that breaks its outputSchema: {problem}"
+                )
+        return NodeResult(node, True, structured, None, None, elapsed)
+
+    # -- the owner task of one session -------------------------------------------------
+    async def _own(self, s: _Session) -> None:
+        """Open the session, keep it until told to stop or it breaks, then close it.
+
+        Opening holds one of ``max_concurrency`` slots; an open session holds none.
+        """
+        holding = False
+        try:
+            await self._open_slots.acquire()
+            holding = True
+            if s.stop.is_set():
+                raise CallCancelled(f"node {s.target.node}: the session was closed")
+            async with self._open(s):
+                self._open_slots.release()
+                holding = False
+                self._stats["opened"] += 1
+                s.ready.set()
+                await self._keep(s)
+        except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            if not s.ready.is_set():
+                s.error = (
+                    CallCancelled(f"node {s.target.node}: the broker is shutting down")
+                    if cancelled
+                    else as_broker_error(exc, s.target.node)
+                )
+                self._stats["open_failures"] += 1
+            elif not cancelled:
+                s.failure = s.failure or as_broker_error(exc, s.target.node)
+            if cancelled or not isinstance(exc, Exception):
+                raise
+            logger.debug("session to %s ended: %s", s.target.node, exc)
+        finally:
+            if holding:
+                self._open_slots.release()
+            s.stop.set()
+            s.ready.set()
+            s.done.set()
+            self._forget(s)
+
+    @asynccontextmanager
+    async def _open(self, s: _Session) -> AsyncIterator[None]:
+        """Transport, MCP initialize and tools/list, bounded by the call timeout."""
+        connect = self._connect_override or self._default_connect
+        opened = False
+        try:
+            with anyio.fail_after(self.call_timeout) as scope:
+                async with connect(s.target) as (read, write):
+                    watched = _Watched(read, s)
+                    async with ClientSession(watched, write, client_info=_CLIENT_INFO) as client:
+                        try:
+                            init = await client.initialize()
+                            listing = await client.send_request(
+                                types.ListToolsRequest(), types.ListToolsResult
+                            )
+                        except MCPError as exc:
+                            if exc.error.code == types.CONNECTION_CLOSED and s.failure:
+                                raise s.failure from None
+                            raise
+                        s.client = client
+                        s.catalog = _ToolCatalog.intern(listing)
+                        s.agent_version = init.server_info.version if init.server_info else None
+                        del init, listing  # this frame lives as long as the session
+                        s.last_seen = s.last_used = time.monotonic()
+                        scope.deadline = float("inf")  # the deadline was for opening only
+                        opened = True
+                        yield
+        except TimeoutError:
+            if opened:
+                raise
+            raise NodeTimeout(
+                s.target.node, self.call_timeout, "opening the session: MCP initialize"
+            ) from None
+
+    def _default_connect(self, target: NodeTarget) -> AbstractAsyncContextManager[TransportStreams]:
+        from broker.exec_transport import open_exec_streams
+
+        assert self.api is not None
+        return open_exec_streams(self.api, target, self.agent_command)
+
+    async def _keep(self, s: _Session) -> None:
+        """Idle loop: ping when quiet, close when idle too long or when told to stop."""
+        assert s.client is not None
+        while not s.stop.is_set():
+            now = time.monotonic()
+            if s.in_flight:  # busy: each call has its own deadline; look again later
+                wake = now + self.ping_interval
+            else:
+                wake = min(s.last_seen + self.ping_interval, s.last_used + self.idle_timeout)
+            with anyio.move_on_after(max(0.01, wake - now)):
+                await s.stop.wait()
+            if s.stop.is_set():
+                if s.failure is not None:
+                    self._stats["closed_broken"] += 1
+                return
+            now = time.monotonic()
+            if s.in_flight:
+                continue
+            if now >= s.last_used + self.idle_timeout:
+                self._stats["closed_idle"] += 1
+                return
+            if now >= s.last_seen + self.ping_interval and not await self._alive(s):
+                self._stats["closed_broken"] += 1
+                return
+
+    def _forget(self, s: _Session) -> None:
+        if self._sessions.get(s.target.node) is s:
+            del self._sessions[s.target.node]
+
+    def stats(self) -> dict[str, int]:
+        """Counters for diagnostics and the bench: open sessions, re-opens, failures..."""
+        open_now = sum(1 for s in self._sessions.values() if s.usable)
+        opening = sum(1 for s in self._sessions.values() if not s.ready.is_set())
+        return {"open_sessions": open_now, "opening": opening, **self._stats}
+
+
+def _text(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent)).strip()
+
+
+def _json_from_text(result: types.CallToolResult) -> dict[str, Any] | None:
+    text = _text(result)
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

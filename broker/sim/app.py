@@ -1,0 +1,614 @@
+"""The simulated API server: an aiohttp application over a SimCluster.
+
+Request path: authentication (401) -> injected faults (latency, 429, 500) -> RBAC
+(403) -> handler, the order a real API server applies its filters in. Errors are
+metav1.Status bodies with the codes and reasons a real server sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import discovery, protobuf
+from .agent_runner import AgentRun, InProcessRun, SubprocessRun, write_scenario
+from .auth import Attributes, Identity
+from .cluster import SimCluster
+from .exec import serve_exec
+from .objects import node_lease
+from .selectors import FIELDS, SelectorError, parse_field_selector, parse_label_selector
+from .status import (
+    StatusError,
+    bad_request,
+    forbidden,
+    internal_error,
+    json_response,
+    method_not_allowed,
+    not_acceptable,
+    not_found,
+    path_not_found,
+    status,
+    too_many_requests,
+    unauthorized,
+)
+from .tables import to_table
+from .tls import peer_identity
+
+Obj = dict[str, Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_WATCH_MAX_S = 1800.0
+_PUBLIC = frozenset({"/healthz", "/livez", "/readyz"})
+_LIST_KINDS = {"nodes": "NodeList", "pods": "PodList", "events": "EventList",
+               "namespaces": "NamespaceList"}  # fmt: skip
+
+
+@dataclass
+class SimContext:
+    """What handlers share: the cluster, where agent scenarios go, running agents."""
+
+    cluster: SimCluster
+    workdir: Path
+    in_process: bool = False
+    server_address: str = "127.0.0.1:6443"
+    runs: set[AgentRun] = field(default_factory=set)
+    requests: collections.deque[tuple[str, str, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=2000)
+    )  # (method, path?query, status): what clients asked, for tests and debugging
+
+
+CTX: web.AppKey[SimContext] = web.AppKey("sim", SimContext)
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
+
+
+def _ctx(request: web.Request) -> SimContext:
+    return request.app[CTX]
+
+
+def _identity(request: web.Request) -> Identity:
+    return request[IDENTITY]
+
+
+# Authentication --------------------------------------------------------------------------
+
+
+def _authenticate(request: web.Request, ctx: SimContext) -> Identity | None:
+    auth = ctx.cluster.auth
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return auth.by_token(token.strip())
+    for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        proto = proto.strip()
+        prefix = "base64url.bearer.authorization.k8s.io."
+        if proto.startswith(prefix):
+            raw = proto[len(prefix) :]
+            try:
+                token = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+            except ValueError:
+                return None
+            return auth.by_token(token)
+    transport = request.transport
+    if transport is not None:
+        found = peer_identity(transport.get_extra_info("peercert"))
+        if found is not None:
+            return auth.by_certificate(*found)
+    return None
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx = _ctx(request)
+    response: web.StreamResponse
+    try:
+        if request.path not in _PUBLIC:
+            who = _authenticate(request, ctx)
+            if who is None:
+                raise unauthorized()
+            request[IDENTITY] = who
+        response = await handler(request)
+    except StatusError as exc:
+        response = exc.response()
+    except web.HTTPMethodNotAllowed:
+        response = method_not_allowed(request.path.rstrip("/").rsplit("/", 1)[-1]).response()
+    except web.HTTPNotFound:
+        response = path_not_found().response()
+    ctx.requests.append((request.method, request.path_qs, response.status))
+    return response
+
+
+# Shared request logic ---------------------------------------------------------------------
+
+
+async def gate(request: web.Request, attrs: Attributes, node: str | None) -> None:
+    """Injected faults for *node* (or cluster-wide), then the RBAC decision."""
+    ctx = _ctx(request)
+    cluster = ctx.cluster
+    faults = cluster.faults(node) if node in cluster.specs else cluster.cluster_faults
+    if faults.api_latency_s > 0:
+        await asyncio.sleep(faults.api_latency_s)
+    if faults.take("api_429"):
+        raise too_many_requests(faults.retry_after_s)
+    if faults.take("api_500"):
+        raise internal_error("sim: injected API server failure (faults.api_500)")
+    who = _identity(request)
+    allowed, _ = cluster.auth.decide(who, attrs)
+    if not allowed:
+        raise forbidden(
+            attrs.forbidden_message(who.name), attrs.resource, attrs.name or None, attrs.api_group
+        )
+
+
+def _accept(request: web.Request) -> tuple[bool, bool]:
+    """(wants a Table, accepts JSON) from the Accept header."""
+    accept = request.headers.get("Accept", "")
+    if not accept:
+        return False, True
+    table = False
+    json_ok = False
+    for part in accept.split(","):
+        media = part.strip()
+        if "as=Table" in media and "json" in media:
+            table = True
+        if media.startswith(("application/json", "*/*", "application/*")) or media == "":
+            json_ok = True
+    return table, json_ok or table
+
+
+def _strip(obj: Obj) -> Obj:
+    return {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+
+
+def _selected_node(resource: str, field_selector: str | None) -> str | None:
+    """A node a list is pinned to (``spec.nodeName=X`` / ``metadata.name=X``): its
+    faults apply, as the request is about that node."""
+    if not field_selector:
+        return None
+    key = "spec.nodeName" if resource == "pods" else "metadata.name"
+    for part in field_selector.split(","):
+        name, eq, value = part.partition("=")
+        if eq and name.rstrip("=") == key and not name.endswith("!"):
+            return value.lstrip("=")
+    return None
+
+
+def _page(request: web.Request, items: list[Obj]) -> tuple[list[Obj], Obj]:
+    meta: Obj = {}
+    offset = 0
+    token = request.query.get("continue")
+    if token:
+        try:
+            offset = int(json.loads(base64.b64decode(token))["offset"])
+        except (ValueError, KeyError, TypeError):
+            raise StatusError(
+                status(410, "Expired", "The provided continue parameter is too old to display a "
+                       "consistent list result. You can start a new list without the continue "
+                       "parameter.")
+            ) from None  # fmt: skip
+    limit = request.query.get("limit")
+    try:
+        n = int(limit) if limit else 0
+    except ValueError:
+        raise bad_request(f'strconv.ParseInt: parsing "{limit}": invalid syntax') from None
+    items = items[offset:]
+    if n > 0 and len(items) > n:
+        meta["continue"] = base64.b64encode(json.dumps({"offset": offset + n}).encode()).decode()
+        meta["remainingItemCount"] = len(items) - n
+        items = items[:n]
+    return items, meta
+
+
+async def _list(
+    request: web.Request, resource: str, objects: list[Obj], namespace: str = ""
+) -> web.StreamResponse:
+    q = request.query
+    watching = q.get("watch", "").lower() in ("1", "true")
+    attrs = Attributes("watch" if watching else "list", resource, namespace=namespace)
+    await gate(request, attrs, _selected_node(resource, q.get("fieldSelector")))
+    fields, getter = FIELDS[resource]
+    try:
+        labels = parse_label_selector(q.get("labelSelector"))
+        fsel = parse_field_selector(q.get("fieldSelector"), fields)
+    except SelectorError as exc:
+        raise bad_request(str(exc)) from None
+    items = [
+        o
+        for o in objects
+        if labels.matches(o["metadata"].get("labels")) and fsel.matches(getter(o))
+    ]
+    table, json_ok = _accept(request)
+    if not json_ok:
+        raise not_acceptable("only the following media types are accepted: application/json")
+    rv = _ctx(request).cluster.rv()
+    if watching:
+        return await _watch(request, resource, items, table, rv)
+    items, page = _page(request, items)
+    include = q.get("includeObject", "Metadata")
+    if table:
+        body = to_table(resource, items, time.time(), rv, include)
+        body["metadata"].update(page)
+        return json_response(body)
+    return json_response(
+        {
+            "kind": _LIST_KINDS[resource],
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": rv, **page},
+            "items": [_strip(o) for o in items],
+        }
+    )
+
+
+async def _watch(
+    request: web.Request, resource: str, items: list[Obj], table: bool, rv: str
+) -> web.StreamResponse:
+    """ADDED for what exists now (unless the client resumes from a resourceVersion),
+    then hold the stream open until timeoutSeconds or the client leaves."""
+    try:
+        timeout = min(float(request.query.get("timeoutSeconds") or _WATCH_MAX_S), _WATCH_MAX_S)
+    except ValueError:
+        raise bad_request("timeoutSeconds: must be an integer") from None
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    if request.query.get("resourceVersion", "0") in ("", "0"):
+        for obj in items:
+            body = to_table(resource, [obj], time.time(), rv) if table else obj
+            line = json.dumps({"type": "ADDED", "object": body}, separators=(",", ":"))
+            await resp.write(line.encode() + b"\n")
+    with contextlib.suppress(ConnectionError):
+        await asyncio.sleep(timeout)
+        await resp.write_eof()
+    return resp
+
+
+async def _get(
+    request: web.Request, resource: str, obj: Obj | None, name: str, namespace: str = ""
+) -> web.StreamResponse:
+    node = None
+    if obj is not None and resource == "pods":
+        node = obj["spec"].get("nodeName")
+    elif resource == "nodes":
+        node = name
+    await gate(request, Attributes("get", resource, namespace=namespace, name=name), node)
+    if obj is None:
+        raise not_found(resource, name)
+    table, json_ok = _accept(request)
+    if not json_ok:
+        raise not_acceptable("only the following media types are accepted: application/json")
+    if table:
+        rv = obj["metadata"].get("resourceVersion", "")
+        include = request.query.get("includeObject", "Metadata")
+        return json_response(to_table(resource, [obj], time.time(), rv, include))
+    return json_response(obj)
+
+
+# Handlers ---------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="ok")
+
+
+async def version(request: web.Request) -> web.StreamResponse:
+    return json_response(discovery.version_info(_ctx(request).cluster.version))
+
+
+async def api(request: web.Request) -> web.StreamResponse:
+    return json_response(discovery.api_versions(_ctx(request).server_address))
+
+
+async def api_v1(request: web.Request) -> web.StreamResponse:
+    return json_response(discovery.core_v1())
+
+
+async def apis(request: web.Request) -> web.StreamResponse:
+    return json_response(discovery.api_groups())
+
+
+async def group(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["group"]
+    if name not in discovery.GROUPS:
+        raise path_not_found()
+    return json_response(discovery.group_document(name))
+
+
+async def coordination_v1(request: web.Request) -> web.StreamResponse:
+    return json_response(discovery.coordination_v1())
+
+
+async def get_lease(request: web.Request) -> web.StreamResponse:
+    ns, name = request.match_info["ns"], request.match_info["name"]
+    cluster = _ctx(request).cluster
+    node = cluster.node(name) if ns == "kube-node-lease" else None
+    attrs = Attributes("get", "leases", api_group=discovery.COORDINATION, namespace=ns, name=name)
+    await gate(request, attrs, name if node else None)
+    if node is None:
+        raise not_found("leases", name, discovery.COORDINATION)
+    ready = cluster.specs[name].ready
+    return json_response(node_lease(node, ready, time.time(), cluster.start))
+
+
+async def authz_v1(request: web.Request) -> web.StreamResponse:
+    return json_response(discovery.authorization_v1())
+
+
+async def list_nodes(request: web.Request) -> web.StreamResponse:
+    return await _list(request, "nodes", _ctx(request).cluster.nodes())
+
+
+async def get_node(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    return await _get(request, "nodes", _ctx(request).cluster.node(name), name)
+
+
+async def list_namespaces(request: web.Request) -> web.StreamResponse:
+    return await _list(request, "namespaces", _ctx(request).cluster.namespaces())
+
+
+async def get_namespace(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    cluster = _ctx(request).cluster
+    return await _get(request, "namespaces", cluster.namespace_object(name), name)
+
+
+async def list_pods(request: web.Request) -> web.StreamResponse:
+    ns = request.match_info.get("ns", "")
+    return await _list(request, "pods", _ctx(request).cluster.pods(ns or None), ns)
+
+
+async def get_pod(request: web.Request) -> web.StreamResponse:
+    ns, name = request.match_info["ns"], request.match_info["name"]
+    return await _get(request, "pods", _ctx(request).cluster.pod(ns, name), name, ns)
+
+
+async def list_events(request: web.Request) -> web.StreamResponse:
+    ns = request.match_info.get("ns", "")
+    return await _list(request, "events", _ctx(request).cluster.events(ns or None), ns)
+
+
+async def get_event(request: web.Request) -> web.StreamResponse:
+    ns, name = request.match_info["ns"], request.match_info["name"]
+    found = next(
+        (e for e in _ctx(request).cluster.events(ns) if e["metadata"]["name"] == name), None
+    )
+    return await _get(request, "events", found, name, ns)
+
+
+async def pod_log(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    ns, name = request.match_info["ns"], request.match_info["name"]
+    pod = ctx.cluster.pod(ns, name)
+    node = pod["spec"].get("nodeName") if pod else None
+    await gate(request, Attributes("get", "pods", "log", namespace=ns, name=name), node)
+    if pod is None:
+        raise not_found("pods", name)
+    containers = [c["name"] for c in pod["spec"]["containers"]]
+    container = request.query.get("container") or containers[0]
+    if container not in containers:
+        raise bad_request(f"container {container} is not valid for pod {name}")
+    cs = next(
+        (s for s in pod["status"].get("containerStatuses", []) if s["name"] == container), None
+    )
+    previous = request.query.get("previous", "").lower() in ("1", "true")
+    if previous and not (cs and cs.get("lastState", {}).get("terminated")):
+        raise bad_request(f'previous terminated container "{container}" in pod "{name}" not found')
+    if not previous and (cs is None or "waiting" in cs.get("state", {})):
+        reason = (cs or {}).get("state", {}).get("waiting", {}).get("reason", "PodInitializing")
+        raise bad_request(f'container "{container}" in pod "{name}" is waiting to start: {reason}')
+    text = ctx.cluster.logs(ns, name, previous)
+    tail = request.query.get("tailLines")
+    if tail and tail.isdigit():
+        lines = text.splitlines(keepends=True)
+        text = "".join(lines[-int(tail) :]) if int(tail) else ""
+    return web.Response(text=text, content_type="text/plain")
+
+
+async def pod_exec(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    ns, name = request.match_info["ns"], request.match_info["name"]
+    cluster = ctx.cluster
+    pod = cluster.pod(ns, name)
+    node = pod["spec"].get("nodeName") if pod else None
+    await gate(request, Attributes("create", "pods", "exec", namespace=ns, name=name), node)
+    if pod is None:
+        raise not_found("pods", name)
+    container = request.query.get("container") or pod["spec"]["containers"][0]["name"]
+    statuses: list[Obj] = pod["status"].get("containerStatuses", [])
+    cs: Obj = next((s for s in statuses if s["name"] == container), {})
+    runnable = "running" in cs.get("state", {})
+    is_agent = node is not None and cluster.agent_pod_name(node) == name
+    started: list[AgentRun] = []
+
+    async def make_run(args: list[str]) -> AgentRun:
+        assert node is not None
+        path = write_scenario(ctx.workdir, node, cluster.agent_scenario(node))
+        run: AgentRun = (
+            InProcessRun(args, path)
+            if ctx.in_process
+            else SubprocessRun(args, path, ctx.workdir, node)
+        )
+        started.append(run)
+        ctx.runs.add(run)
+        return run
+
+    faults = cluster.faults(node) if node in cluster.specs else cluster.cluster_faults
+    try:
+        # Only agent pods run the agent; other pods' images lack it (as in a real cluster).
+        return await serve_exec(request, pod, faults, make_run, runnable, agent_image=is_agent)
+    finally:
+        for run in started:
+            ctx.runs.discard(run)
+
+
+def _review_attrs(spec: Obj) -> Attributes | None:
+    ra = spec.get("resourceAttributes")
+    if not isinstance(ra, dict):
+        return None
+    return Attributes(
+        verb=str(ra.get("verb", "")),
+        resource=str(ra.get("resource", "")),
+        subresource=str(ra.get("subresource", "")),
+        api_group=str(ra.get("group", "")),
+        namespace=str(ra.get("namespace", "")),
+        name=str(ra.get("name", "")),
+    )
+
+
+async def _review_body(request: web.Request, kind: str) -> Obj:
+    """A review request's body as a dict, from JSON or from kubectl's protobuf."""
+    raw = await request.read()
+    if request.content_type == "application/vnd.kubernetes.protobuf":
+        try:
+            _, sent_kind, obj = protobuf.unwrap(raw)
+            if sent_kind and sent_kind != kind:
+                raise protobuf.ProtobufError(f"expected a {kind}, got a {sent_kind}")
+            return {"spec": protobuf.review_spec(kind, obj)}
+        except protobuf.ProtobufError as exc:
+            raise bad_request(f"the body of the request was in an unknown format: {exc}") from None
+    if request.content_type not in ("application/json", ""):
+        raise StatusError(
+            status(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types "
+                "include: application/json, application/vnd.kubernetes.protobuf",
+            )
+        )
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the body of the request was in an unknown format: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("the body of the request was in an unknown format")
+    return body
+
+
+async def self_subject_access_review(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    await gate(
+        request, Attributes("create", "selfsubjectaccessreviews", api_group="authorization.k8s.io"),
+        None,
+    )  # fmt: skip
+    body = await _review_body(request, "SelfSubjectAccessReview")
+    spec = body.get("spec") or {}
+    attrs = _review_attrs(spec)
+    nra = spec.get("nonResourceAttributes")
+    if (attrs is None) == (not isinstance(nra, dict)):
+        raise StatusError(
+            status(
+                422,
+                "Invalid",
+                'SelfSubjectAccessReview.authorization.k8s.io "" is invalid: '
+                'spec.resourceAttributes: Invalid value: "null": exactly one of '
+                "nonResourceAttributes or resourceAttributes must be specified",
+                {"group": "authorization.k8s.io", "kind": "SelfSubjectAccessReview"},
+            )
+        )
+    if attrs is not None:
+        allowed, reason = ctx.cluster.auth.decide(_identity(request), attrs)
+    else:  # every authenticated user may read discovery and health paths
+        allowed = str(nra.get("verb", "")) == "get"  # type: ignore[union-attr]
+        reason = 'RBAC: allowed by ClusterRoleBinding "system:discovery"' if allowed else ""
+    result: Obj = {"allowed": allowed}
+    if reason:
+        result["reason"] = reason
+    return json_response(
+        {
+            "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": result,
+        },
+        status=201,
+    )
+
+
+async def self_subject_rules_review(request: web.Request) -> web.StreamResponse:
+    ctx = _ctx(request)
+    await gate(
+        request, Attributes("create", "selfsubjectrulesreviews", api_group="authorization.k8s.io"),
+        None,
+    )  # fmt: skip
+    body = await _review_body(request, "SelfSubjectRulesReview")
+    spec = body.get("spec") or {}
+    namespace = str(spec.get("namespace", ""))
+    rules = [
+        {"verbs": ["create"], "apiGroups": ["authorization.k8s.io"],
+         "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]},
+    ]  # fmt: skip
+    for rule in ctx.cluster.auth.rules_for(_identity(request), namespace):
+        entry: Obj = {
+            "verbs": list(rule.verbs),
+            "apiGroups": list(rule.api_groups),
+            "resources": list(rule.resources),
+        }
+        if rule.resource_names:
+            entry["resourceNames"] = list(rule.resource_names)
+        rules.append(entry)
+    paths = ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
+             "/openapi/*", "/readyz", "/version", "/version/"]  # fmt: skip
+    return json_response(
+        {
+            "kind": "SelfSubjectRulesReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": {
+                "resourceRules": rules,
+                "nonResourceRules": [{"verbs": ["get"], "nonResourceURLs": paths}],
+                "incomplete": False,
+            },
+        },
+        status=201,
+    )
+
+
+async def not_found_path(request: web.Request) -> web.StreamResponse:
+    raise path_not_found()
+
+
+def create_app(ctx: SimContext) -> web.Application:
+    """The aiohttp application serving *ctx*'s cluster."""
+    app = web.Application(middlewares=[api_middleware], client_max_size=1 << 20)
+    app[CTX] = ctx
+    r = app.router
+    for path in _PUBLIC:
+        r.add_get(path, healthz)
+    r.add_get("/version", version)
+    r.add_get("/api", api)
+    r.add_get("/api/v1", api_v1)
+    r.add_get("/apis", apis)
+    r.add_get("/apis/{group}", group)
+    r.add_get("/apis/authorization.k8s.io/v1", authz_v1)
+    r.add_get("/apis/coordination.k8s.io/v1", coordination_v1)
+    r.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get_lease)
+    # No OpenAPI documents: clients treat 404 as "not served" and carry on.
+    r.add_get("/openapi/{tail:.*}", not_found_path)
+    r.add_get("/api/v1/nodes", list_nodes)
+    r.add_get("/api/v1/nodes/{name}", get_node)
+    r.add_get("/api/v1/namespaces", list_namespaces)
+    r.add_get("/api/v1/namespaces/{name}", get_namespace)
+    r.add_get("/api/v1/pods", list_pods)
+    r.add_get("/api/v1/namespaces/{ns}/pods", list_pods)
+    r.add_get("/api/v1/namespaces/{ns}/pods/{name}", get_pod)
+    r.add_get("/api/v1/namespaces/{ns}/pods/{name}/log", pod_log)
+    r.add_route("GET", "/api/v1/namespaces/{ns}/pods/{name}/exec", pod_exec)
+    r.add_route("POST", "/api/v1/namespaces/{ns}/pods/{name}/exec", pod_exec)
+    r.add_get("/api/v1/events", list_events)
+    r.add_get("/api/v1/namespaces/{ns}/events", list_events)
+    r.add_get("/api/v1/namespaces/{ns}/events/{name}", get_event)
+    authz = "/apis/authorization.k8s.io/v1"
+    r.add_post(f"{authz}/selfsubjectaccessreviews", self_subject_access_review)
+    r.add_post(f"{authz}/selfsubjectrulesreviews", self_subject_rules_review)
+    return app

@@ -1,0 +1,142 @@
+{{/*
+Chart name. Fixed on purpose (no nameOverride): the broker discovers agent pods by
+app.kubernetes.io/name=k8s-gpu-mcp, app.kubernetes.io/component=agent.
+*/}}
+{{- define "k8s-gpu-mcp.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Fully qualified name for the release's objects (63 characters max, DNS label rules).
+*/}}
+{{- define "k8s-gpu-mcp.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "k8s-gpu-mcp.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "k8s-gpu-mcp.labels" -}}
+helm.sh/chart: {{ include "k8s-gpu-mcp.chart" . }}
+app.kubernetes.io/name: {{ include "k8s-gpu-mcp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: k8s-gpu-mcp
+{{- end -}}
+
+{{/* Selector labels of the agent pods (immutable in a DaemonSet: never change them). */}}
+{{- define "k8s-gpu-mcp.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "k8s-gpu-mcp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: agent
+{{- end -}}
+
+{{/* Labels on the agent's objects: common labels plus the component. */}}
+{{- define "k8s-gpu-mcp.agentLabels" -}}
+{{ include "k8s-gpu-mcp.labels" . }}
+app.kubernetes.io/component: agent
+{{- end -}}
+
+{{- define "k8s-gpu-mcp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "k8s-gpu-mcp.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "k8s-gpu-mcp.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the agent reads XIDs from the host kernel log (off for non-root). */}}
+{{- define "k8s-gpu-mcp.xidEnabled" -}}
+{{- if and .Values.xid.enabled (not .Values.agent.nonRoot.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the pod mounts anything from the host. */}}
+{{- define "k8s-gpu-mcp.usesHostPath" -}}
+{{- if or (include "k8s-gpu-mcp.xidEnabled" .) .Values.hostProc.enabled .Values.podResources.enabled (eq .Values.gpu.mode "privileged") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The strictest Pod Security Standard the agent pod meets, for the namespace's
+pod-security.kubernetes.io/enforce label:
+  privileged - privileged mode, any hostPath mount, or CAP_SYSLOG (not in baseline's list)
+  baseline   - runs as root, but no host mounts and no added capability
+  restricted - non-root, no host mounts, all capabilities dropped, RuntimeDefault seccomp
+*/}}
+{{- define "k8s-gpu-mcp.podSecurityLevel" -}}
+{{- if include "k8s-gpu-mcp.usesHostPath" . -}}privileged
+{{- else if not .Values.agent.nonRoot.enabled -}}baseline
+{{- else -}}restricted
+{{- end -}}
+{{- end -}}
+
+{{/* resource.k8s.io version for DRA mode: the value, or the newest the cluster serves. */}}
+{{- define "k8s-gpu-mcp.draApiVersion" -}}
+{{- if .Values.gpu.dra.apiVersion -}}
+{{- .Values.gpu.dra.apiVersion -}}
+{{- else if .Capabilities.APIVersions.Has "resource.k8s.io/v1" -}}resource.k8s.io/v1
+{{- else if .Capabilities.APIVersions.Has "resource.k8s.io/v1beta2" -}}resource.k8s.io/v1beta2
+{{- else if .Capabilities.APIVersions.Has "resource.k8s.io/v1beta1" -}}resource.k8s.io/v1beta1
+{{- else -}}
+{{- fail "gpu.mode=dra needs the resource.k8s.io API (Kubernetes 1.32+ with DRA enabled), but the cluster serves none of resource.k8s.io/v1, v1beta2, v1beta1. Enable DRA, set gpu.dra.apiVersion to force a version, or choose gpu.mode=runtimeClass." -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "k8s-gpu-mcp.claimTemplateName" -}}
+{{- printf "%s-gpus" (include "k8s-gpu-mcp.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Refuse to render a dangerous or contradictory configuration, with a message that says
+what to set instead. Included once, from the DaemonSet.
+*/}}
+{{- define "k8s-gpu-mcp.validate" -}}
+{{- $mode := .Values.gpu.mode -}}
+{{- if and (eq $mode "privileged") (not .Values.gpu.privileged.acknowledgeHostRootAccess) -}}
+{{- fail "gpu.mode=privileged makes every agent pod a privileged container: root on its GPU node, and anyone allowed to exec into it can take the node over. Prefer gpu.mode=runtimeClass (install the NVIDIA container toolkit or GPU Operator). If this cluster has no other way to reach its GPUs, set gpu.privileged.acknowledgeHostRootAccess=true to confirm." -}}
+{{- end -}}
+{{- if and (eq $mode "dra") (not .Values.gpu.dra.adminAccess) (eq .Values.gpu.dra.allocationMode "All") -}}
+{{- fail "gpu.mode=dra with gpu.dra.adminAccess=false and allocationMode=All would allocate every GPU on every node to the agent and starve all GPU workloads. Keep gpu.dra.adminAccess=true (recommended), or set gpu.dra.allocationMode=ExactCount." -}}
+{{- end -}}
+{{- if and (eq $mode "dra") (semverCompare "<1.32.0-0" .Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "gpu.mode=dra needs Kubernetes 1.32 or newer (resource.k8s.io DRA); this cluster is %s. Use gpu.mode=runtimeClass." .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Cluster-scoped names must not collide between releases in different namespaces. */}}
+{{- define "k8s-gpu-mcp.clusterRoleName" -}}
+{{- printf "%s-%s-cluster-read" (include "k8s-gpu-mcp.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/*
+RBAC subjects from rbac.subjects: Users and Groups get the RBAC apiGroup;
+ServiceAccounts default to the release namespace.
+*/}}
+{{- define "k8s-gpu-mcp.subjects" -}}
+{{- range .Values.rbac.subjects }}
+- kind: {{ .kind }}
+  name: {{ .name | quote }}
+  {{- if eq .kind "ServiceAccount" }}
+  namespace: {{ default $.Release.Namespace .namespace }}
+  {{- else }}
+  apiGroup: rbac.authorization.k8s.io
+  {{- end }}
+{{- end }}
+{{- end -}}

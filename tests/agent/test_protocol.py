@@ -1,0 +1,485 @@
+"""The JSON-RPC / MCP core (agent.protocol), driven in-process through create_session
+with the fake backend: lifecycle, version negotiation, error codes, concurrency,
+deadlines and cancellation."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from agent.protocol import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LATEST_VERSION,
+    MAX_HUNG,
+    MAX_MESSAGE_BYTES,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SUPPORTED_VERSIONS,
+    validate,
+)
+from agent.tools import TOOL_NAMES
+from tests.agent.conftest import Wire
+
+SLOW = {"faults": [{"gpu": 0, "kind": "slow_nvml", "seconds": 30}]}
+
+
+def slow_wire(wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]) -> Wire:
+    """A session whose GPU queries hang (slow_nvml) under a 0.3 s call deadline."""
+    w = wire("--backend", "fake", "--scenario", scenario(SLOW), "--call-timeout", "0.3")
+    w.initialize()
+    return w
+
+
+# --- lifecycle and versions ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_initialize_echoes_each_supported_version(wire: Callable[..., Wire], version: str) -> None:
+    result = wire("--backend", "fake").initialize(version)
+    assert result["protocolVersion"] == version
+    assert result["serverInfo"]["name"] == "k8s-gpu-mcp-agent"
+    assert result["serverInfo"]["version"]
+    assert result["capabilities"] == {"tools": {"listChanged": False}}
+    assert "get_gpu_health" in result["instructions"]
+
+
+@pytest.mark.parametrize("version", ["2024-01-01", "2026-07-28", "latest", ""])
+def test_initialize_answers_latest_for_unknown_versions(
+    wire: Callable[..., Wire], version: str
+) -> None:
+    assert wire("--backend", "fake").initialize(version)["protocolVersion"] == LATEST_VERSION
+
+
+@pytest.mark.parametrize("params", [{}, {"protocolVersion": 20250618}, {"protocolVersion": None}])
+def test_initialize_requires_a_version_string(
+    wire: Callable[..., Wire], params: dict[str, Any]
+) -> None:
+    response = wire("--backend", "fake").request("initialize", params)
+    assert response["error"]["code"] == INVALID_PARAMS
+    assert "protocolVersion" in response["error"]["message"]
+
+
+def test_tool_shape_follows_the_negotiated_version(wire: Callable[..., Wire]) -> None:
+    shapes = {}
+    for version in SUPPORTED_VERSIONS:
+        w = wire("--backend", "fake")
+        w.initialize(version)
+        tools = w.request("tools/list")["result"]["tools"]
+        assert [t["name"] for t in tools] == list(TOOL_NAMES)
+        shapes[version] = tools[0].keys()
+        result = w.call("get_gpu_inventory")
+        assert ("structuredContent" in result) == (version >= "2025-06-18")
+        assert json.loads(result["content"][0]["text"])["gpus"]
+    assert "annotations" not in shapes["2024-11-05"]
+    assert "outputSchema" not in shapes["2024-11-05"]
+    assert "annotations" in shapes["2025-03-26"]
+    assert "outputSchema" not in shapes["2025-03-26"]
+    for version in ("2025-06-18", "2025-11-25"):
+        assert {
+            "name",
+            "title",
+            "description",
+            "inputSchema",
+            "outputSchema",
+            "annotations",
+        } <= set(shapes[version])
+
+
+def test_ping_answers_empty_result_before_and_after_initialize(wire: Callable[..., Wire]) -> None:
+    w = wire("--backend", "fake")
+    assert w.request("ping")["result"] == {}
+    w.initialize()
+    assert w.request("ping", {"_meta": {"x": 1}})["result"] == {}
+
+
+def test_tools_list_rejects_a_non_string_cursor(fake_wire: Wire) -> None:
+    assert fake_wire.request("tools/list", {"cursor": 3})["error"]["code"] == INVALID_PARAMS
+    assert fake_wire.request("tools/list", {"cursor": "x"})["result"]["tools"]
+
+
+# --- error codes ---------------------------------------------------------------------------
+
+ERROR_CASES: list[tuple[str, str, int, Any]] = [
+    ("broken json", '{"jsonrpc": "2.0", "id": 1, "method": "ping"', PARSE_ERROR, None),
+    ("not utf-8", b'{"jsonrpc":"2.0","id":1,"method":"\xff"}'.decode("latin-1"), -1, None),
+    ("NaN", '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":NaN}}', PARSE_ERROR, None),
+    ("deep nesting", "[" * 100_000 + "]" * 100_000, PARSE_ERROR, None),
+    ("batch", '[{"jsonrpc":"2.0","id":1,"method":"ping"}]', INVALID_REQUEST, None),
+    ("empty batch", "[]", INVALID_REQUEST, None),
+    ("scalar", "42", INVALID_REQUEST, None),
+    ("string", '"ping"', INVALID_REQUEST, None),
+    ("null", "null", INVALID_REQUEST, None),
+    ("no jsonrpc", '{"id":7,"method":"ping"}', INVALID_REQUEST, 7),
+    ("jsonrpc 1.0", '{"jsonrpc":"1.0","id":7,"method":"ping"}', INVALID_REQUEST, 7),
+    ("null id", '{"jsonrpc":"2.0","id":null,"method":"ping"}', INVALID_REQUEST, None),
+    ("float id", '{"jsonrpc":"2.0","id":1.5,"method":"ping"}', INVALID_REQUEST, None),
+    ("bool id", '{"jsonrpc":"2.0","id":true,"method":"ping"}', INVALID_REQUEST, None),
+    ("object id", '{"jsonrpc":"2.0","id":{},"method":"ping"}', INVALID_REQUEST, None),
+    ("no method", '{"jsonrpc":"2.0","id":7}', INVALID_REQUEST, 7),
+    ("method number", '{"jsonrpc":"2.0","id":7,"method":5}', INVALID_REQUEST, 7),
+    ("params string", '{"jsonrpc":"2.0","id":7,"method":"ping","params":"x"}', INVALID_REQUEST, 7),
+    ("params array", '{"jsonrpc":"2.0","id":7,"method":"ping","params":[1]}', INVALID_PARAMS, 7),
+    (
+        "unknown method",
+        '{"jsonrpc":"2.0","id":"a","method":"resources/list"}',
+        METHOD_NOT_FOUND,
+        "a",
+    ),
+    ("discover", '{"jsonrpc":"2.0","id":7,"method":"server/discover"}', METHOD_NOT_FOUND, 7),
+    (
+        "unknown tool",
+        '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"rm_rf"}}',
+        INVALID_PARAMS,
+        7,
+    ),
+    ("tool name missing", '{"jsonrpc":"2.0","id":7,"method":"tools/call"}', INVALID_PARAMS, 7),
+    (
+        "arguments not object",
+        '{"jsonrpc":"2.0","id":7,"method":"tools/call",'
+        '"params":{"name":"get_gpu_health","arguments":[60]}}',
+        INVALID_PARAMS,
+        7,
+    ),
+    (
+        "argument wrong type",
+        '{"jsonrpc":"2.0","id":7,"method":"tools/call",'
+        '"params":{"name":"get_gpu_health","arguments":{"since_minutes":"60"}}}',
+        INVALID_PARAMS,
+        7,
+    ),
+    (
+        "argument out of range",
+        '{"jsonrpc":"2.0","id":7,"method":"tools/call",'
+        '"params":{"name":"analyze_xid_errors","arguments":{"since_minutes":0}}}',
+        INVALID_PARAMS,
+        7,
+    ),
+    (
+        "unknown argument",
+        '{"jsonrpc":"2.0","id":7,"method":"tools/call",'
+        '"params":{"name":"get_gpu_inventory","arguments":{"verbose":true}}}',
+        INVALID_PARAMS,
+        7,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "rid"),
+    [pytest.param(line, code, rid, id=name) for name, line, code, rid in ERROR_CASES],
+)
+def test_bad_messages_get_the_right_error_and_the_session_goes_on(
+    fake_wire: Wire, line: str, code: int, rid: Any
+) -> None:
+    raw: str | bytes = line
+    if code == -1:  # invalid UTF-8 must arrive as bytes
+        raw, code = line.encode("latin-1"), PARSE_ERROR
+    before = fake_wire.count()
+    fake_wire.send(raw)
+    assert fake_wire.count() == before + 1, "exactly one answer"
+    answer = fake_wire.last()
+    assert answer["error"]["code"] == code, answer
+    assert answer["id"] == rid and type(answer["id"]) is type(rid)
+    assert answer["error"]["message"]
+    assert fake_wire.request("ping")["result"] == {}
+
+
+def test_invalid_arguments_say_what_is_wrong(fake_wire: Wire) -> None:
+    response = fake_wire.request(
+        "tools/call", {"name": "get_gpu_health", "arguments": {"since_minutes": -5, "x": 1}}
+    )
+    error = response["error"]
+    assert error["code"] == INVALID_PARAMS
+    assert "since_minutes must be > 0" in error["message"]
+    assert "unknown property 'x'" in error["message"]
+    assert len(error["data"]["problems"]) == 2
+
+
+def test_unknown_tool_lists_the_tools_that_exist(fake_wire: Wire) -> None:
+    error = fake_wire.request("tools/call", {"name": "nvidia_smi"})["error"]
+    assert error["code"] == INVALID_PARAMS
+    assert "Unknown tool: nvidia_smi" in error["message"]
+    assert "get_gpu_health" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"jsonrpc":"2.0","method":"notifications/initialized"}',
+        '{"jsonrpc":"2.0","method":"notifications/whatever","params":{"a":1}}',
+        '{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":99}}',
+        '{"jsonrpc":"2.0","method":"notifications/cancelled","params":{}}',
+        '{"jsonrpc":"2.0","method":"notifications/cancelled","params":[1]}',
+        '{"jsonrpc":"2.0","method":"tools/list"}',
+        '{"jsonrpc":"2.0","id":5,"result":{}}',
+        '{"jsonrpc":"2.0","id":5,"error":{"code":1,"message":"x"}}',
+        "   ",
+        "",
+    ],
+)
+def test_notifications_and_responses_get_no_answer(fake_wire: Wire, line: str) -> None:
+    before = fake_wire.count()
+    fake_wire.send(line)
+    assert fake_wire.request("ping")["result"] == {}
+    assert fake_wire.count() == before + 1  # only the ping's answer
+
+
+def test_oversized_message_is_refused_without_parsing(fake_wire: Wire) -> None:
+    line = '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + "x" * MAX_MESSAGE_BYTES
+    fake_wire.send(line + '"}}')
+    answer = fake_wire.last()
+    assert answer["id"] is None
+    assert answer["error"]["code"] == INVALID_REQUEST
+    assert str(MAX_MESSAGE_BYTES) in answer["error"]["message"]
+    assert fake_wire.request("ping")["result"] == {}
+
+
+def test_string_and_integer_ids_are_distinct_and_echoed(fake_wire: Wire) -> None:
+    fake_wire.send('{"jsonrpc":"2.0","id":"1","method":"ping"}')
+    fake_wire.send('{"jsonrpc":"2.0","id":1,"method":"ping"}')
+    assert fake_wire.answers("1") and fake_wire.wait_for("1")["result"] == {}
+    assert fake_wire.wait_for(1)["result"] == {}
+
+
+# --- concurrency, deadlines, cancellation --------------------------------------------------
+
+
+def test_pipelined_calls_are_each_answered_once(fake_wire: Wire) -> None:
+    ids = [fake_wire.send_request("tools/call", {"name": n}) for n in TOOL_NAMES * 3]
+    ids.append(fake_wire.send_request("ping"))
+    for rid in ids:
+        fake_wire.wait_for(rid)
+    for rid in ids:
+        assert len(fake_wire.answers(rid)) == 1
+        answer = fake_wire.answers(rid)[0]
+        assert "result" in answer and not answer["result"].get("isError"), answer
+
+
+def test_hung_call_times_out_and_the_agent_stays_responsive(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    w = slow_wire(wire, scenario)
+    started = time.monotonic()
+    rid = w.send_request("tools/call", {"name": "get_gpu_health"})
+    # Answered while the health call is stuck: out of order.
+    assert w.request("ping")["result"] == {}
+    assert not w.answers(rid)
+    result = w.wait_for(rid, timeout=5)["result"]
+    elapsed = time.monotonic() - started
+    assert result["isError"] is True
+    text = result["content"][0]["text"]
+    assert "0.3 s" in text and "--call-timeout" in text and "NVML" in text
+    assert 0.25 <= elapsed < 3
+    assert w.session.hung >= 1
+    assert w.request("tools/list")["result"]["tools"]
+
+
+def test_cancelled_running_call_gets_no_answer(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    w = slow_wire(wire, scenario)
+    rid = w.send_request("tools/call", {"name": "get_gpu_inventory"})
+    w.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}})
+    time.sleep(0.6)  # past the deadline that would have produced an answer
+    assert w.answers(rid) == []
+    assert w.request("ping")["result"] == {}
+
+
+def test_cancelled_queued_call_never_runs_or_answers(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    w = slow_wire(wire, scenario)
+    running = [w.send_request("tools/call", {"name": "get_gpu_health"}) for _ in range(4)]
+    queued = w.send_request("tools/call", {"name": "get_gpu_health"})
+    w.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": queued}})
+    for rid in running:
+        assert w.wait_for(rid, timeout=5)["result"]["isError"] is True
+    time.sleep(0.5)
+    assert w.answers(queued) == []
+
+
+def test_too_many_stuck_calls_are_refused_quickly(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    w = wire("--backend", "fake", "--scenario", scenario(SLOW), "--call-timeout", "0.5")
+    stuck = [w.send_request("tools/call", {"name": "get_gpu_processes"}) for _ in range(MAX_HUNG)]
+    for rid in stuck:
+        w.wait_for(rid, timeout=10)
+    assert w.session.hung == MAX_HUNG
+    started = time.monotonic()
+    result = w.call("get_gpu_health")
+    assert time.monotonic() - started < 0.45  # refused at once, not after another deadline
+    assert result["isError"] is True
+    assert "still stuck" in result["content"][0]["text"]
+
+
+def test_duplicate_in_flight_id_is_rejected(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    w = slow_wire(wire, scenario)
+    call = {
+        "jsonrpc": "2.0",
+        "id": "dup",
+        "method": "tools/call",
+        "params": {"name": "get_gpu_health"},
+    }
+    w.send(call)
+    w.send(call)
+    first = w.wait_for("dup")
+    assert (
+        first["error"]["code"] == INVALID_REQUEST and "already in use" in first["error"]["message"]
+    )
+    time.sleep(0.6)
+    assert len(w.answers("dup")) == 2  # the rejection, then the original call's timeout
+
+
+def test_close_answers_every_accepted_request_first(fake_wire: Wire) -> None:
+    ids = [fake_wire.send_request("tools/call", {"name": "get_gpu_health"}) for _ in range(6)]
+    fake_wire.close()
+    for rid in ids:
+        assert len(fake_wire.answers(rid)) == 1
+    before = fake_wire.count()
+    fake_wire.send_request("ping")  # after close: ignored
+    assert fake_wire.count() == before
+
+
+def test_a_broken_writer_does_not_break_the_session(
+    scenario: Callable[[dict[str, Any]], str],
+) -> None:
+    from agent.app import create_session
+
+    def write(data: bytes) -> None:
+        raise BrokenPipeError("reader went away")
+
+    session = create_session(["--backend", "fake", "--scenario", scenario({})], write)
+    session.feed(
+        '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_gpu_health"}}'
+    )
+    session.feed('{"jsonrpc":"2.0","id":2,"method":"ping"}')
+    session.close()  # returns: the answers were dropped, nothing hangs
+
+
+def test_busy_queue_is_refused_with_internal_error(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str], monkeypatch: Any
+) -> None:
+    import agent.protocol
+
+    monkeypatch.setattr(agent.protocol, "MAX_QUEUED", 2)
+    w = slow_wire(wire, scenario)
+    ids = [w.send_request("tools/call", {"name": "get_gpu_health"}) for _ in range(7)]
+    refused = w.wait_for(ids[-1], timeout=1)
+    assert refused["error"]["code"] == INTERNAL_ERROR
+    assert "busy" in refused["error"]["message"]
+
+
+# --- the argument validator ----------------------------------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "since_minutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+        "count": {"type": "integer", "minimum": 1},
+        "mode": {"type": "string", "enum": ["a", "b"], "maxLength": 1},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "flag": {"type": ["boolean", "null"]},
+    },
+    "required": ["mode"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"mode": "a"}, None),
+        ({"mode": "a", "since_minutes": 10, "count": 2.0, "tags": [], "flag": None}, None),
+        ({}, "arguments.mode is required"),
+        ({"mode": "c"}, 'arguments.mode must be one of ["a", "b"]'),
+        ({"mode": "a", "since_minutes": 0}, "arguments.since_minutes must be > 0"),
+        ({"mode": "a", "since_minutes": 11}, "arguments.since_minutes must be ≤ 10"),
+        ({"mode": "a", "since_minutes": True}, "must be number, got boolean"),
+        ({"mode": "a", "count": 1.5}, "arguments.count must be integer, got number"),
+        ({"mode": "a", "count": 0}, "arguments.count must be ≥ 1"),
+        ({"mode": "a", "count": 10**400}, None),
+        ({"mode": "a", "tags": ["x", 3]}, "arguments.tags[1] must be string, got integer"),
+        ({"mode": "a", "flag": "yes"}, "arguments.flag must be boolean or null, got string"),
+        ({"mode": "a", "extra": 1}, "unknown property 'extra'"),
+        ([], "arguments must be object, got array"),
+    ],
+)
+def test_validator(value: Any, problem: str | None) -> None:
+    problems = validate(value, SCHEMA)
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems
+
+
+def test_non_finite_numbers_never_reach_the_wire() -> None:
+    from agent.protocol import dumps, tool_result
+
+    result = tool_result({"power_w": float("nan"), "x": [float("inf"), 1.5]}, LATEST_VERSION)
+    wire = json.loads(dumps({"jsonrpc": "2.0", "id": 1, "result": result}))
+    assert wire["result"]["structuredContent"] == {"power_w": None, "x": [None, 1.5]}
+    assert json.loads(wire["result"]["content"][0]["text"]) == {"power_w": None, "x": [None, 1.5]}
+
+
+def test_close_does_not_wait_for_a_cancelled_call(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    w = wire("--backend", "fake", "--scenario", scenario(SLOW), "--call-timeout", "20")
+    rid = w.send_request("tools/call", {"name": "get_gpu_health"})
+    w.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}})
+    started = time.monotonic()
+    w.session.close()
+    assert time.monotonic() - started < 1  # not the 20 s deadline
+    assert w.session.busy == 1  # the thread is still inside the backend: left alone
+    assert w.answers(rid) == []
+
+
+class _Failing:
+    """A provider whose tools fail the two ways a tool can: on purpose and by surprise."""
+
+    timeout_hint = "hint."
+
+    def definitions(self) -> list[dict[str, Any]]:
+        schema = {"type": "object", "properties": {}}
+        return [
+            {"name": "expected", "inputSchema": schema},
+            {"name": "surprise", "inputSchema": schema},
+        ]
+
+    def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        from agent.errors import KmsgUnavailable
+
+        if name == "expected":
+            raise KmsgUnavailable("cannot read the kernel log: needs CAP_SYSLOG")
+        raise ZeroDivisionError("division by zero")
+
+    def close(self) -> None:
+        pass
+
+
+def test_tool_failures_become_error_results(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.protocol import Session
+
+    out: list[bytes] = []
+    session = Session(_Failing(), out.append)
+    for rid, name in ((1, "expected"), (2, "surprise")):
+        call = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name}}
+        session.feed(json.dumps(call))
+    session.close()
+    answers = {m["id"]: m["result"] for m in map(json.loads, out)}
+    assert answers[1] == {
+        "content": [{"type": "text", "text": "cannot read the kernel log: needs CAP_SYSLOG"}],
+        "isError": True,
+    }
+    assert answers[2]["isError"] is True
+    assert "ZeroDivisionError: division by zero" in answers[2]["content"][0]["text"]
+    assert "failed unexpectedly" in capsys.readouterr().err  # the operator sees it too

@@ -1,0 +1,163 @@
+"""Scenario loading and validation, node generation, selectors and table cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from broker.sim import SimCluster, SimScenarioError, load_scenario
+from broker.sim.scenario import expand_nodes, parse_scenario
+from broker.sim.selectors import (
+    FIELDS,
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+)
+from broker.sim.tables import human_duration
+
+
+def test_default_scenario_has_the_demo_faults() -> None:
+    sc = load_scenario(None)
+    by_name = {n.name: n for n in sc.nodes}
+    kinds = {
+        name: {f["kind"] for f in node.agent.get("faults", [])} for name, node in by_name.items()
+    }
+    assert "fell_off_bus" in kinds["gpu-node-002"]
+    assert "row_remap_failure" in kinds["gpu-node-003"]
+    assert "thermal_throttle" in kinds["gpu-node-004"]
+    assert by_name["gpu-node-005"].agent_pod == "pending"
+    assert by_name["gpu-node-006"].agent_pod == "missing"
+    assert {f["xid"] for f in by_name["gpu-node-007"].agent["faults"]} == {13}
+    reasons = {w.name: (w.phase, w.exit_code, w.reason, w.last_reason) for w in sc.workloads}
+    assert reasons["data-prep-6c9f7d8b4-h2m9x"][3] == "OOMKilled"
+    assert reasons["eval-nightly-29409120-4kq8z"][:2] == ("Succeeded", 0)
+
+
+def test_nodes_are_padded_with_healthy_generated_ones() -> None:
+    sc = load_scenario({"nodes": [{"name": "gpu-node-002", "gpu_count": 2}], "cpu_nodes": 1})
+    nodes = expand_nodes(sc, 1000)
+    gpu = [n for n in nodes if n.gpu]
+    assert len(gpu) == 1000 and len(nodes) == 1001
+    assert gpu[0].gpu_count == 2 and gpu[1].name == "gpu-node-0001"
+    assert "gpu-node-0002" in {n.name for n in gpu}  # no clash with the named node's style
+    assert len({n.name for n in nodes}) == 1001
+    assert all(n.agent == {} and n.agent_pod == "ready" for n in gpu[1:])
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"nodes": [{"name": "a", "gpus": 3}]}, "nodes[0]: unknown key 'gpus'"),
+        ({"nodes": [{"name": "a", "gpu_count": "8"}]}, "nodes[0].gpu_count: expected an integer"),
+        ({"nodes": [{"name": "Bad_Name"}]}, "not a valid node name"),
+        ({"nodes": [{"name": "a", "product": "B200"}]}, "unknown; known: H100-80GB"),
+        ({"nodes": [{"name": "a", "agent_pod": "sleepy"}]}, "agent_pod: one of ready"),
+        ({"nodes": [{"name": "a"}, {"name": "a"}]}, "duplicate node 'a'"),
+        ({"workloads": [{"name": "w", "node": "ghost"}]}, "no node named 'ghost'"),
+        ({"workloads": [{"name": "w", "state": "terminated"}]}, "exit_code: required"),
+        ({"users": [{"name": "u", "rules": [{"verbs": ["get"]}]}]}, "needs non-empty"),
+        ({"defaults": {"gpu_count": 99}}, "defaults"),
+        ({"nodes": [{"name": "a", "faults": {"exec_garbage": "lots"}}]}, "exec_garbage"),
+        ([1, 2], "top level must be a mapping"),
+    ],
+)
+def test_bad_scenarios_name_the_problem(doc: object, message: str) -> None:
+    with pytest.raises(SimScenarioError) as err:
+        parse_scenario(doc)
+    assert message in str(err.value)
+
+
+def test_scenario_files_yaml_and_json(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text("nodes:\n  - name: n1\n    product: T4\n    gpu_count: 4\n")
+    assert load_scenario(tmp_path / "s.yaml").nodes[0].product == "T4"
+    (tmp_path / "s.json").write_text(json.dumps({"cpu_nodes": 3}))
+    assert load_scenario(tmp_path / "s.json").cpu_nodes == 3
+    (tmp_path / "bad.yaml").write_text("nodes: [\n")
+    with pytest.raises(SimScenarioError, match="invalid YAML"):
+        load_scenario(tmp_path / "bad.yaml")
+    with pytest.raises(SimScenarioError, match="cannot read scenario"):
+        load_scenario(tmp_path / "missing.yaml")
+
+
+def test_agent_scenario_keeps_xid_wall_clock_times() -> None:
+    sc = load_scenario(
+        {
+            "nodes": [
+                {
+                    "name": "n",
+                    "agent": {"faults": [{"gpu": 0, "kind": "xid", "xid": 13, "ago_s": 100}]},
+                }
+            ]
+        }  # fmt: skip
+    )
+    cluster = SimCluster(sc, start=1_000_000.0)
+    later = cluster.agent_scenario("n", now=1_000_050.0)
+    assert later["faults"][0]["ago_s"] == 150.0  # still 100 s before the sim started
+    assert later["uptime_s"] == sc.nodes[0].uptime_s + 50
+    assert later["node"] == "n" and later["gpu_count"] == 8
+    cluster.update_agent("n", disabled_tools=["get_nvlink_topology"])
+    assert cluster.agent_scenario("n")["disabled_tools"] == ["get_nvlink_topology"]
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "match"),
+    [
+        ("a=b", {"a": "b"}, True),
+        ("a==b,c!=d", {"a": "b", "c": "e"}, True),
+        ("a!=b", {}, True),
+        ("a in (x, y)", {"a": "y"}, True),
+        ("a notin (x,y)", {"a": "y"}, False),
+        ("a", {"a": ""}, True),
+        ("!a", {"a": ""}, False),
+        ("n>3", {"n": "4"}, True),
+        ("n<3", {"n": "x"}, False),
+        ("nvidia.com/gpu.present=true", {"nvidia.com/gpu.present": "true"}, True),
+        ("", {"x": "y"}, True),
+    ],
+)
+def test_label_selectors_match_like_apimachinery(
+    selector: str, labels: dict[str, str], match: bool
+) -> None:
+    assert parse_label_selector(selector).matches(labels) is match
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        ("a in (b", "unable to parse requirement: found '', expected: ',' or ')'"),
+        ("-x=y", 'unable to parse requirement: key: Invalid value: "-x"'),
+        ("a=b c", "found 'c', expected: ',' or 'end of string'"),
+        ("a=b,", "found '', expected: !, identifier, or 'end of string'"),
+        ("a=b=c", "found '=', expected: ',' or 'end of string'"),
+        ("a=bad value!", "found 'value'"),
+        ("n>x", "the value must be an integer"),
+    ],
+)
+def test_bad_label_selectors(selector: str, message: str) -> None:
+    with pytest.raises(SelectorError) as err:
+        parse_label_selector(selector)
+    assert message in str(err.value)
+
+
+def test_field_selectors() -> None:
+    supported, getter = FIELDS["pods"]
+    sel = parse_field_selector("spec.nodeName=n1,status.phase!=Failed", supported)
+    pod = {"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}
+    assert sel.matches(getter(pod))
+    pod["status"]["phase"] = "Failed"
+    assert not sel.matches(getter(pod))
+    with pytest.raises(SelectorError, match="field label not supported: spec.bogus"):
+        parse_field_selector("spec.bogus=1", supported)
+    with pytest.raises(SelectorError, match="can't understand 'nonsense'"):
+        parse_field_selector("nonsense", supported)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(5, "5s"), (119, "119s"), (150, "2m30s"), (600, "10m"), (3 * 3600 + 60, "3h1m"),
+     (9 * 3600, "9h"), (3 * 86400 + 3600, "3d1h"), (40 * 86400, "40d"), (-5, "<invalid>")],
+)  # fmt: skip
+def test_human_duration_matches_kubectl(seconds: int, text: str) -> None:
+    assert human_duration(seconds) == text

@@ -1,0 +1,68 @@
+"""NOTES.txt tells the user how to connect, what to label, and warns in privileged mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chart.helmchart import CI_FILES, NAMESPACE, Chart
+
+pytestmark = pytest.mark.needs_helm
+
+CI = {p.name: p for p in CI_FILES}
+
+
+def test_notes_show_how_to_run_the_broker_against_this_install(chart: Chart) -> None:
+    notes = chart.notes()
+    assert f"broker serve --namespace {NAMESPACE}" in notes
+    assert f"kubectl mcp diagnose NODE --namespace {NAMESPACE}" in notes
+    assert (
+        f"kubectl -n {NAMESPACE} get pods -l "
+        "app.kubernetes.io/name=k8s-gpu-mcp,app.kubernetes.io/component=agent"
+    ) in notes
+    assert f"kubectl auth can-i create pods --subresource=exec -n {NAMESPACE}" in notes
+    assert "WARNING" not in notes
+
+
+def test_notes_say_how_to_bind_when_nobody_is_bound(chart: Chart) -> None:
+    assert "Nobody is bound" in chart.notes()
+    assert "Nobody is bound" not in chart.notes(values=[CI["full-values.yaml"]])
+
+
+@pytest.mark.parametrize(
+    ("sets", "level"),
+    [
+        ((), "privileged"),
+        (("xid.enabled=false",), "baseline"),
+        (("agent.nonRoot.enabled=true",), "restricted"),
+    ],
+)
+def test_notes_give_the_pod_security_label_for_the_mode(
+    chart: Chart, sets: tuple[str, ...], level: str
+) -> None:
+    notes = chart.notes(*sets)
+    assert f"kubectl label namespace {NAMESPACE} --overwrite" in notes
+    assert f"pod-security.kubernetes.io/enforce={level} " in notes
+    assert "pod-security.kubernetes.io/warn=restricted" in notes
+
+
+def test_privileged_mode_warns_loudly(chart: Chart) -> None:
+    notes = chart.notes(values=[CI["privileged-values.yaml"]])
+    head = notes[:600]
+    assert "WARNING: PRIVILEGED MODE" in head
+    assert "root on its GPU node" in head
+    assert "pod-security.kubernetes.io/enforce=privileged" in notes
+
+
+def test_dra_admin_access_notes_name_the_namespace_label(chart: Chart) -> None:
+    notes = chart.notes(values=[CI["dra-values.yaml"]])
+    assert f"kubectl label namespace {NAMESPACE} resource.kubernetes.io/admin-access=true" in notes
+
+
+def test_non_root_notes_say_xid_is_off(chart: Chart) -> None:
+    notes = chart.notes(values=[CI["nonroot-values.yaml"]])
+    assert "XID analysis from the kernel log is OFF" in notes
+
+
+def test_device_plugin_notes_state_the_cost(chart: Chart) -> None:
+    notes = chart.notes(values=[CI["deviceplugin-values.yaml"]])
+    assert "1 x nvidia.com/gpu.shared per node" in notes

@@ -1,0 +1,110 @@
+"""RBAC grants exactly what the broker uses: exec in this namespace, read-only cluster view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.chart.helmchart import CI_FILES, NAMESPACE, Chart, by_kind, one, pod_spec
+
+pytestmark = pytest.mark.needs_helm
+
+FULL = next(p for p in CI_FILES if p.name == "full-values.yaml")
+
+
+def grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """Every (apiGroup, resource, verb) a role allows, flattened."""
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_exec_role_is_namespaced_and_exact(chart: Chart) -> None:
+    role = one(chart.template(), "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert grants(role) == {
+        ("", "pods", "get"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        # create: SPDY exec, and WebSocket exec from 1.35; get: WebSocket exec before that.
+        ("", "pods/exec", "create"),
+        ("", "pods/exec", "get"),
+    }
+    assert all("resourceNames" not in rule for rule in role["rules"])
+
+
+def test_cluster_role_is_read_only_and_exact(chart: Chart) -> None:
+    role = one(chart.template(), "ClusterRole")
+    assert "namespace" not in role["metadata"]
+    assert grants(role) == {
+        (group, resource, verb)
+        for group in [""]
+        for resource in ("nodes", "pods", "events")
+        for verb in ("get", "list")
+    }
+
+
+def test_cluster_scoped_names_do_not_collide_across_namespaces(chart: Chart) -> None:
+    here = chart.template(values=[FULL])
+    there = chart.template(values=[FULL], namespace="other")
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        assert one(here, kind)["metadata"]["name"] != one(there, kind)["metadata"]["name"]
+    assert one(there, "Role")["metadata"]["namespace"] == "other"
+    assert one(there, "RoleBinding")["subjects"][2]["namespace"] == "other"
+
+
+def test_no_bindings_unless_subjects_are_given(chart: Chart) -> None:
+    docs = chart.template()
+    assert not by_kind(docs, "RoleBinding") and not by_kind(docs, "ClusterRoleBinding")
+
+
+def test_bindings_bind_the_given_subjects_to_both_roles(chart: Chart) -> None:
+    docs = chart.template(values=[FULL])
+    role, cluster_role = one(docs, "Role"), one(docs, "ClusterRole")
+    binding, cluster_binding = one(docs, "RoleBinding"), one(docs, "ClusterRoleBinding")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert cluster_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": cluster_role["metadata"]["name"],
+    }
+    expected = [
+        {"kind": "Group", "name": "gpu-sre", "apiGroup": "rbac.authorization.k8s.io"},
+        {"kind": "User", "name": "alice@example.com", "apiGroup": "rbac.authorization.k8s.io"},
+        {"kind": "ServiceAccount", "name": "broker", "namespace": NAMESPACE},
+    ]
+    assert binding["subjects"] == expected
+    assert cluster_binding["subjects"] == expected
+
+
+def test_service_account_subject_keeps_its_own_namespace(chart: Chart) -> None:
+    docs = chart.template(
+        "rbac.subjects[0].kind=ServiceAccount",
+        "rbac.subjects[0].name=mcp-broker",
+        "rbac.subjects[0].namespace=platform",
+    )
+    subject = one(docs, "ClusterRoleBinding")["subjects"][0]
+    assert subject == {"kind": "ServiceAccount", "name": "mcp-broker", "namespace": "platform"}
+
+
+def test_agent_service_account_is_bound_to_nothing(chart: Chart) -> None:
+    docs = chart.template(values=[FULL])
+    agent_sa = pod_spec(docs)["serviceAccountName"]
+    for binding in [*by_kind(docs, "RoleBinding"), *by_kind(docs, "ClusterRoleBinding")]:
+        assert all(s["name"] != agent_sa for s in binding["subjects"])
+
+
+def test_rbac_can_be_left_to_the_cluster_admin(chart: Chart) -> None:
+    docs = chart.template("rbac.create=false", values=[FULL])
+    for kind in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"):
+        assert not by_kind(docs, kind), kind
