@@ -15,9 +15,9 @@
 # Environment (all optional):
 #   IMAGE          tag to build              (localhost/k8s-gpu-mcp-agent:<version>)
 #   BASE_IMAGE     pullable base to use instead of the local one,
-#                  e.g. docker.io/library/python:3.12-slim-bookworm
+#                  e.g. docker.io/library/python:3.13-slim-trixie
 #   REBUILD_BASE=1 bootstrap the local base again (picks up Debian security updates)
-#   DEBIAN_SUITE   (bookworm)   DEBIAN_MIRROR (http://deb.debian.org/debian)
+#   DEBIAN_SUITE   (trixie)   DEBIAN_MIRROR (http://deb.debian.org/debian)
 #   DEBIAN_SECURITY_MIRROR      (http://deb.debian.org/debian-security)
 #   CA_BUNDLE      CA certificates pip trusts in the build (/etc/ssl/certs/ca-certificates.crt)
 #
@@ -27,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STATE=$PWD/.image
-SUITE=${DEBIAN_SUITE:-bookworm}
+SUITE=${DEBIAN_SUITE:-trixie}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n 1)
@@ -102,15 +102,21 @@ EOF
         >>"$STATE/base.log" 2>&1 || die "updating the base failed: see .image/base.log"
 
     log "trimming the base"
+    # A mount left in the rootfs (debootstrap mounts /proc and /sys in it) would be
+    # copied into the layer by commit: a snapshot of this machine's /proc. Once seen.
+    local target
+    awk -v root="$mnt/" 'index($5, root) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+        while read -r target; do umount -l "$target"; done
     (
         cd "$mnt"
+        find proc sys dev -mindepth 1 -delete \
+            || die "cannot empty /proc, /sys and /dev of the base rootfs $mnt"
         rm -rf var/lib/apt/lists/* var/cache/apt/* var/cache/debconf/*-old var/lib/dpkg/*-old \
             var/log/* tmp/* var/tmp/* usr/share/man/* usr/share/info/* usr/share/locale/* \
             usr/share/lintian usr/share/linda
         find usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete
         find usr/share/doc -mindepth 1 -type d -empty -delete
         # The runtime provides /dev, resolv.conf and hostname; keep the host's out.
-        find dev -mindepth 1 -delete
         : >etc/resolv.conf
         : >etc/hostname
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent import __version__, protocol
@@ -36,6 +36,14 @@ examples:
   gpu-agent --backend fake                   # a simulated 8x H100 node with faults
   gpu-agent --backend fake --scenario s.json # your own simulated node
   gpu-agent --host-proc /host/proc           # map GPU processes to pods
+  gpu-agent --kmsg off                       # no kernel-log (XID) reading
+
+environment (set by the Helm chart on the pod; a command-line option wins):
+  GPU_AGENT_KMSG                  like --kmsg: a path, auto or off
+  GPU_AGENT_HOST_PROC             like --host-proc
+  GPU_AGENT_POD_RESOURCES_SOCKET  the kubelet PodResources socket (reported, not yet used)
+  GPU_AGENT_LOG_LEVEL             like --log-level
+  NODE_NAME                       the Kubernetes node name shown in every answer
 
 When NVML cannot be initialised (no driver, pod without runtimeClassName: nvidia) the
 agent still starts and answers; every GPU tool then returns an error that says why.
@@ -50,10 +58,19 @@ DEFAULTS: dict[str, Any] = {
     "kmsg": None,
     "host_proc": None,
     "call_timeout": 20.0,
-    "log_level": "warning",
+    "log_level": None,  # GPU_AGENT_LOG_LEVEL, else warning
 }
 _FLAGS = {"--" + dest.replace("_", "-"): dest for dest in DEFAULTS}
 BACKENDS = ("nvml", "fake")
+
+ENV_KMSG = "GPU_AGENT_KMSG"
+ENV_HOST_PROC = "GPU_AGENT_HOST_PROC"
+ENV_POD_RESOURCES = "GPU_AGENT_POD_RESOURCES_SOCKET"
+ENV_NODE_NAME = "NODE_NAME"
+ENV_LOG_LEVEL = "GPU_AGENT_LOG_LEVEL"
+# Each NVML GPU read is bounded below the call deadline, so a call with one hung GPU
+# still answers with the other GPUs' facts (and names the hung one) before it expires.
+GPU_TIMEOUT_SHARE = 0.75
 
 
 class Options:
@@ -66,7 +83,7 @@ class Options:
         kmsg: str | None,
         host_proc: str | None,
         call_timeout: float,
-        log_level: str,
+        log_level: str | None,
     ) -> None:
         self.backend = backend
         self.scenario = scenario
@@ -112,7 +129,7 @@ def _fast_parse(args: Sequence[str]) -> Options | None:
     timeout = _seconds(str(values["call_timeout"]))
     if (
         values["backend"] not in BACKENDS
-        or values["log_level"] not in protocol.LOG_LEVELS
+        or (values["log_level"] is not None and values["log_level"] not in protocol.LOG_LEVELS)
         or timeout is None
     ):
         return None
@@ -167,10 +184,11 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kmsg",
-        metavar="PATH",
-        help="kernel log to read XIDs from (default /dev/kmsg; with --backend fake the "
-        "scenario's own records unless --kmsg is given). Needs CAP_SYSLOG when "
-        "kernel.dmesg_restrict=1",
+        metavar="PATH|auto|syslog|off",
+        help="kernel log to read XIDs from: auto (default: /dev/kmsg if it opens, else the "
+        "syslog(2) call, which needs no device mount; with --backend fake the scenario's "
+        "own records), syslog (only syslog(2)), a file or device PATH, or off (no XID "
+        "reading). Needs CAP_SYSLOG when kernel.dmesg_restrict=1",
     )
     parser.add_argument(
         "--host-proc",
@@ -188,7 +206,7 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         "--log-level",
         choices=tuple(protocol.LOG_LEVELS),
         default=DEFAULTS["log_level"],
-        help="stderr verbosity (default warning)",
+        help="stderr verbosity (default: GPU_AGENT_LOG_LEVEL, else warning)",
     )
     parser.add_argument("--version", action="version", version=f"gpu-agent {__version__}")
     return parser
@@ -202,6 +220,36 @@ def parse_options(args: Sequence[str], raise_errors: bool = False) -> Options:
     return options
 
 
+class Settings:
+    """Where the agent's node-facing inputs come from once options and environment are
+    merged (a command-line option wins over its environment variable)."""
+
+    def __init__(self, options: Options, env: Mapping[str, str]) -> None:
+        env_kmsg = env.get(ENV_KMSG, "").strip()
+        self.kmsg: str | None = options.kmsg or env_kmsg or None
+        self.kmsg_origin = "flag" if options.kmsg else "env" if env_kmsg else "default"
+        self.host_proc = options.host_proc
+        self.host_proc_note: str | None = None
+        env_proc = env.get(ENV_HOST_PROC, "").strip()
+        if self.host_proc is None and env_proc:
+            # A bad option is a usage error; a bad chart setting must not stop the agent
+            # from answering: pod mapping is off, and get_gpu_processes says why.
+            if os.path.isdir(env_proc):
+                self.host_proc = env_proc
+            else:
+                self.host_proc_note = (
+                    f"Pod mapping is off: {ENV_HOST_PROC}={env_proc} is not a directory in "
+                    "the agent's container (is the chart's hostPath mount of the host's /proc "
+                    "missing?)."
+                )
+        self.pod_resources_socket = env.get(ENV_POD_RESOURCES, "").strip() or None
+        self.node_name = env.get(ENV_NODE_NAME, "").strip() or None
+        env_level = env.get(ENV_LOG_LEVEL, "").strip().lower()
+        self.log_level = options.log_level or (
+            env_level if env_level in protocol.LOG_LEVELS else "warning"
+        )
+
+
 def _factory(options: Options) -> Callable[[], Backend]:
     if options.backend == "fake":
         scenario: str | None = options.scenario
@@ -213,28 +261,38 @@ def _factory(options: Options) -> Callable[[], Backend]:
 
         return fake
 
+    gpu_timeout = GPU_TIMEOUT_SHARE * options.call_timeout
+
     def nvml() -> Backend:
         from agent.nvml import NvmlBackend  # the only import of pynvml, and only here
 
-        return NvmlBackend()
+        return NvmlBackend(gpu_timeout_s=gpu_timeout)
 
     return nvml
 
 
-def session_from(options: Options, write: Callable[[bytes], None]) -> Session:
-    """Build the backend (eagerly for fake, lazily for NVML), tools and session."""
+def session_from(
+    options: Options, write: Callable[[bytes], None], env: Mapping[str, str] | None = None
+) -> Session:
+    """Build the backend (eagerly for fake, lazily for NVML), tools and session.
+    ``env`` (default: this process's environment) supplies the chart's settings."""
     if options.scenario is not None and options.backend != "fake":
         raise UsageError("--scenario only applies to --backend fake")
     if options.host_proc is not None and not os.path.isdir(options.host_proc):
         raise UsageError(
             f"--host-proc {options.host_proc}: not a directory (mount the host's /proc there)"
         )
-    protocol.log_threshold = protocol.LOG_LEVELS[options.log_level]
+    settings = Settings(options, os.environ if env is None else env)
+    protocol.log_threshold = protocol.LOG_LEVELS[settings.log_level]
     toolbox = Toolbox(
         _factory(options),
         backend_name=options.backend,
-        kmsg_path=options.kmsg,
-        host_proc=options.host_proc,
+        kmsg_path=settings.kmsg,
+        kmsg_origin=settings.kmsg_origin,
+        host_proc=settings.host_proc,
+        host_proc_note=settings.host_proc_note,
+        pod_resources_socket=settings.pod_resources_socket,
+        node_name=settings.node_name,
         eager=options.backend == "fake",  # a bad scenario is a start-up error
     )
     return Session(
@@ -246,13 +304,20 @@ def session_from(options: Options, write: Callable[[bytes], None]) -> Session:
     )
 
 
-def create_session(args: Sequence[str], write: Callable[[bytes], None]) -> Session:
+def create_session(
+    args: Sequence[str],
+    write: Callable[[bytes], None],
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Session:
     """A session for ``gpu-agent ARGS`` without a process (the simulated cluster's exec).
 
     ``write`` receives complete newline-terminated JSON lines, possibly from worker
-    threads. Raises AgentError subclasses (UsageError, ScenarioError...) for bad input.
+    threads. ``env`` stands for the exec'd process's environment (default: this
+    process's), e.g. the chart's GPU_AGENT_* settings. Raises AgentError subclasses
+    (UsageError, ScenarioError...) for bad input.
     """
-    return session_from(parse_options(args, raise_errors=True), write)
+    return session_from(parse_options(args, raise_errors=True), write, env)
 
 
 def serve(session: Session, stream: object) -> None:

@@ -146,6 +146,8 @@ class GpuProcess:
 
 @dataclass
 class GpuProcesses:
+    """The processes on one GPU. Returned by ``Backend.processes``."""
+
     index: int
     uuid: str | None
     processes: list[GpuProcess] = field(default_factory=list)
@@ -160,12 +162,16 @@ class P2PLink:
 
     gpu_a: int
     gpu_b: int
-    level: str  # "NVLINK" | "SAME_BOARD" | "SINGLE_SWITCH" | "MULTIPLE_SWITCH" | "HOST_BRIDGE" | "NUMA_NODE" | "SYSTEM"
+    # "NVLINK" | "SAME_BOARD" | "SINGLE_SWITCH" | "MULTIPLE_SWITCH" | "HOST_BRIDGE"
+    # | "NUMA_NODE" | "SYSTEM"
+    level: str
     nvlink_count: int = 0
 
 
 @dataclass
 class NvLinkTopology:
+    """NVLink state per GPU and P2P levels between GPUs. Returned by ``Backend.nvlink``."""
+
     gpus: list[tuple[int, str | None, list[NvLinkState]]]  # (index, uuid, links)
     p2p: list[P2PLink] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)

@@ -30,3 +30,8 @@ class NvmlTimeout(AgentError):
 
 class UsageError(AgentError):
     """Bad command-line arguments (the message includes the usage hint)."""
+
+
+class KmsgDisabled(KmsgUnavailable):
+    """Reading the kernel log is switched off by configuration (``--kmsg off`` or the
+    chart's ``GPU_AGENT_KMSG=off``): not a fault of the node."""

@@ -476,7 +476,11 @@ class FakeBackend:
                     p2p.append(P2PLink(ia, ib, "NUMA_NODE"))
                 else:
                     p2p.append(P2PLink(ia, ib, "SYSTEM"))
-        return NvLinkTopology(gpus=gpus, p2p=p2p, unsupported=unsupported)
+        # As NVML does: a GPU that cannot be read is named in errors, not silently idle.
+        errors = [
+            f"GPU {g['index']}: {g['error'] or 'GPU is lost'}" for g in self._gpus if g["lost"]
+        ]
+        return NvLinkTopology(gpus=gpus, p2p=p2p, unsupported=unsupported, errors=errors)
 
     def kmsg(self) -> tuple[float, list[KmsgRecord]]:
         """The scenario's kernel log: its own lines plus those its faults imply."""

@@ -1,8 +1,11 @@
 """Reading the kernel log without blocking: ``/dev/kmsg`` (one record per read, until
-``EAGAIN``) or a saved log (kmsg-format or dmesg-format lines) from a file, FIFO or pipe.
+``EAGAIN``), the ``syslog(2)`` system call (what ``dmesg`` falls back to; it needs no
+device node, so it works in a container without a ``/dev/kmsg`` mount), or a saved log
+(kmsg-format or dmesg-format lines) from a file, FIFO or pipe.
 
 Nothing here can hang: the log is opened with ``O_NONBLOCK``, reading stops at
-``EAGAIN`` or end of file, and a byte cap bounds endless sources.
+``EAGAIN`` or end of file, ``syslog(2)`` is a single bounded copy, and a byte cap
+bounds endless sources.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from agent.backend import KmsgRecord
 from agent.errors import KmsgUnavailable
 
 DEFAULT_KMSG = "/dev/kmsg"
+AUTO = "auto"  # /dev/kmsg, then syslog(2)
+SYSLOG = "syslog"  # --kmsg value: syslog(2) only
+SYSLOG_SOURCE = "syslog(2)"  # how a syslog(2) read is named in tool output
+# syslog(2) actions (linux/syslog.h)
+SYSLOG_ACTION_READ_ALL = 3
+SYSLOG_ACTION_SIZE_BUFFER = 10
 # Bound on what one read_kmsg call takes in. The kernel ring buffer is at most a few
 # MiB (log_buf_len); a saved log file larger than this is read from its tail.
 MAX_KMSG_BYTES = 16 * 1024 * 1024
@@ -32,18 +41,37 @@ def kmsg_error(path: str, err: OSError) -> KmsgUnavailable:
     if code in (errno.EPERM, errno.EACCES):
         return KmsgUnavailable(
             f"cannot read the kernel log {path}: permission denied. Reading /dev/kmsg needs "
-            "CAP_SYSLOG when kernel.dmesg_restrict=1; the chart adds it when "
-            "xid.enabled=true (check the DaemonSet's securityContext), or pass "
+            "CAP_SYSLOG when kernel.dmesg_restrict=1, and an unprivileged container's device "
+            "cgroup usually refuses a hostPath /dev/kmsg anyway: use --kmsg auto (syslog(2), "
+            "which needs only CAP_SYSLOG; the chart adds it when xid.enabled=true), or pass "
             "--kmsg FILE with a saved log. XIDs cannot be checked until then."
         )
     if code == errno.ENOENT:
         return KmsgUnavailable(
-            f"cannot read the kernel log: {path} does not exist. In the agent pod /dev/kmsg "
-            "comes from the chart's hostPath mount (xid.enabled=true); check the DaemonSet "
-            "mounts it, or pass --kmsg PATH. XIDs cannot be checked until then."
+            f"cannot read the kernel log: {path} does not exist. A path given with --kmsg "
+            "(or GPU_AGENT_KMSG) must exist in the agent's container (a hostPath mount); "
+            "--kmsg auto reads the log with syslog(2) and needs no mount. XIDs cannot be "
+            "checked until then."
         )
     reason = err.strerror or str(err)
     return KmsgUnavailable(f"cannot read the kernel log {path}: {reason}.")
+
+
+_CAP_SYSLOG_ADVICE = (
+    "Grant the agent container CAP_SYSLOG (needed when kernel.dmesg_restrict=1; the chart "
+    "adds it when xid.enabled=true: check the DaemonSet's securityContext), or pass --kmsg "
+    "FILE with a saved log. XIDs cannot be checked until then."
+)
+
+
+def _reason(err: OSError) -> str:
+    if err.errno in (errno.EPERM, errno.EACCES):
+        return "permission denied"
+    if err.errno == errno.ENOENT:
+        return "not present"
+    if err.errno == errno.ENOSYS:
+        return f"not available ({err.strerror}; a seccomp profile may block it)"
+    return err.strerror or str(err)
 
 
 def boot_time(proc_root: str = "/proc") -> float:
@@ -87,6 +115,108 @@ def read_kmsg(
     finally:
         os.close(fd)
     return boot_time(proc_root), records
+
+
+def syslog_error(err: OSError) -> KmsgUnavailable:
+    """Why ``syslog(2)`` could not read the kernel log, and what to do."""
+    if err.errno in (errno.EPERM, errno.EACCES):
+        return KmsgUnavailable(
+            "cannot read the kernel log with syslog(2): permission denied. " + _CAP_SYSLOG_ADVICE
+        )
+    return KmsgUnavailable(f"cannot read the kernel log with syslog(2): {_reason(err)}.")
+
+
+def read_syslog(
+    *, proc_root: str = "/proc", max_bytes: int = MAX_KMSG_BYTES
+) -> tuple[float, list[KmsgRecord]]:
+    """Read the kernel ring buffer with ``syslog(2)`` (``klogctl`` ``READ_ALL``: a copy,
+    nothing is consumed). Needs CAP_SYSLOG when ``kernel.dmesg_restrict=1``; Docker's and
+    containerd's default seccomp profiles allow the call to a container holding it.
+    Returns ``(boot_time_epoch, records)``; raises KmsgUnavailable saying why not."""
+    try:
+        text = _klogctl_read(max_bytes)
+    except OSError as e:
+        raise syslog_error(e) from None
+    return boot_time(proc_root), parse_syslog_text(text)
+
+
+def _klogctl_read(max_bytes: int) -> str:
+    """The ring buffer's text; OSError (with the errno) when the kernel refuses."""
+    import ctypes  # only here: most agent runs never read the kernel log this way
+
+    try:
+        klogctl = ctypes.CDLL(None, use_errno=True).klogctl
+    except (OSError, AttributeError):
+        raise OSError(errno.ENOSYS, "the C library has no klogctl") from None
+    klogctl.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
+    klogctl.restype = ctypes.c_int
+    size = klogctl(SYSLOG_ACTION_SIZE_BUFFER, None, 0)
+    if size < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    # The text (with its "<pri>[time] " prefixes) can be longer than the ring buffer
+    # holds; when it does not fit, the kernel returns the newest records that do.
+    length = min(max(2 * size, 64 * 1024), max_bytes, 0x7FFFFFFF)
+    buffer = ctypes.create_string_buffer(length)
+    got = klogctl(SYSLOG_ACTION_READ_ALL, buffer, length)
+    if got < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return buffer.raw[:got].decode("utf-8", "replace")
+
+
+def parse_syslog_text(text: str) -> list[KmsgRecord]:
+    """Records from ``syslog(2)`` text: ``<pri>[secs.usecs] message`` lines (a
+    multi-line message repeats the prefix on each line). Raises KmsgUnavailable when the
+    kernel prints no timestamps (``printk.time=0``): XIDs could not be placed in time."""
+    records = parse_kmsg_text(text)
+    if not records and _UNTIMED_LINE.search(text):
+        raise KmsgUnavailable(
+            "cannot place kernel-log lines in time: syslog(2) returns them without "
+            "timestamps (printk.time=0 on this node). Enable them with `echo Y > "
+            "/sys/module/printk/parameters/time` (or boot with printk.time=1), or pass "
+            "--kmsg /dev/kmsg."
+        )
+    return records
+
+
+def read_kernel_log(
+    spec: str = AUTO,
+    *,
+    proc_root: str = "/proc",
+    max_bytes: int = MAX_KMSG_BYTES,
+    device: str = DEFAULT_KMSG,
+) -> tuple[str, float, list[KmsgRecord]]:
+    """``(source, boot_time_epoch, records)`` for a ``--kmsg`` value: ``auto`` tries
+    ``device`` (``/dev/kmsg``) and then ``syslog(2)``; ``syslog`` uses only ``syslog(2)``; anything
+    else is a path for ``read_kmsg``. ``source`` names what was read ("/dev/kmsg",
+    "syslog(2)" or the path). Raises KmsgUnavailable saying why nothing could be read
+    (for ``auto``, why each way failed)."""
+    if spec == SYSLOG:
+        return (SYSLOG_SOURCE, *read_syslog(proc_root=proc_root, max_bytes=max_bytes))
+    if spec != AUTO:
+        return (spec, *read_kmsg(spec, proc_root=proc_root, max_bytes=max_bytes))
+    try:
+        # An unprivileged container's device cgroup usually refuses /dev/kmsg (char
+        # 1:11) even when it is mounted: probe it, then fall back to syslog(2).
+        fd = os.open(device, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        kmsg_failure = e
+    else:
+        os.close(fd)
+        return (device, *read_kmsg(device, proc_root=proc_root, max_bytes=max_bytes))
+    try:
+        text = _klogctl_read(max_bytes)
+    except OSError as e:
+        syslog_failure = e
+    else:
+        return SYSLOG_SOURCE, boot_time(proc_root), parse_syslog_text(text)
+    denied = any(e.errno in (errno.EPERM, errno.EACCES) for e in (kmsg_failure, syslog_failure))
+    message = (
+        f"cannot read the kernel log: {device}: {_reason(kmsg_failure)}; "
+        f"syslog(2): {_reason(syslog_failure)}."
+    )
+    raise KmsgUnavailable(message + (" " + _CAP_SYSLOG_ADVICE if denied else ""))
 
 
 def _read_device(fd: int, max_bytes: int) -> list[KmsgRecord]:
@@ -142,7 +272,11 @@ def _read_stream(fd: int, mode: int, max_bytes: int) -> str:
 
 # Digit counts are bounded so a corrupt line cannot make an absurd timestamp.
 _KMSG_HEADER = re.compile(r"(\d{1,10}),(\d{1,20}),(\d{1,20})(?:,[^;]*)?;(.*)")
-_DMESG_LINE = re.compile(r"(?:<(\d{1,10})>)?\[\s*(\d{1,14})\.(\d{1,9})\]\s?(.*)")
+# dmesg / syslog(2) lines; a "[  T123]" / "[ C1]" caller id (CONFIG_PRINTK_CALLER) is dropped.
+_DMESG_LINE = re.compile(
+    r"(?:<(\d{1,10})>)?\[\s*(\d{1,14})\.(\d{1,9})\](?:\[\s*[TC]\d{1,10}\])?\s?(.*)"
+)
+_UNTIMED_LINE = re.compile(r"^<\d{1,10}>(?!\[)", re.MULTILINE)
 _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 

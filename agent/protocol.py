@@ -3,10 +3,11 @@
 One :class:`Session` per connection. ``feed`` takes one message at a time from the
 reader (stdin in ``gpu-agent``, an exec stream in the simulated cluster). Cheap
 methods (``initialize``, ``ping``, ``tools/list``) are answered on the caller's
-thread; ``tools/call`` runs on a bounded set of daemon worker threads, so several
-requests may be in flight and are answered in any order. Every tool call has a
-deadline: a call stuck in a driver is answered with an error result when the
-deadline passes and its thread is abandoned (daemon threads never block exit).
+thread; ``tools/call`` runs on a small pool of persistent daemon worker threads, so
+several requests may be in flight and are answered in any order. Every tool call has a
+deadline, kept by one process-wide watcher thread: a call stuck in a driver is answered
+with an error result when the deadline passes, and its thread is abandoned (daemon
+threads never block exit) and replaced in the pool.
 
 The agent deliberately does not use the ``mcp`` SDK: importing it costs ~1.3 CPU-s
 and 63 MiB, far over the in-pod budget (see DESIGN.md).
@@ -14,8 +15,10 @@ and 63 MiB, far over the in-pod budget (see DESIGN.md).
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -38,6 +41,10 @@ INTERNAL_ERROR = -32603
 MAX_WORKERS = 4  # NVML serialises most calls internally; more threads buy nothing
 MAX_QUEUED = 256  # tool calls waiting for a worker before new ones are refused
 MAX_HUNG = 8  # abandoned (timed-out) calls still running before new calls are refused
+WORKER_IDLE_S = 60.0  # an idle pool thread retires after this long
+# At EOF, in-flight calls get this long to finish before they are answered with an error
+# and abandoned (see Session.close).
+CLOSE_GRACE_S = 2.0
 
 Json = dict[str, Any]
 Writer = Callable[[bytes], None]
@@ -265,33 +272,89 @@ def _reject_constant(name: str) -> Any:
 class _Call:
     """One accepted tools/call request, from acceptance to its single answer."""
 
-    __slots__ = (
-        "rid",
-        "name",
-        "arguments",
-        "done",
-        "cancelled",
-        "timed_out",
-        "slot",
-        "timer",
-        "started",
-    )
+    __slots__ = ("rid", "name", "arguments", "done", "cancelled", "abandoned", "slot", "started")
 
     def __init__(self, rid: Any, name: str, arguments: Json) -> None:
         self.rid = rid
         self.name = name
         self.arguments = arguments
-        self.done = False
+        self.done = False  # settled: answered, refused, or dropped (cancelled)
         self.cancelled = False
-        self.timed_out = False
-        self.slot = False  # holds (or held) a worker slot; False while queued
-        self.timer: threading.Timer | None = None
+        self.abandoned = False  # settled while its worker is still inside the tool
+        self.slot = False  # taken by a worker; False while queued
         self.started = 0.0
+
+
+class _Watcher:
+    """The one thread that enforces every session's call deadlines (a heap of them).
+
+    Starting a timer thread per call cost ~1 ms, more than a warm call itself. Entries of
+    calls that finished stay in the heap until they reach its top and are dropped there;
+    the watcher sleeps until the earliest deadline of a call still running.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Call, Session]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._compact_at = 256
+
+    def add(self, deadline: float, session: Session, call: _Call) -> None:
+        with self._cond:
+            self._seq += 1
+            entry = (deadline, self._seq, call, session)
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="gpu-agent deadlines", daemon=True
+                )
+                self._thread.start()
+            elif self._heap[0] is entry:  # earlier than what the watcher sleeps towards
+                self._cond.notify()
+            if len(self._heap) > self._compact_at:  # many finished calls: drop them
+                self._heap = [e for e in self._heap if not e[2].done]
+                heapq.heapify(self._heap)
+                self._compact_at = max(256, 2 * len(self._heap))
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    heap = self._heap
+                    while heap and heap[0][2].done:
+                        heapq.heappop(heap)
+                    if not heap:
+                        self._cond.wait()
+                        continue
+                    left = heap[0][0] - time.monotonic()
+                    if left <= 0:
+                        _, _, call, session = heapq.heappop(heap)
+                        break
+                    self._cond.wait(left)
+            try:
+                session._expire(call)
+            except Exception as exc:  # never let one session stop every deadline
+                log(f"deadline handling failed: {type(exc).__name__}: {exc}", "error")
+
+
+_WATCHER = _Watcher()
+# A forked child has none of the parent's threads (nor a usable copy of its locks).
+os.register_at_fork(after_in_child=_WATCHER._reset)
 
 
 class Session:
     """One MCP connection. ``write`` gets complete newline-terminated JSON lines and is
-    called from several threads (serialised here under a lock)."""
+    called from several threads (serialised here under a lock).
+
+    Tool calls run on a small pool of persistent worker threads (at most
+    ``max_workers``, started on demand, retired after ``WORKER_IDLE_S`` idle). A call
+    that passes its deadline is answered with an error by the process-wide deadline
+    watcher; its worker is abandoned inside the tool and replaced.
+    """
 
     def __init__(
         self,
@@ -303,10 +366,12 @@ class Session:
         server_version: str = "0",
         instructions: str = "",
         max_workers: int = MAX_WORKERS,
+        close_grace: float = CLOSE_GRACE_S,
     ) -> None:
         self.provider = provider
         self._write = write
         self.call_timeout = call_timeout
+        self.close_grace = close_grace
         self._server_info = {"name": server_name, "version": server_version}
         self._instructions = instructions
         self._max_workers = max_workers
@@ -315,13 +380,17 @@ class Session:
         self.initialized = False
         self._write_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)  # outstanding reached 0
+        self._work = threading.Condition(self._lock)  # idle workers wait here
         self._inflight: dict[tuple[bool, Any], _Call] = {}
         self._queue: deque[_Call] = deque()
-        self._running = 0  # worker threads counted against max_workers
+        self._workers = 0  # pool threads not abandoned: idle or running a call
+        self._idle = 0  # pool threads waiting for a call
+        self._inside = 0  # threads inside a tool (running or abandoned)
         self._hung = 0  # abandoned threads still inside a tool
         self._outstanding = 0  # accepted tools/call requests not yet answered or dropped
-        self._closed = False
+        self._closed = False  # input ended: no new messages
+        self._stopping = False  # workers exit instead of waiting for calls
         self._write_failed = False
 
     # --- input ---------------------------------------------------------------------------
@@ -477,7 +546,7 @@ class Session:
             )
         call = _Call(rid, name, arguments)
         key = _id_key(rid)
-        start = refuse = False
+        spawn = refuse = False
         with self._lock:
             if key in self._inflight:
                 raise RpcError(INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in use")
@@ -486,15 +555,13 @@ class Session:
                     INTERNAL_ERROR,
                     f"Agent busy: {MAX_QUEUED} tool calls are already waiting; retry later",
                 )
-            self._inflight[key] = call
             self._outstanding += 1
             if self._hung >= MAX_HUNG:
-                refuse = True
-            elif self._running < self._max_workers:
-                self._running += 1
-                call.slot = start = True
+                refuse = call.done = True
             else:
+                self._inflight[key] = call
                 self._queue.append(call)
+                spawn = self._kick_locked()
         if refuse:
             message = (
                 f"{self._hung} earlier tool calls are still stuck (each ran past the "
@@ -502,84 +569,132 @@ class Session:
                 "This agent refuses new calls until they return: end this session and start a "
                 "new one once the node is fixed."
             )
-            self._finish(call, error_result(message), from_worker=False)
-        elif start:
-            self._start(call)
+            self._answer(call, error_result(message))
+        elif spawn:
+            self._spawn()
 
-    def _start(self, call: _Call) -> None:
+    def _kick_locked(self) -> bool:
+        """Get queued calls moving: wake an idle worker, and say whether another worker
+        should be started (the caller starts it once the lock is released)."""
+        if not self._queue or self._stopping:
+            return False
+        if self._idle:
+            self._work.notify()
+        if len(self._queue) > self._idle and self._workers < self._max_workers:
+            self._workers += 1
+            return True
+        return False
+
+    def _spawn(self) -> None:
+        threading.Thread(target=self._worker, name="gpu-agent worker", daemon=True).start()
+
+    def _next_locked(self) -> _Call | None:
+        """The next queued call for a worker (waiting for one), or None: the worker is
+        retired (idle too long, or the session stopped)."""
+        while not self._queue:
+            if self._stopping:
+                self._workers -= 1
+                return None
+            self._idle += 1
+            woken = self._work.wait(WORKER_IDLE_S)
+            self._idle -= 1
+            if not woken and not self._queue:
+                self._workers -= 1
+                return None
+        call = self._queue.popleft()
+        call.slot = True
         call.started = time.monotonic()
-        timer = threading.Timer(self.call_timeout, self._expire, (call,))
-        timer.daemon = True
-        call.timer = timer
-        worker = threading.Thread(
-            target=self._run, args=(call,), name=f"tool {call.name}", daemon=True
-        )
-        timer.start()
-        worker.start()
+        self._inside += 1
+        return call
 
-    def _run(self, call: _Call) -> None:
+    def _worker(self) -> None:
+        lock = self._lock
+        while True:
+            with lock:
+                call = self._next_locked()
+            if call is None:
+                return
+            _WATCHER.add(call.started + self.call_timeout, self, call)
+            result = self._execute(call)
+            with lock:
+                self._inside -= 1
+                if call.abandoned:
+                    # Back after its deadline (or after the session closed): the call was
+                    # answered already. Rejoin the pool if it has room, else retire.
+                    self._hung -= 1
+                    if self._stopping or self._workers >= self._max_workers:
+                        return
+                    self._workers += 1
+                    continue
+                call.done = True
+                self._inflight.pop(_id_key(call.rid), None)
+                send = not call.cancelled  # MCP: a cancelled request gets no response
+            self._debug_timing(call, "ok" if send else "cancelled", result)
+            if send:
+                self._answer(call, result)
+
+    def _execute(self, call: _Call) -> Json:
         try:
-            result = tool_result(self.provider.call(call.name, call.arguments), self.version)
+            return tool_result(self.provider.call(call.name, call.arguments), self.version)
         except ToolArgumentError as exc:
-            result = error_result(f"Invalid arguments: {exc}")
+            return error_result(f"Invalid arguments: {exc}")
         except AgentError as exc:
-            result = error_result(str(exc))
+            return error_result(str(exc))
         except Exception as exc:  # a tool bug is reported to the caller, never kills the agent
             log(f"tool {call.name} failed unexpectedly: {type(exc).__name__}: {exc}", "error")
-            result = error_result(
+            return error_result(
                 f"Tool {call.name} failed unexpectedly: {type(exc).__name__}: {exc}. "
                 "Retry once; if it persists, report it with the agent's stderr."
             )
-        self._finish(call, result, from_worker=True)
+
+    def _abandon_locked(self, call: _Call) -> bool:
+        """Settle a call whose worker may still be inside the tool (deadline passed, or
+        the session closed). True when an answer is due (False: already settled or
+        cancelled)."""
+        if call.done:
+            return False
+        call.done = True
+        self._inflight.pop(_id_key(call.rid), None)
+        if call.slot:  # its worker is stuck inside the tool: count it, replace it
+            call.abandoned = True
+            self._hung += 1
+            self._workers -= 1
+        else:  # still queued: it never runs
+            self._queue.remove(call)
+        return not call.cancelled
 
     def _expire(self, call: _Call) -> None:
-        message = (
-            f"Tool {call.name} did not finish within {self.call_timeout:g} s (--call-timeout). "
-            f"{self.provider.timeout_hint} The agent stays responsive; the stuck call was "
-            "abandoned."
-        )
-        if self._finish(call, error_result(message), from_worker=False, expired=True):
-            log(f"tool {call.name} (id {call.rid!r}) timed out after {self.call_timeout:g} s")
-
-    def _finish(
-        self, call: _Call, result: Json, *, from_worker: bool, expired: bool = False
-    ) -> bool:
-        """Settle a call exactly once (worker, deadline, or refusal, whichever comes
-        first); False when it was already settled."""
-        nxt: _Call | None = None
+        """The deadline watcher's callback: answer a call that ran too long."""
         with self._lock:
-            if call.done:
-                if from_worker and call.timed_out:
-                    self._hung -= 1  # the abandoned thread came back after all
-                return False
-            call.done = True
-            if expired:
-                call.timed_out = True
-                self._hung += 1
-            self._inflight.pop(_id_key(call.rid), None)
-            if call.slot:  # it held a worker slot (or was abandoned): free the slot
-                self._running -= 1
-                if self._queue:
-                    nxt = self._queue.popleft()
-                    nxt.slot = True
-                    self._running += 1
-            cancelled = call.cancelled
-        if call.timer is not None:
-            call.timer.cancel()
-        if nxt is not None:
-            self._start(nxt)
-        if log_threshold <= 10:
-            took = (time.monotonic() - call.started) * 1000 if call.started else 0.0
-            state = "cancelled" if cancelled else "error" if result.get("isError") else "ok"
-            log(f"tool {call.name} id={call.rid!r}: {state} in {took:.1f} ms", "debug")
-        if cancelled:
-            return True  # MCP: no response; _cancel already stopped waiting for it
+            if call.done:  # finished, cancelled-and-finished, or closed meanwhile
+                return
+            due = self._abandon_locked(call)
+            spawn = self._kick_locked()
+        if spawn:
+            self._spawn()
+        log(f"tool {call.name} (id {call.rid!r}) timed out after {self.call_timeout:g} s")
+        if due:
+            message = (
+                f"Tool {call.name} did not finish within {self.call_timeout:g} s "
+                f"(--call-timeout). {self.provider.timeout_hint} The agent stays responsive; "
+                "the stuck call was abandoned."
+            )
+            self._answer(call, error_result(message))
+
+    def _answer(self, call: _Call, result: Json) -> None:
+        """Send a settled call's answer, then count it as answered."""
         self._send({"jsonrpc": "2.0", "id": call.rid, "result": result})
         with self._lock:
             self._outstanding -= 1
             if self._outstanding == 0:
-                self._idle.notify_all()
-        return True
+                self._drained.notify_all()
+
+    def _debug_timing(self, call: _Call, state: str, result: Json) -> None:
+        if log_threshold <= 10:
+            took = (time.monotonic() - call.started) * 1000 if call.started else 0.0
+            if state == "ok" and result.get("isError"):
+                state = "error"
+            log(f"tool {call.name} id={call.rid!r}: {state} in {took:.1f} ms", "debug")
 
     def _cancel(self, rid: Any) -> None:
         with self._lock:
@@ -596,7 +711,7 @@ class Session:
             # is dropped.
             self._outstanding -= 1
             if self._outstanding == 0:
-                self._idle.notify_all()
+                self._drained.notify_all()
 
     # --- output ----------------------------------------------------------------------------
 
@@ -623,22 +738,55 @@ class Session:
     def busy(self) -> int:
         """Threads still inside a tool: running (even if cancelled) or abandoned."""
         with self._lock:
-            return self._running + self._hung
+            return self._inside
 
     @property
     def hung(self) -> int:
-        """Tool calls abandoned after their deadline that have not returned yet."""
+        """Tool calls abandoned (deadline passed, or input closed) that have not returned."""
         return self._hung
 
-    def close(self) -> None:
-        """Input ended: answer every accepted request (each is bounded by its deadline),
-        then release the backend unless a thread is still inside it."""
+    def close(self, grace: float | None = None) -> None:
+        """Input ended (EOF). Answer what is in flight, waiting at most ``grace`` seconds
+        (default ``close_grace``; never longer than the call deadline), then answer any
+        call still running with an error, abandon it and stop the workers. The backend is
+        released unless a thread is still inside it.
+
+        A client closes its input only after every answer arrived (DESIGN.md), so a call
+        still running well after EOF has no one waiting for it: a call stuck in the
+        driver must not keep the process (or the simulated node) alive until its deadline.
+        """
+        wait = self.close_grace if grace is None else grace
+        leftover: list[_Call] = []
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            while self._outstanding:
-                self._idle.wait()
+            if wait >= self.call_timeout:
+                while self._outstanding:  # every call is answered by its deadline anyway
+                    self._drained.wait()
+            else:
+                end = time.monotonic() + wait
+                while self._outstanding:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._drained.wait(left)
+            for call in list(self._inflight.values()):
+                if self._abandon_locked(call):
+                    leftover.append(call)
+            self._stopping = True
+            self._work.notify_all()
+        for call in leftover:
+            state = "was still running" if call.slot else "had not started"
+            log(f"tool {call.name} (id {call.rid!r}) {state} {wait:g} s after input closed")
+            self._answer(
+                call,
+                error_result(
+                    f"Tool {call.name} {state} {wait:g} s after the agent's input closed, so "
+                    "it was abandoned (keep the session open until every answer arrives). "
+                    + (self.provider.timeout_hint if call.slot else "")
+                ),
+            )
         if self.busy:
             log(f"{self.busy} tool call(s) still running at exit; backend left open under them")
             return

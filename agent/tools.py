@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.errors import BackendUnavailable, KmsgUnavailable
+from agent.errors import BackendUnavailable, KmsgDisabled, KmsgUnavailable
 
 if TYPE_CHECKING:
     from agent.backend import Backend, KmsgRecord
@@ -24,7 +24,8 @@ Json = dict[str, Any]
 
 STATUSES = ["healthy", "warning", "degraded", "critical"]
 DEFAULT_SINCE_MINUTES = 60
-DEFAULT_KMSG = "/dev/kmsg"
+KMSG_AUTO = "auto"  # the scenario's records (fake backend), else /dev/kmsg, else syslog(2)
+KMSG_OFF = "off"
 
 ANNOTATIONS: Json = {
     "readOnlyHint": True,
@@ -137,6 +138,10 @@ _XID_LOG: Json = {
     "properties": {
         "source": {"type": "string"},
         "readable": {"type": "boolean"},
+        "disabled": {
+            "type": "boolean",
+            "description": "XID reading is switched off by configuration (not a node fault)",
+        },
         "reason": _n("string"),
         "events_in_window": {"type": "integer"},
         "unmatched_events": {
@@ -304,8 +309,8 @@ TOOL_DEFINITIONS: list[Json] = [
             "grouped with a count and first/last time (UTC). Each group carries the XID's "
             "name, severity, meaning and NVIDIA's recommended action, and the GPU (index, "
             "UUID, PCI bus id) and process involved. Fails with the reason when the kernel "
-            "log cannot be read (e.g. the container lacks CAP_SYSLOG), rather than "
-            "reporting no errors."
+            "log cannot be read (e.g. the container lacks CAP_SYSLOG) or XID reading is "
+            "disabled by configuration, rather than reporting no errors."
         ),
         "inputSchema": {
             "type": "object",
@@ -316,7 +321,10 @@ TOOL_DEFINITIONS: list[Json] = [
             "type": "object",
             "properties": {
                 "node": NODE_SCHEMA,
-                "source": {"type": "string", "description": "kernel log path or 'scenario'"},
+                "source": {
+                    "type": "string",
+                    "description": "what was read: /dev/kmsg, syslog(2), a file path or 'scenario'",
+                },
                 "window": {
                     "type": "object",
                     "properties": {
@@ -358,6 +366,17 @@ TOOL_DEFINITIONS: list[Json] = [
                         "enabled": {"type": "boolean"},
                         "host_proc": _n("string"),
                         "note": {"type": "string"},
+                        "pod_resources": {
+                            "type": "object",
+                            "description": "The kubelet PodResources socket, when configured",
+                            "properties": {
+                                "socket": {"type": "string"},
+                                "present": {"type": "boolean"},
+                                "used": {"type": "boolean"},
+                                "note": {"type": "string"},
+                            },
+                            "required": ["socket", "present", "used"],
+                        },
                     },
                     "required": ["enabled", "host_proc"],
                 },
@@ -436,6 +455,11 @@ TOOL_DEFINITIONS: list[Json] = [
                     },
                 },
                 "unsupported": _STR_LIST,
+                "errors": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "GPUs whose links could not be read, and why",
+                },
             },
             "required": ["node", "gpus", "p2p", "unsupported"],
         },
@@ -500,15 +524,23 @@ class Toolbox:
         host_proc: str | None = None,
         node_name: str | None = None,
         eager: bool = False,
+        kmsg_origin: str = "flag",
+        host_proc_note: str | None = None,
+        pod_resources_socket: str | None = None,
     ) -> None:
         self._factory = factory
         self.backend_name = backend_name
-        self.kmsg_path = kmsg_path  # None: the backend's own records, else /dev/kmsg
+        # "auto" (None): the backend's own records, else /dev/kmsg, else syslog(2);
+        # "off": disabled by configuration; "syslog" or a path: exactly that.
+        self.kmsg_path = kmsg_path or KMSG_AUTO
+        self.kmsg_origin = kmsg_origin  # "flag" or "env": who set --kmsg (for messages)
         self.host_proc = host_proc
+        self.host_proc_note = host_proc_note  # why pod mapping is off despite configuration
+        self.pod_resources_socket = pod_resources_socket
         self.hostname = os.uname().nodename
-        # The pod's NODE_NAME (downward API) names the Kubernetes node; without it the
-        # fake backend's scenario node, then the hostname.
-        self._node_name = node_name or os.environ.get("NODE_NAME") or None
+        # The pod's NODE_NAME (downward API, passed in by agent.app) names the Kubernetes
+        # node; without it the fake backend's scenario node, then the hostname.
+        self._node_name = node_name or None
         self._backend: Backend | None = None
         self._backend_lock = threading.Lock()
         self._driver: tuple[str | None, str | None] | None = None
@@ -572,17 +604,40 @@ class Toolbox:
         }
 
     def kernel_log(self, backend: Backend) -> tuple[str, float, Sequence[KmsgRecord]]:
-        """(source, boot time, records). An explicit --kmsg wins over backend records;
-        raises KmsgUnavailable with the reason when the log cannot be read."""
-        if self.kmsg_path is None:
+        """(source, boot time, records). An explicit --kmsg path wins over backend
+        records; raises KmsgDisabled for --kmsg off and KmsgUnavailable with the reason
+        when the log cannot be read."""
+        spec = self.kmsg_path
+        if spec == KMSG_OFF:
+            raise KmsgDisabled(self.disabled_message())
+        if spec == KMSG_AUTO:
             supplied = backend.kmsg()
             if supplied is not None:
                 return "scenario", supplied[0], supplied[1]
-        from agent.xid import read_kmsg
+        from agent.kmsg import read_kernel_log
 
-        path = self.kmsg_path or DEFAULT_KMSG
-        boot, records = read_kmsg(path)
-        return path, boot, records
+        return read_kernel_log(spec)
+
+    def disabled_message(self) -> str:
+        """What a tool says when XID reading is switched off."""
+        if self.kmsg_origin == "env":
+            return (
+                "XID analysis disabled by the chart (xid.enabled=false / securityContext "
+                "non-root): GPU_AGENT_KMSG=off, so the kernel log is not read and XIDs are "
+                "not part of any verdict."
+            )
+        return (
+            "XID analysis disabled by configuration (--kmsg off): the kernel log is not read "
+            "and XIDs are not part of any verdict."
+        )
+
+    def disabled_action(self) -> str:
+        if self.kmsg_origin == "env":
+            return (
+                "To include XIDs, install the chart with xid.enabled=true: the agent then gets "
+                "CAP_SYSLOG and reads the kernel log with syslog(2)."
+            )
+        return "To include XIDs, start the agent with --kmsg auto (the default)."
 
     def xid_events(
         self, backend: Backend, gpus: Sequence[tuple[int, str | None, str | None]]
@@ -613,13 +668,25 @@ class Toolbox:
         issues: list[Json] = []
         recent: list[XidEvent] = []
         reason: str | None = None
+        disabled = False
         unmatched = 0
         try:
             source, events = self.xid_events(
                 backend, [(d.index, d.uuid, d.pci_bus_id) for d in data]
             )
+        except KmsgDisabled as exc:
+            # A choice made on purpose: said plainly, but no mark against the node.
+            source, reason, disabled = KMSG_OFF, str(exc), True
+            issues.append(
+                {
+                    "check": "kernel_log",
+                    "severity": "info",
+                    "message": reason,
+                    "action": self.disabled_action(),
+                }
+            )
         except KmsgUnavailable as exc:
-            source = self.kmsg_path or DEFAULT_KMSG
+            source = self.kmsg_path
             reason = str(exc)
             issues.append(
                 {
@@ -641,10 +708,13 @@ class Toolbox:
         gpus = [judge_gpu(d, recent, node=node["name"]) for d in data]
         status = judge_node(gpus)
         for issue in issues:
-            status = _worst(status, issue["severity"])
+            if issue["severity"] in STATUSES:
+                status = _worst(status, issue["severity"])
         counts = {s: sum(1 for g in gpus if g["status"] == s) for s in STATUSES}
         summary = f"{len(gpus)} GPU(s): " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-        if reason is not None:
+        if disabled:
+            summary += "; XID analysis disabled by configuration"
+        elif reason is not None:
             summary += "; kernel log unreadable, XIDs not checked"
         return {
             "node": node,
@@ -656,6 +726,7 @@ class Toolbox:
             "xid_log": {
                 "source": source,
                 "readable": reason is None,
+                "disabled": disabled,
                 "reason": reason,
                 "events_in_window": len(recent),
                 "unmatched_events": unmatched,
@@ -708,11 +779,15 @@ class Toolbox:
                 }
             )
         mapping: Json = {"enabled": host_proc is not None, "host_proc": host_proc}
-        if host_proc is None:
+        if self.host_proc_note is not None:
+            mapping["note"] = self.host_proc_note
+        elif host_proc is None:
             mapping["note"] = (
                 "Pod mapping is off: start the agent with --host-proc pointing at the host's "
                 "/proc (hostPID or a read-only hostPath mount) to see which pod owns each pid."
             )
+        if self.pod_resources_socket is not None:
+            mapping["pod_resources"] = pod_resources_status(self.pod_resources_socket)
         return {"node": node, "pod_mapping": mapping, "gpus": gpus}
 
     def get_nvlink_topology(self, arguments: Json) -> Json:
@@ -733,4 +808,27 @@ class Toolbox:
             "gpus": gpus,
             "p2p": _plain(topo.p2p),
             "unsupported": list(topo.unsupported),
+            "errors": list(topo.errors),
         }
+
+
+def pod_resources_status(socket_path: str) -> Json:
+    """Whether the kubelet PodResources socket is there. The agent does not call it yet:
+    its API is gRPC, and a gRPC stack would cost more than the agent's start-up budget."""
+    import stat
+
+    try:
+        present = stat.S_ISSOCK(os.stat(socket_path).st_mode)
+    except OSError:
+        present = False
+    if present:
+        note = (
+            "The kubelet PodResources socket is available but not yet used by this agent: "
+            "pods are found from each process's cgroup (needs --host-proc)."
+        )
+    else:
+        note = (
+            f"{socket_path} is not a socket in this container: mount the kubelet's "
+            "/var/lib/kubelet/pod-resources directory there (not used yet by this agent)."
+        )
+    return {"socket": socket_path, "present": present, "used": False, "note": note}

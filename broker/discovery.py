@@ -224,45 +224,57 @@ class Discovery:
 
     async def _get(self, what: str) -> tuple[int, bytes]:
         """One list call, retried on 429/5xx/connection errors, one refresh on 401."""
-        import aiohttp
-        from kubernetes_asyncio.client import CoreV1Api
+        if what == "pods":
+            return await read_core(
+                self._api,
+                "list_namespaced_pod",
+                self._api.namespace,
+                label_selector=AGENT_SELECTOR,
+                retry=self._retry,
+            )
+        return await read_core(self._api, "list_node", retry=self._retry)
 
-        core = CoreV1Api(self._api.rest)
-        refreshed = False
-        attempt = 0
-        last_error = ""
-        while True:
-            attempt += 1
-            status, headers, body = 0, {}, b""
-            try:
-                with anyio.fail_after(self._api.config.request_timeout):
-                    resp: Any
-                    if what == "pods":
-                        resp = await core.list_namespaced_pod(
-                            self._api.namespace,
-                            label_selector=AGENT_SELECTOR,
-                            _preload_content=False,
-                        )
-                    else:
-                        resp = await core.list_node(_preload_content=False)
-                    async with resp:
-                        status = resp.status
-                        headers = dict(resp.headers.items())
-                        body = await resp.read()
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
-            if status == 401 and not refreshed and await self._api.refresh_credentials(force=True):
-                refreshed = True
-                continue
-            if (status in RETRYABLE_STATUS or status == 0) and attempt < self._retry.attempts:
-                await anyio.sleep(self._retry.delay(attempt, headers))
-                continue
-            if status == 0:
-                raise ApiUnavailable(
-                    f"cannot reach the API server at {self._api.server} ({last_error}); "
-                    "check the kubeconfig's server address and your network/VPN"
-                )
-            return status, body
+
+async def read_core(
+    api: KubeApi, method: str, *args: str, retry: RetryPolicy | None = None, **query: Any
+) -> tuple[int, bytes]:
+    """One read through ``CoreV1Api.<method>`` (``read_node``, ``list_namespaced_event``...),
+    as (HTTP status, raw JSON body): retried on 429/5xx/connection errors, one credential
+    refresh on 401. Raises ApiUnavailable when the API server cannot be reached."""
+    import aiohttp
+    from kubernetes_asyncio.client import CoreV1Api
+
+    if not (method.startswith("read_") or method.startswith("list_")):
+        raise ValueError(f"read_core only reads: {method!r} is not a read_*/list_* call")
+    policy = retry or RetryPolicy()
+    call = getattr(CoreV1Api(api.rest), method)
+    refreshed = False
+    attempt = 0
+    last_error = ""
+    while True:
+        attempt += 1
+        status, headers, body = 0, {}, b""
+        try:
+            with anyio.fail_after(api.config.request_timeout):
+                resp: Any = await call(*args, _preload_content=False, **query)
+                async with resp:
+                    status = resp.status
+                    headers = dict(resp.headers.items())
+                    body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if status == 401 and not refreshed and await api.refresh_credentials(force=True):
+            refreshed = True
+            continue
+        if (status in RETRYABLE_STATUS or status == 0) and attempt < policy.attempts:
+            await anyio.sleep(policy.delay(attempt, headers))
+            continue
+        if status == 0:
+            raise ApiUnavailable(
+                f"cannot reach the API server at {api.server} ({last_error}); "
+                "check the kubeconfig's server address and your network/VPN"
+            )
+        return status, body
 
 
 def _status_message(body: bytes) -> str:

@@ -60,13 +60,23 @@ class RbacDenied(BrokerError):
         self.namespace = namespace
         scope = f" -n {namespace}" if namespace else ""
         where = f"in namespace {namespace}" if namespace else "at cluster scope"
-        self.check = f"kubectl auth can-i {verb} {resource}{scope}"
+        # `can-i create pods/exec` would ask about a pod *named* exec: subresources
+        # need --subresource to match what the API server checks.
+        base, _, sub = resource.partition("/")
+        target = f"{base} --subresource={sub}" if sub else base
+        self.check = f"kubectl auth can-i {verb} {target}{scope}"
         extra = f" ({detail})" if detail else ""
         super().__init__(
             f"RBAC denied: your credentials may not {verb} {resource} {where}{extra}. "
             f"Check with `{self.check}`; grant it with the chart's broker Role/RoleBinding "
             "or ask your cluster admin."
         )
+
+
+class NotFound(BrokerError):
+    """The API server has no such object (404): a pod or node name that does not exist."""
+
+    kind = "not_found"
 
 
 class Unauthenticated(BrokerError):

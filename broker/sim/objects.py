@@ -408,8 +408,8 @@ def agent_pod(
             },
             "annotations": {
                 "k8s-gpu-mcp.io/gpu-mode": "runtimeClass",
-                "k8s-gpu-mcp.io/xid-source": "kmsg",
-                "k8s-gpu-mcp.io/pod-security-level": "baseline",
+                "k8s-gpu-mcp.io/xid-source": "auto",
+                "k8s-gpu-mcp.io/pod-security-level": "privileged",
             },
             "ownerReferences": [
                 {
@@ -437,7 +437,7 @@ def agent_pod(
                                 "fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}
                             },
                         },
-                        {"name": "GPU_AGENT_KMSG", "value": "/dev/kmsg"},
+                        {"name": "GPU_AGENT_KMSG", "value": "auto"},
                     ],  # fmt: skip
                     "resources": {
                         "limits": {"cpu": "500m", "memory": "128Mi"},
@@ -454,7 +454,6 @@ def agent_pod(
                     },
                     "volumeMounts": [
                         {"name": "tmp", "mountPath": "/tmp"},
-                        {"name": "kmsg", "mountPath": "/dev/kmsg", "readOnly": True},
                     ],
                     "terminationMessagePath": "/dev/termination-log",
                     "terminationMessagePolicy": "File",
@@ -463,7 +462,6 @@ def agent_pod(
             ],
             "volumes": [
                 {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
-                {"name": "kmsg", "hostPath": {"path": "/dev/kmsg", "type": "CharDevice"}},
             ],
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 5,

@@ -28,11 +28,11 @@ class Wire:
     Every line the agent writes is checked to be one complete JSON-RPC 2.0 message.
     """
 
-    def __init__(self, args: Sequence[str]) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.messages: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._next_id = 1000
-        self.session: Session = create_session(list(args), self._write)
+        self.session: Session = create_session(list(args), self._write, env=env)
 
     def _write(self, data: bytes) -> None:
         assert data.endswith(b"\n") and data.count(b"\n") == 1, data[:200]
@@ -114,11 +114,13 @@ class Wire:
 
 @pytest.fixture
 def wire() -> Iterator[Callable[..., Wire]]:
-    """Factory: ``wire("--backend", "fake", ...)`` -> an in-process session; closed after."""
+    """Factory: ``wire("--backend", "fake", ..., env={...})`` -> an in-process session
+    (``env`` stands for the exec'd process's environment; default: this process's);
+    closed after."""
     made: list[Wire] = []
 
-    def make(*args: str) -> Wire:
-        w = Wire(args)
+    def make(*args: str, env: dict[str, str] | None = None) -> Wire:
+        w = Wire(args, env)
         made.append(w)
         return w
 

@@ -114,6 +114,34 @@ def test_eof_with_a_stuck_call_answers_it_and_exits_promptly(
     assert b"timed out" in done.stderr  # logged on stderr, never stdout
 
 
+def test_eof_does_not_wait_for_the_call_deadline_of_a_stuck_call(
+    scenario: Callable[[dict[str, Any]], str],
+) -> None:
+    path = scenario({"faults": [{"gpu": 0, "kind": "slow_nvml", "seconds": 60}]})
+    started = time.monotonic()
+    done = run(
+        [*AGENT, "--backend", "fake", "--scenario", path, "--call-timeout", "30"],
+        lines(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "get_gpu_inventory"},
+            },
+            {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        ),
+        timeout=30,
+    )
+    assert time.monotonic() - started < 10  # the EOF grace (2 s), not the 30 s deadline
+    assert done.returncode == 0
+    answers = {a["id"]: a for a in map(json.loads, done.stdout.splitlines())}
+    assert answers[2]["result"] == {}
+    text = answers[1]["result"]["content"][0]["text"]
+    assert answers[1]["result"]["isError"] is True
+    assert "input closed" in text and "still running" in text
+    assert b"input closed" in done.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -148,3 +176,51 @@ def test_unusual_command_lines_go_to_argparse(args: list[str]) -> None:
 
 def test_argparse_fallback_accepts_abbreviations() -> None:
     assert parse_options(["--back", "fake"]).backend == "fake"
+
+
+def test_one_hung_gpu_does_not_cost_the_whole_nvml_call(
+    fake_nvml_lib: Path, tmp_path: Path
+) -> None:
+    """NVML reads are bounded per GPU below --call-timeout (0.75x), so a health call with
+    one hung GPU answers with the other GPUs instead of timing out as a whole."""
+    from tests.agent.fakenvml import build as fakenvml
+
+    config = tmp_path / "nvml.conf"
+    config.write_text("gpu.3.sleep_s = 30\ngpu.3.sleep_on = nvmlDeviceGetPowerUsage\n")
+    kmsg_log = ROOT / "tests" / "agent" / "data" / "kmsg-xid.txt"
+    proc = subprocess.Popen(
+        [*AGENT, "--backend", "nvml", "--call-timeout", "4", "--kmsg", str(kmsg_log)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=fakenvml.fake_env(fake_nvml_lib, config),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        started = time.monotonic()
+        proc.stdin.write(
+            lines(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {"name": "get_gpu_health"},
+                }
+            )
+        )
+        proc.stdin.flush()
+        answer = json.loads(proc.stdout.readline())  # stdin stays open: no EOF grace
+        elapsed = time.monotonic() - started
+    finally:
+        proc.stdin.close()
+        proc.stdout.read()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    result = answer["result"]
+    assert result["isError"] is False, result["content"][0]["text"]
+    assert elapsed < 4  # answered before the call deadline
+    gpus = {g["index"]: g for g in result["structuredContent"]["gpus"]}
+    assert gpus[3]["status"] == "critical"
+    assert any("hung" in issue["message"] for issue in gpus[3]["issues"])
+    assert all(gpus[i]["status"] != "critical" for i in gpus if i != 3)

@@ -5,6 +5,7 @@ deadlines and cancellation."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from agent.protocol import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     SUPPORTED_VERSIONS,
+    Session,
     validate,
 )
 from agent.tools import TOOL_NAMES
@@ -483,3 +485,222 @@ def test_tool_failures_become_error_results(capsys: pytest.CaptureFixture[str]) 
     assert answers[2]["isError"] is True
     assert "ZeroDivisionError: division by zero" in answers[2]["content"][0]["text"]
     assert "failed unexpectedly" in capsys.readouterr().err  # the operator sees it too
+
+
+# --- the worker pool and the deadline watcher ---------------------------------------------
+
+
+class _Gated:
+    """A provider whose ``block`` tool waits for ``gate``; records threads and concurrency."""
+
+    timeout_hint = "hint."
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.threads: list[int] = []
+        self.running = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def definitions(self) -> list[dict[str, Any]]:
+        schema = {"type": "object", "properties": {}}
+        return [{"name": "fast", "inputSchema": schema}, {"name": "block", "inputSchema": schema}]
+
+    def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.threads.append(threading.get_ident())
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            if name == "block":
+                self.gate.wait(30)
+            return {"tool": name}
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Out:
+    """Collects a Session's answers by id."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.answers: dict[Any, list[dict[str, Any]]] = {}
+
+    def write(self, data: bytes) -> None:
+        message = json.loads(data)
+        with self.cond:
+            self.answers.setdefault(message["id"], []).append(message)
+            self.cond.notify_all()
+
+    def wait(self, rid: Any, timeout: float = 5.0) -> dict[str, Any]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: rid in self.answers, timeout), f"no answer to {rid}"
+            return self.answers[rid][0]
+
+
+def _call(session: Session, rid: int, name: str) -> None:
+    session.feed(
+        json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name}})
+    )
+
+
+def _pool_threads(old: set[int | None]) -> list[threading.Thread]:
+    """Worker threads that did not exist when ``old`` was taken (other tests' stuck
+    threads may still be winding down)."""
+    return [t for t in threading.enumerate() if t.name == "gpu-agent worker" and t.ident not in old]
+
+
+def _idents() -> set[int | None]:
+    return {t.ident for t in threading.enumerate()}
+
+
+def test_sequential_calls_reuse_one_worker_thread() -> None:
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write)
+    before = {t.ident for t in threading.enumerate()}
+    for rid in range(30):
+        _call(session, rid, "fast")
+        assert out.wait(rid)["result"]["structuredContent"] == {"tool": "fast"}
+    assert len(set(provider.threads)) == 1  # no thread per call
+    new = [t for t in threading.enumerate() if t.ident not in before]
+    assert len(new) <= 2  # the session's one worker (+ the deadline watcher, first time)
+    assert not any(isinstance(t, threading.Timer) for t in threading.enumerate())
+    session.close()
+    assert provider.closed
+
+
+def test_concurrency_is_bounded_and_the_queue_drains() -> None:
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write)
+    for rid in range(12):
+        _call(session, rid, "block")
+    deadline = time.monotonic() + 5
+    while provider.running < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert provider.running == 4  # four workers busy, eight calls queued
+    assert session.busy == 4
+    provider.gate.set()
+    for rid in range(12):
+        assert out.wait(rid)["result"]["isError"] is False
+    assert provider.peak == 4
+    assert len(set(provider.threads)) <= 4
+    session.close()
+
+
+def test_a_stuck_worker_is_replaced_so_other_calls_still_run() -> None:
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write, call_timeout=0.3, max_workers=1)
+    _call(session, 1, "block")
+    _call(session, 2, "fast")  # queued behind the stuck call
+    stuck = out.wait(1)["result"]
+    assert stuck["isError"] is True and "0.3 s" in stuck["content"][0]["text"]
+    assert out.wait(2)["result"]["structuredContent"] == {"tool": "fast"}
+    assert session.hung == 1 and session.busy == 1
+    assert len(set(provider.threads)) == 2  # the replacement ran the second call
+    provider.gate.set()  # the stuck call returns at last: its late result is dropped
+    deadline = time.monotonic() + 5
+    while session.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert session.hung == 0 and session.busy == 0
+    assert len(out.answers[1]) == 1
+    _call(session, 3, "fast")
+    assert out.wait(3)["result"]["isError"] is False
+    session.close()
+    assert provider.closed  # nothing inside the backend any more
+
+
+def test_one_watcher_keeps_every_sessions_deadlines() -> None:
+    provider, out = _Gated(), _Out()
+    sessions = [Session(provider, out.write, call_timeout=0.2 + i / 10) for i in range(3)]
+    started = time.monotonic()
+    for i, session in enumerate(sessions):
+        _call(session, i, "block")
+    took = []
+    for i in range(3):
+        out.wait(i)
+        took.append(time.monotonic() - started)
+    assert [round(t, 1) for t in took] == pytest.approx([0.2, 0.3, 0.4], abs=0.15)
+    watchers = [t for t in threading.enumerate() if t.name == "gpu-agent deadlines"]
+    assert len(watchers) == 1
+    provider.gate.set()
+    for session in sessions:
+        session.close(grace=1)
+
+
+def test_finished_calls_do_not_pile_up_in_the_deadline_heap() -> None:
+    from agent.protocol import _WATCHER
+
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write, call_timeout=600)
+    for rid in range(1500):
+        _call(session, rid, "fast")
+        out.wait(rid)
+    assert len(_WATCHER._heap) < 600  # compacted, not one entry per call for 10 minutes
+    session.close()
+
+
+def test_close_abandons_a_stuck_call_after_the_grace_not_the_deadline() -> None:
+    old = _idents()
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write, call_timeout=30, max_workers=1)
+    _call(session, 1, "block")
+    _call(session, 2, "fast")  # queued behind it: never starts
+    _call(session, 3, "block")
+    session.feed('{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3}}')
+    started = time.monotonic()
+    session.close(grace=0.3)
+    assert 0.25 <= time.monotonic() - started < 2
+    running = out.wait(1)["result"]
+    assert running["isError"] is True
+    assert "still running" in running["content"][0]["text"]
+    assert "input closed" in running["content"][0]["text"]
+    queued = out.wait(2)["result"]
+    assert queued["isError"] is True and "had not started" in queued["content"][0]["text"]
+    assert 3 not in out.answers  # cancelled: no answer, even at close
+    assert session.busy == 1 and not provider.closed  # backend left alone under the thread
+    provider.gate.set()
+    deadline = time.monotonic() + 5
+    while (session.busy or _pool_threads(old)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert session.busy == 0
+    assert _pool_threads(old) == []  # the late thread retired instead of rejoining
+
+
+def test_close_stops_idle_workers() -> None:
+    old = _idents()
+    provider, out = _Gated(), _Out()
+    sessions = [Session(provider, out.write) for _ in range(5)]
+    for i, session in enumerate(sessions):
+        _call(session, i, "fast")
+        out.wait(i)
+    assert len(_pool_threads(old)) >= 5
+    for session in sessions:
+        session.close()
+    deadline = time.monotonic() + 5
+    while _pool_threads(old) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _pool_threads(old) == []
+
+
+def test_idle_workers_retire(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.protocol
+
+    monkeypatch.setattr(agent.protocol, "WORKER_IDLE_S", 0.1)
+    old = _idents()
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write)
+    _call(session, 1, "fast")
+    out.wait(1)
+    deadline = time.monotonic() + 5
+    while _pool_threads(old) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _pool_threads(old) == []
+    _call(session, 2, "fast")  # a new worker starts on demand
+    assert out.wait(2)["result"]["isError"] is False
+    session.close()

@@ -66,6 +66,7 @@ def test_health_reports_the_default_faults_with_reasons(fake_wire: Wire) -> None
     assert health["xid_log"] == {
         "source": "scenario",
         "readable": True,
+        "disabled": False,
         "reason": None,
         "events_in_window": health["xid_log"]["events_in_window"],
         "unmatched_events": 0,
@@ -276,3 +277,173 @@ def test_unreachable_nvml_is_explained_and_the_agent_keeps_answering() -> None:
     text = result["content"][0]["text"]
     assert "NVML" in text and "runtimeClassName" in text
     assert len(answers[3]["result"]["tools"]) == len(TOOL_NAMES)
+
+
+# --- settings from the chart's environment --------------------------------------------------
+
+
+def _recent_xid_log(tmp_path: Path) -> Path:
+    """A kmsg-format log with one Xid 31 on GPU 0 (bus 0x18), stamped a minute ago."""
+    usec = int((time.time() - boot_time() - 60) * 1e6)
+    log = tmp_path / "kmsg-env"
+    log.write_text(f"3,100,{usec},-;NVRM: Xid (PCI:0000:18:00): 31, pid=777, name=trainer, x\n")
+    return log
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "phrase"),
+    [
+        (["--kmsg", "off"], {}, "disabled by configuration (--kmsg off)"),
+        (
+            [],
+            {"GPU_AGENT_KMSG": "off"},
+            "XID analysis disabled by the chart (xid.enabled=false / securityContext non-root)",
+        ),
+    ],
+)
+def test_kmsg_off_is_said_plainly_and_does_not_downgrade_the_node(
+    wire: Callable[..., Wire],
+    scenario: Callable[[dict[str, Any]], str],
+    args: list[str],
+    env: dict[str, str],
+    phrase: str,
+) -> None:
+    w = wire("--backend", "fake", "--scenario", scenario({}), *args, env=env)
+    w.initialize()
+    health = content(w, "get_gpu_health")
+    assert health["status"] == "healthy"  # unlike an unreadable log (warning)
+    assert health["xid_log"]["disabled"] is True
+    assert health["xid_log"]["readable"] is False
+    assert health["xid_log"]["source"] == "off"
+    assert phrase in health["xid_log"]["reason"]
+    (issue,) = health["issues"]
+    assert issue["severity"] == "info" and phrase in issue["message"]
+    assert "XID analysis disabled by configuration" in health["summary"]
+    text = error_text(w, "analyze_xid_errors")
+    assert phrase in text
+
+
+def test_kmsg_from_the_environment_and_the_flag_wins(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str], tmp_path: Path
+) -> None:
+    log = _recent_xid_log(tmp_path)
+    from_env = wire(
+        "--backend", "fake", "--scenario", scenario({}), env={"GPU_AGENT_KMSG": str(log)}
+    )
+    xids = content(from_env, "analyze_xid_errors", {"since_minutes": 5})
+    assert xids["source"] == str(log)
+    assert [(g["xid"], g["gpu_index"]) for g in xids["xids"]] == [(31, 0)]
+    flag = wire(
+        "--backend", "fake", "--scenario", scenario({}), "--kmsg", str(log),
+        env={"GPU_AGENT_KMSG": "off"},
+    )  # fmt: skip
+    assert content(flag, "analyze_xid_errors", {"since_minutes": 5})["source"] == str(log)
+    blank = wire("--backend", "fake", env={"GPU_AGENT_KMSG": "  "})  # unset, in effect
+    assert content(blank, "analyze_xid_errors")["source"] == "scenario"
+
+
+def test_kmsg_auto_uses_the_scenario_for_the_fake_backend(wire: Callable[..., Wire]) -> None:
+    w = wire("--backend", "fake", "--kmsg", "auto")
+    assert content(w, "get_gpu_health")["xid_log"]["source"] == "scenario"
+
+
+def test_kmsg_syslog_reads_the_real_ring_buffer(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    w = wire("--backend", "fake", "--scenario", scenario({}), "--kmsg", "syslog")
+    result = w.call("analyze_xid_errors", {"since_minutes": 60})
+    if result["isError"]:  # no CAP_SYSLOG here: the reason must say so
+        assert "CAP_SYSLOG" in result["content"][0]["text"]
+        pytest.skip("syslog(2) is not permitted on this machine")
+    assert result["structuredContent"]["source"] == "syslog(2)"
+    health = content(w, "get_gpu_health")
+    assert health["xid_log"]["source"] == "syslog(2)" and health["xid_log"]["readable"]
+
+
+def test_host_proc_from_the_environment(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str], tmp_path: Path
+) -> None:
+    proc = tmp_path / "hostproc"
+    (proc / "4242").mkdir(parents=True)
+    (proc / "4242" / "cgroup").write_text(
+        f"0::/kubepods/besteffort/pod{POD_UID}/{CONTAINER}\n"  # cgroupfs driver
+    )
+    path = scenario({"processes": [{"gpu": 0, "pid": 4242, "used_memory_mib": 1}]})
+    w = wire("--backend", "fake", "--scenario", path, env={"GPU_AGENT_HOST_PROC": str(proc)})
+    data = content(w, "get_gpu_processes")
+    assert data["pod_mapping"] == {"enabled": True, "host_proc": str(proc)}
+    (p,) = [p for g in data["gpus"] for p in g["processes"]]
+    assert p["pod"]["pod_uid"] == POD_UID
+    # A bad chart setting does not stop the agent; the tool says what is wrong.
+    missing = str(tmp_path / "absent")
+    bad = wire("--backend", "fake", "--scenario", path, env={"GPU_AGENT_HOST_PROC": missing})
+    mapping = content(bad, "get_gpu_processes")["pod_mapping"]
+    assert mapping["enabled"] is False
+    assert f"GPU_AGENT_HOST_PROC={missing} is not a directory" in mapping["note"]
+    # The option wins over the environment.
+    flag = wire(
+        "--backend", "fake", "--scenario", path, "--host-proc", str(proc),
+        env={"GPU_AGENT_HOST_PROC": missing},
+    )  # fmt: skip
+    assert content(flag, "get_gpu_processes")["pod_mapping"]["host_proc"] == str(proc)
+
+
+def test_pod_resources_socket_is_reported_not_used(
+    wire: Callable[..., Wire], tmp_path: Path
+) -> None:
+    import socket
+
+    path = str(tmp_path / "kubelet.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        w = wire("--backend", "fake", env={"GPU_AGENT_POD_RESOURCES_SOCKET": path})
+        status = content(w, "get_gpu_processes")["pod_mapping"]["pod_resources"]
+    assert status["socket"] == path
+    assert status["present"] is True and status["used"] is False
+    assert "available but not yet used" in status["note"]
+    os.unlink(path)
+    gone = wire("--backend", "fake", env={"GPU_AGENT_POD_RESOURCES_SOCKET": path})
+    status = content(gone, "get_gpu_processes")["pod_mapping"]["pod_resources"]
+    assert status["present"] is False and "not a socket" in status["note"]
+    unset = wire("--backend", "fake", env={})
+    assert "pod_resources" not in content(unset, "get_gpu_processes")["pod_mapping"]
+
+
+def test_node_name_and_log_level_from_an_explicit_environment(
+    wire: Callable[..., Wire], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import agent.protocol
+
+    before = agent.protocol.log_threshold
+    try:
+        w = wire(
+            "--backend", "fake", env={"NODE_NAME": "node-from-env", "GPU_AGENT_LOG_LEVEL": "debug"}
+        )
+        assert content(w, "get_gpu_inventory")["node"]["name"] == "node-from-env"
+        assert "get_gpu_inventory" in capsys.readouterr().err  # debug timing lines
+        quiet = wire(
+            "--backend", "fake", "--log-level", "error", env={"GPU_AGENT_LOG_LEVEL": "debug"}
+        )
+        content(quiet, "get_gpu_inventory")
+        assert capsys.readouterr().err == ""  # the option wins
+    finally:
+        agent.protocol.log_threshold = before
+
+
+def test_nvlink_topology_names_gpus_that_could_not_be_read(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    w = wire(
+        "--backend",
+        "fake",
+        "--scenario",
+        scenario({"faults": [{"gpu": 2, "kind": "fell_off_bus"}]}),
+    )
+    data = content(w, "get_nvlink_topology")
+    assert len(data["errors"]) == 1 and data["errors"][0].startswith("GPU 2: ")
+    assert (
+        content(wire("--backend", "fake", "--scenario", scenario({})), "get_nvlink_topology")[
+            "errors"
+        ]
+        == []
+    )

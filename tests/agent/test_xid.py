@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import xid
+from agent import kmsg, xid
 from agent.backend import KmsgRecord
 from agent.errors import KmsgUnavailable
 
@@ -643,3 +643,149 @@ def test_parsing_never_raises(lines: list[str], usec: int) -> None:
         assert xid.normalize_pci_bus_id(event.pci_bus_id) == event.pci_bus_id
         xid.event_severity(event)
     xid.analyze(events, since_minutes=10**9, now=NOW)
+
+
+# --- syslog(2) and --kmsg auto --------------------------------------------------------------
+
+DROP_SYSLOG = ("--bounding-set", "-syslog", "--inh-caps", "-syslog")
+
+
+def _syslog_allowed() -> bool:
+    try:
+        kmsg.read_syslog()
+    except KmsgUnavailable:
+        return False
+    return True
+
+
+def _run_python(code: str, repo_root: Path, prefix: tuple[str, ...] = ()) -> str:
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", code],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_syslog_text_is_parsed_like_dmesg() -> None:
+    text = (
+        "<6>[    1.352556] eth0: link up\n"
+        "<3>[ 6335.661041][  T812] NVRM: Xid (PCI:0000:3b:00): 79, pid='<unknown>', "
+        "name=<unknown>, GPU has fallen off the bus.\n"
+        "<4>[ 6335.661041][    C3] NVRM: GPU at PCI:0000:3b:00: GPU-bc0fa0b9\n"
+    )
+    records = kmsg.parse_syslog_text(text)
+    assert [(r.priority, r.usec_since_boot) for r in records] == [
+        (6, 1_352_556),
+        (3, 6_335_661_041),
+        (4, 6_335_661_041),
+    ]
+    assert records[1].message.startswith("NVRM: Xid (PCI:0000:3b:00): 79")  # caller id gone
+    (event,) = xid.parse_xids(records, 1000.0)
+    assert event.xid == 79 and event.timestamp == pytest.approx(1000 + 6335.661041)
+    assert event.gpu_uuid == "GPU-bc0fa0b9"
+
+
+def test_syslog_without_timestamps_is_refused_with_the_fix() -> None:
+    with pytest.raises(KmsgUnavailable, match="printk.time"):
+        kmsg.parse_syslog_text("<6>eth0: link up\n<3>NVRM: Xid (PCI:0000:3b:00): 79\n")
+    assert kmsg.parse_syslog_text("") == []
+
+
+def test_syslog_reads_the_real_ring_buffer() -> None:
+    if not _syslog_allowed():
+        pytest.skip("syslog(2) is not permitted here (no CAP_SYSLOG)")
+    boot, records = kmsg.read_syslog()
+    assert records and boot == kmsg.boot_time()
+    assert all(r.usec_since_boot >= 0 for r in records)
+    if os.access("/dev/kmsg", os.R_OK):
+        # Both are views of the same ring buffer: /dev/kmsg's newest one-line records
+        # must be in the syslog(2) copy with the same timestamps.
+        _, device = xid.read_kmsg("/dev/kmsg")
+        copy = {(r.usec_since_boot, r.message) for r in records}
+        newest = [(r.usec_since_boot, r.message) for r in device[-20:] if "\\x0a" not in r.message]
+        missing = [item for item in newest if item not in copy]
+        # a record logged between the two reads may be in only one of them
+        assert len(missing) <= 1, missing
+
+
+def test_auto_prefers_dev_kmsg_then_falls_back_to_syslog(tmp_path: Path) -> None:
+    if not os.access("/dev/kmsg", os.R_OK) or not _syslog_allowed():
+        pytest.skip("needs a readable /dev/kmsg and syslog(2)")
+    source, _, records = kmsg.read_kernel_log("auto")
+    assert source == "/dev/kmsg" and records
+    absent = str(tmp_path / "kmsg")  # as in a container without the hostPath mount
+    source, _, records = kmsg.read_kernel_log("auto", device=absent)
+    assert source == "syslog(2)" and records
+    source, _, _ = kmsg.read_kernel_log("syslog")
+    assert source == "syslog(2)"
+    source, _, _ = kmsg.read_kernel_log(str(FIXTURE))
+    assert source == str(FIXTURE)
+
+
+def test_auto_in_a_container_without_dev_kmsg(repo_root: Path) -> None:
+    """The chart's default: no /dev/kmsg in the container, CAP_SYSLOG granted."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0 or not _syslog_allowed():
+        pytest.skip("needs root, unshare and syslog(2)")
+    code = (
+        "from agent import kmsg\n"
+        "import os\n"
+        "source, _, records = kmsg.read_kernel_log('auto')\n"
+        "print(os.path.exists('/dev/kmsg'), source, len(records) > 0)\n"
+    )
+    # A private mount namespace with an empty /dev, as a container has no /dev/kmsg.
+    script = 'mount -t tmpfs none /dev && exec "$@"'
+    try:
+        out = _run_python(code, repo_root, prefix=(unshare, "-m", "sh", "-c", script, "sh"))
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"cannot make a mount namespace here: {exc.stderr.strip()[:200]}")
+    assert out.split() == ["False", "syslog(2)", "True"]
+
+
+def test_syslog_eperm_without_cap_syslog(repo_root: Path) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to drop CAP_SYSLOG")
+    if Path("/proc/sys/kernel/dmesg_restrict").read_text().strip() != "1":
+        pytest.skip("kernel.dmesg_restrict=0: syslog(2) needs no capability here")
+    code = (
+        "from agent import kmsg\n"
+        "from agent.errors import KmsgUnavailable\n"
+        "for call in (kmsg.read_syslog, lambda: kmsg.read_kernel_log('auto'),\n"
+        "             lambda: kmsg.read_kernel_log('auto', device='/nonexistent/kmsg')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except KmsgUnavailable as e:\n"
+        "        print(e)\n"
+    )
+    lines = _run_python(code, repo_root, prefix=(setpriv, *DROP_SYSLOG)).splitlines()
+    assert len(lines) == 3, lines
+    syslog_only, both_denied, absent_and_denied = lines
+    assert "syslog(2): permission denied" in syslog_only and "CAP_SYSLOG" in syslog_only
+    assert "/dev/kmsg: permission denied; syslog(2): permission denied" in both_denied
+    assert "/nonexistent/kmsg: not present; syslog(2): permission denied" in absent_and_denied
+    assert "xid.enabled=true" in absent_and_denied
+
+
+def test_ctypes_is_imported_only_to_read_the_log(repo_root: Path) -> None:
+    code = (
+        "import sys\n"
+        "from agent.app import create_session\n"
+        "out = []\n"
+        "s = create_session(['--backend', 'fake'], out.append)\n"
+        's.feed(\'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        '"params":{"name":"get_gpu_health"}}\')\n'
+        "s.close()\n"
+        "print('ctypes' in sys.modules, len(out))\n"
+        "from agent import kmsg\n"
+        "try:\n"
+        "    kmsg.read_syslog()\n"
+        "except Exception:\n"
+        "    pass\n"
+        "print('ctypes' in sys.modules)\n"
+    )
+    assert _run_python(code, repo_root).split() == ["False", "1", "True"]

@@ -165,7 +165,7 @@ async def test_rbac_denial_names_the_missing_permission(sim: SimServer) -> None:
     assert result.error_kind == "rbac"
     assert result.error is not None
     assert "create pods/exec" in result.error
-    assert "kubectl auth can-i create pods/exec -n gpu-diagnostics" in result.error
+    assert "kubectl auth can-i create pods --subresource=exec -n gpu-diagnostics" in result.error
 
 
 async def test_rbac_denial_of_pod_listing_is_raised_by_discovery(sim: SimServer) -> None:
@@ -399,7 +399,10 @@ async def test_fifty_node_mixed_fault_sweep_then_recovery(tmp_path: Path) -> Non
             ],
         )
         for node in denied:
-            expect[node] = ("rbac", "kubectl auth can-i create pods/exec -n gpu-diagnostics")
+            expect[node] = (
+                "rbac",
+                "kubectl auth can-i create pods --subresource=exec -n gpu-diagnostics",
+            )
         # Transient faults are absorbed by retries: these nodes must come back healthy.
         sim.faults(nodes[15]).api_429, sim.faults(nodes[15]).retry_after_s = 1, 1
         sim.faults(nodes[16]).api_500 = 1

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# What baseline lets a container add: Pod Security admission's capabilities_baseline check
+# (k8s.io/pod-security-admission/policy/check_capabilities_baseline.go, unchanged since 1.0).
+# SYSLOG is not in it; restricted allows only NET_BIND_SERVICE.
 BASELINE_CAPABILITIES = {
     "AUDIT_WRITE",
     "CHOWN",

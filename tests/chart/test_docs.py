@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from tests.chart.helmchart import CHART
+from tests.chart.pod_security import BASELINE_CAPABILITIES
 
 README = (CHART / "README.md").read_text()
 VALUES_SECTION = README.split("\n## Values\n", 1)[1].split("\n## ", 1)[0]
@@ -40,3 +41,21 @@ def test_readme_shows_install_connect_and_permission_checks() -> None:
     assert "broker serve --namespace gpu-diagnostics" in README
     assert "kubectl mcp diagnose NODE" in README
     assert "kubectl auth can-i create pods --subresource=exec" in README
+
+
+def test_readme_never_offers_the_wrong_exec_check() -> None:
+    """`kubectl auth can-i create pods/exec` asks about a pod named "exec"."""
+    commands = [
+        line.strip() for line in README.splitlines() if line.strip().startswith("kubectl auth")
+    ]
+    assert commands
+    assert not [c for c in commands if "pods/exec" in c]
+
+
+def test_readme_documents_the_xid_source_and_its_pod_security_level() -> None:
+    assert "GPU_AGENT_KMSG=auto" in README and "syslog(2)" in README
+    assert "xid.mountDevKmsg=true" in README and "EPERM" in README
+    # The README lists baseline's addable capabilities exactly as admission checks them.
+    row = next(line for line in README.splitlines() if line.startswith("| default (XID on"))
+    assert "`privileged`" in row and "CAP_SYSLOG" in row
+    assert {cap for cap in BASELINE_CAPABILITIES if f"`{cap}`" in row} == BASELINE_CAPABILITIES

@@ -90,19 +90,70 @@ def test_nvidia_environment_reaches_exec_sessions(chart: Chart) -> None:
     env = env_of(agent_container(chart.template()))
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
-    assert env["GPU_AGENT_KMSG"] == "/dev/kmsg"
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert "GPU_AGENT_HOST_PROC" not in env and "LD_LIBRARY_PATH" not in env
 
 
-def test_kmsg_is_a_read_only_char_device_mount(chart: Chart) -> None:
+# --- XIDs from the kernel log: CAP_SYSLOG + syslog(2), /dev/kmsg mount opt-in ----------
+
+
+def xid_setup(docs: list[dict[str, Any]]) -> tuple[str, list[str], bool, str]:
+    """(GPU_AGENT_KMSG, added capabilities, /dev/kmsg mounted?, xid-source annotation)."""
+    container = agent_container(docs)
+    added = container["securityContext"].get("capabilities", {}).get("add", [])
+    kmsg_mounted = any(m["mountPath"] == "/dev/kmsg" for m in container.get("volumeMounts", []))
+    annotations = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    return (
+        env_of(container)["GPU_AGENT_KMSG"],
+        added,
+        kmsg_mounted,
+        annotations["k8s-gpu-mcp.io/xid-source"],
+    )
+
+
+def test_default_reads_xids_through_syslog_without_any_host_mount(chart: Chart) -> None:
     docs = chart.template()
+    # auto: the agent tries /dev/kmsg, then syslog(2), which needs only CAP_SYSLOG.
+    assert xid_setup(docs) == ("auto", ["SYSLOG"], False, "auto")
+    assert not [n for n, v in volumes(docs).items() if "hostPath" in v]
+    assert list(mounts(docs)) == ["tmp"]
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("xid.enabled=false",),
+        ("xid.enabled=false", "xid.mountDevKmsg=true"),
+        ("agent.nonRoot.enabled=true",),
+        # Non-root wins over an explicit request: an added capability is useless to it.
+        ("agent.nonRoot.enabled=true", "xid.enabled=true", "xid.mountDevKmsg=true"),
+    ],
+)
+def test_xid_off_or_non_root_means_kmsg_off_and_no_syslog(
+    chart: Chart, sets: tuple[str, ...]
+) -> None:
+    docs = chart.template(*sets)
+    assert xid_setup(docs) == ("off", [], False, "off")
+    assert "kmsg" not in volumes(docs)
+
+
+def test_dev_kmsg_mount_is_opt_in_read_only_char_device(chart: Chart) -> None:
+    docs = chart.template("xid.mountDevKmsg=true", "xid.kmsgHostPath=/host/dev/kmsg")
+    # Still auto: where the runtime's device cgroup refuses the open, syslog(2) is used.
+    assert xid_setup(docs) == ("auto", ["SYSLOG"], True, "auto")
     assert mounts(docs)["kmsg"] == {"name": "kmsg", "mountPath": "/dev/kmsg", "readOnly": True}
-    assert volumes(docs)["kmsg"]["hostPath"] == {"path": "/dev/kmsg", "type": "CharDevice"}
-    # The only host mount by default; /proc and the kubelet socket are opt-in.
+    assert volumes(docs)["kmsg"]["hostPath"] == {"path": "/host/dev/kmsg", "type": "CharDevice"}
     host = [n for n, v in volumes(docs).items() if "hostPath" in v]
     assert host == ["kmsg"]
     assert all(m.get("readOnly") for n, m in mounts(docs).items() if n != "tmp")
+
+
+def test_privileged_mode_reads_xids_without_adding_a_capability(chart: Chart) -> None:
+    docs = render_ci(chart, "privileged-values.yaml")
+    env, added, kmsg_mounted, source = xid_setup(docs)
+    # A privileged container has every capability and the host's devices already.
+    assert (env, added, kmsg_mounted, source) == ("auto", [], False, "auto")
+    assert "capabilities" not in agent_container(docs)["securityContext"]
 
 
 def test_schedules_on_gpu_nodes_and_tolerates_the_gpu_taint(chart: Chart) -> None:
@@ -310,10 +361,7 @@ def test_non_root_turns_kmsg_off_and_says_so(chart: Chart) -> None:
     assert sc["runAsNonRoot"] is True
     assert (sc["runAsUser"], sc["runAsGroup"]) == (65532, 65532)
     assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert "kmsg" not in volumes(docs) and "kmsg" not in mounts(docs)
-    assert env_of(container)["GPU_AGENT_KMSG"] == "off"
-    annotations = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["k8s-gpu-mcp.io/xid-source"] == "off"
+    assert xid_setup(docs) == ("off", [], False, "off")
 
 
 def test_xid_off_as_root_adds_no_capability(chart: Chart) -> None:
@@ -321,6 +369,14 @@ def test_xid_off_as_root_adds_no_capability(chart: Chart) -> None:
     sc = agent_container(docs)["securityContext"]
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsUser"] == 0
     assert not baseline_violations(pod_spec(docs))
+
+
+def test_only_cap_syslog_keeps_the_default_out_of_baseline(chart: Chart) -> None:
+    """The default pod mounts nothing from the host; its one baseline violation is SYSLOG,
+    which is not in the Pod Security baseline's list of addable capabilities."""
+    assert baseline_violations(pod_spec(chart.template())) == ["agent: adds ['SYSLOG']"]
+    with_mount = baseline_violations(pod_spec(chart.template("xid.mountDevKmsg=true")))
+    assert with_mount == ["hostPath volume kmsg", "agent: adds ['SYSLOG']"]
 
 
 def test_host_proc_and_pod_resources_are_opt_in_and_read_only(chart: Chart) -> None:
@@ -348,9 +404,12 @@ def test_host_proc_and_pod_resources_are_opt_in_and_read_only(chart: Chart) -> N
 @pytest.mark.parametrize(
     ("sets", "expected"),
     [
-        ((), "privileged"),  # kmsg hostPath + CAP_SYSLOG
+        ((), "privileged"),  # CAP_SYSLOG alone (no host mount)
+        (("xid.mountDevKmsg=true",), "privileged"),  # CAP_SYSLOG + kmsg hostPath
         (("xid.enabled=false",), "baseline"),  # root, nothing from the host
+        (("xid.enabled=false", "xid.mountDevKmsg=true"), "baseline"),  # no XIDs, no mount
         (("agent.nonRoot.enabled=true",), "restricted"),
+        (("agent.nonRoot.enabled=true", "xid.mountDevKmsg=true"), "restricted"),
         (("agent.nonRoot.enabled=true", "hostProc.enabled=true"), "privileged"),
         (("gpu.mode=dra", "agent.nonRoot.enabled=true"), "restricted"),
         (("gpu.mode=devicePlugin", "xid.enabled=false"), "baseline"),

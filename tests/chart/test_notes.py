@@ -19,8 +19,19 @@ def test_notes_show_how_to_run_the_broker_against_this_install(chart: Chart) -> 
         f"kubectl -n {NAMESPACE} get pods -l "
         "app.kubernetes.io/name=k8s-gpu-mcp,app.kubernetes.io/component=agent"
     ) in notes
-    assert f"kubectl auth can-i create pods --subresource=exec -n {NAMESPACE}" in notes
     assert "WARNING" not in notes
+
+
+def test_notes_permission_checks_ask_about_the_exec_subresource(chart: Chart) -> None:
+    notes = chart.notes()
+    checks = [line.strip() for line in notes.splitlines() if "kubectl auth can-i" in line]
+    assert f"kubectl auth can-i create pods --subresource=exec -n {NAMESPACE}" in checks
+    assert f"kubectl auth can-i get pods --subresource=exec -n {NAMESPACE}" in checks
+    # `can-i create pods/exec` asks about a pod named "exec": never offered as a command.
+    assert not [c for c in checks if c.startswith("kubectl") and "pods/exec" in c]
+    # Every cluster-wide read the ClusterRole grants has its check.
+    for what in ("list nodes", "list pods --all-namespaces", "list events --all-namespaces"):
+        assert f"kubectl auth can-i {what}" in checks
 
 
 def test_notes_say_how_to_bind_when_nobody_is_bound(chart: Chart) -> None:
@@ -61,6 +72,20 @@ def test_dra_admin_access_notes_name_the_namespace_label(chart: Chart) -> None:
 def test_non_root_notes_say_xid_is_off(chart: Chart) -> None:
     notes = chart.notes(values=[CI["nonroot-values.yaml"]])
     assert "XID analysis from the kernel log is OFF" in notes
+    assert "GPU_AGENT_KMSG=off" in notes and "syslog(2)" not in notes
+
+
+def test_default_notes_explain_the_xid_source_and_the_pod_security_cost(chart: Chart) -> None:
+    notes = chart.notes()
+    assert "GPU_AGENT_KMSG=auto" in notes and "syslog(2)" in notes
+    assert "xid.mountDevKmsg=true" not in notes  # not mounted, so not claimed
+    assert "Why: adds CAP_SYSLOG" in notes and "mounts host paths" not in notes
+    assert "xid.enabled=false would meet baseline" in notes
+    mounted = chart.notes("xid.mountDevKmsg=true")
+    assert "mounted from the host: xid.mountDevKmsg=true" in mounted
+    assert "mounts host paths" in mounted
+    assert "would meet baseline" not in mounted  # the mount also needs privileged
+    assert "XID analysis from the kernel log is OFF" not in notes + mounted
 
 
 def test_device_plugin_notes_state_the_cost(chart: Chart) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +110,59 @@ def test_rbac_can_be_left_to_the_cluster_admin(chart: Chart) -> None:
     docs = chart.template("rbac.create=false", values=[FULL])
     for kind in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"):
         assert not by_kind(docs, kind), kind
+
+
+# --- the grants match what the broker actually calls --------------------------------
+
+BROKER = Path(__file__).resolve().parents[2] / "broker"
+# Each kubernetes_asyncio API method the broker may call -> the RBAC it needs, and where:
+# "namespace" (only in the chart's namespace: the Role) or "cluster" (any namespace or
+# cluster-scoped: the ClusterRole). A method missing here fails the test below: map it
+# and grant it (or put it behind a values switch) deliberately.
+NEEDS: dict[str, tuple[str, set[tuple[str, str, str]]]] = {
+    "read_node": ("cluster", {("", "nodes", "get")}),
+    "list_node": ("cluster", {("", "nodes", "list")}),
+    "read_namespaced_pod": ("cluster", {("", "pods", "get")}),
+    "list_namespaced_pod": ("cluster", {("", "pods", "list")}),
+    "list_pod_for_all_namespaces": ("cluster", {("", "pods", "list")}),
+    "list_namespaced_event": ("cluster", {("", "events", "list")}),
+    "list_event_for_all_namespaces": ("cluster", {("", "events", "list")}),
+    # WebSocket exec is a GET upgrade: authorised as get, and from 1.35 as create too.
+    "connect_get_namespaced_pod_exec": (
+        "namespace",
+        {("", "pods/exec", "get"), ("", "pods/exec", "create")},
+    ),
+    "connect_post_namespaced_pod_exec": ("namespace", {("", "pods/exec", "create")}),
+}
+
+
+def broker_api_calls() -> tuple[set[str], set[str]]:
+    """(Kubernetes API methods named in broker/ outside the simulator, API classes used)."""
+    from kubernetes_asyncio import client
+
+    apis = {n for n in dir(client) if n.endswith("Api") and n[:1].isupper()}
+    methods = {m for a in apis for m in dir(getattr(client, a)) if not m.startswith("_")}
+    words: set[str] = set()
+    for source in BROKER.rglob("*.py"):
+        if "sim" not in source.relative_to(BROKER).parts:
+            words |= set(re.findall(r"\b[A-Za-z_]\w*\b", source.read_text()))
+    return words & methods, words & apis
+
+
+def test_rbac_grants_what_the_broker_reads_and_nothing_it_does_not(chart: Chart) -> None:
+    calls, api_classes = broker_api_calls()
+    assert calls, "found no Kubernetes API calls in broker/: is the scan broken?"
+    # Only the core API group: events are read as core/v1 Events, not events.k8s.io.
+    assert api_classes <= {"CoreV1Api"}, api_classes
+    unmapped = calls - NEEDS.keys()
+    assert not unmapped, f"broker calls {sorted(unmapped)}: add the RBAC they need"
+    docs = chart.template()
+    role, cluster = grants(one(docs, "Role")), grants(one(docs, "ClusterRole"))
+    for method in sorted(calls):
+        scope, needed = NEEDS[method]
+        have = cluster if scope == "cluster" else role | cluster
+        assert needed <= have, f"{method} needs {sorted(needed - have)}"
+    used = {grant for method in calls for grant in NEEDS[method][1]}
+    # Every resource the ClusterRole names is read by the broker; verbs stay get/list.
+    assert {r for _, r, _ in cluster} == {r for _, r, _ in used if r != "pods/exec"}
+    assert {v for _, _, v in cluster} <= {"get", "list"}

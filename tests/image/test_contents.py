@@ -111,6 +111,20 @@ def test_no_compilers_caches_or_package_lists(container: Container) -> None:
     assert done.stdout.split() == [], done.stdout
 
 
+def test_runtime_mountpoints_are_empty_in_the_layers(image: BuiltImage) -> None:
+    # The runtime mounts /proc, /sys and /dev; anything in the layers under them is a
+    # copy of the build machine's (a mount left behind during the build).
+    name = image.check("from", "--pull=never", image.name).strip()
+    try:
+        root = Path(image.check("mount", name).strip())
+        leftovers = {
+            d: sorted(p.name for p in (root / d).iterdir()) for d in ("proc", "sys", "dev")
+        }
+        assert leftovers == {"proc": [], "sys": [], "dev": []}
+    finally:
+        image.check("rm", name)
+
+
 def test_the_image_carries_no_nvml_of_its_own(container: Container) -> None:
     # The runtime injects the driver's libnvidia-ml.so.1; a copy in the image would
     # shadow it and mismatch the node's driver.

@@ -63,28 +63,53 @@ app.kubernetes.io/component: agent
 {{- end -}}
 {{- end -}}
 
-{{/* "true" when the agent reads XIDs from the host kernel log (off for non-root). */}}
+{{/*
+"true" when the agent reads XIDs from the host kernel log (GPU_AGENT_KMSG=auto: /dev/kmsg,
+else syslog(2) with CAP_SYSLOG). Off for non-root: added capabilities are useless to a
+non-root process (Kubernetes sets no ambient capabilities).
+*/}}
 {{- define "k8s-gpu-mcp.xidEnabled" -}}
 {{- if and .Values.xid.enabled (not .Values.agent.nonRoot.enabled) -}}true{{- end -}}
 {{- end -}}
 
+{{/* "true" when the host's /dev/kmsg is mounted (opt-in: xid.mountDevKmsg). */}}
+{{- define "k8s-gpu-mcp.mountKmsg" -}}
+{{- if and (include "k8s-gpu-mcp.xidEnabled" .) .Values.xid.mountDevKmsg -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the container adds CAP_SYSLOG (privileged mode has every capability). */}}
+{{- define "k8s-gpu-mcp.addsSyslog" -}}
+{{- if and (include "k8s-gpu-mcp.xidEnabled" .) (ne .Values.gpu.mode "privileged") -}}true{{- end -}}
+{{- end -}}
+
 {{/* "true" when the pod mounts anything from the host. */}}
 {{- define "k8s-gpu-mcp.usesHostPath" -}}
-{{- if or (include "k8s-gpu-mcp.xidEnabled" .) .Values.hostProc.enabled .Values.podResources.enabled (eq .Values.gpu.mode "privileged") -}}true{{- end -}}
+{{- if or (include "k8s-gpu-mcp.mountKmsg" .) .Values.hostProc.enabled .Values.podResources.enabled (eq .Values.gpu.mode "privileged") -}}true{{- end -}}
 {{- end -}}
 
 {{/*
 The strictest Pod Security Standard the agent pod meets, for the namespace's
 pod-security.kubernetes.io/enforce label:
-  privileged - privileged mode, any hostPath mount, or CAP_SYSLOG (not in baseline's list)
+  privileged - privileged mode, any hostPath mount, or CAP_SYSLOG: baseline allows adding
+               only AUDIT_WRITE, CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, MKNOD,
+               NET_BIND_SERVICE, SETFCAP, SETGID, SETPCAP, SETUID, SYS_CHROOT
   baseline   - runs as root, but no host mounts and no added capability
   restricted - non-root, no host mounts, all capabilities dropped, RuntimeDefault seccomp
 */}}
 {{- define "k8s-gpu-mcp.podSecurityLevel" -}}
-{{- if include "k8s-gpu-mcp.usesHostPath" . -}}privileged
+{{- if or (include "k8s-gpu-mcp.usesHostPath" .) (include "k8s-gpu-mcp.xidEnabled" .) -}}privileged
 {{- else if not .Values.agent.nonRoot.enabled -}}baseline
 {{- else -}}restricted
 {{- end -}}
+{{- end -}}
+
+{{/* Why the pod needs the "privileged" Pod Security level, for NOTES.txt. */}}
+{{- define "k8s-gpu-mcp.privilegedReasons" -}}
+{{- $why := list -}}
+{{- if eq .Values.gpu.mode "privileged" -}}{{- $why = append $why "privileged container" -}}{{- end -}}
+{{- if include "k8s-gpu-mcp.addsSyslog" . -}}{{- $why = append $why "adds CAP_SYSLOG for XIDs (not in baseline's capability list)" -}}{{- end -}}
+{{- if include "k8s-gpu-mcp.usesHostPath" . -}}{{- $why = append $why "mounts host paths" -}}{{- end -}}
+{{- join "; " $why -}}
 {{- end -}}
 
 {{/* resource.k8s.io version for DRA mode: the value, or the newest the cluster serves. */}}

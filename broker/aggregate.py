@@ -1,0 +1,352 @@
+"""Turn per-node tool results into one answer that stays small at 1,000 nodes.
+
+Pure functions, no I/O. The answer to a fanned-out tool call is::
+
+    {"tool": ..., "targeted": "every GPU node" | "node_selector ..." | ...,
+     "summary": {"nodes": {"total", "ok", "failed"},
+                 "status": {"critical", "degraded", "warning", "healthy"},
+                 "unreachable": [{"node", "kind", "reason"}],   # every node with no answer
+                 "elapsed_s"},
+     "nodes":   [{"node", "status", "findings" | "result"}],   # worst first
+     "more":    [{"node", "status"}],                            # beyond `limit`
+     "healthy": [names],                                         # healthy: names only
+     "fleet":   {...},                                           # tool-specific roll-up
+     "warnings": [...]}
+
+Each node appears once: in ``nodes``/``more`` (answered, not healthy), ``healthy``, or
+``summary.unreachable`` (no answer; ``kind`` is the pool's error kind). ``findings`` is a
+compact, tool-specific digest (issues, XIDs, bad links); ``result`` is the agent's full
+answer, given when one node is targeted or ``detail="full"`` (healthy nodes then get an
+entry with their result too, instead of a place in ``healthy``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from broker.pool import NodeResult
+
+__all__ = [
+    "DETAILS",
+    "STATUSES",
+    "aggregate",
+    "aggregate_output_schema",
+    "exit_code",
+    "findings",
+    "judge",
+]
+
+Json = dict[str, Any]
+Detail = Literal["auto", "findings", "full"]
+
+STATUSES = ("critical", "degraded", "warning", "healthy")  # worst first
+DETAILS = ("auto", "findings", "full")
+_RANK = {s: i for i, s in enumerate(STATUSES)}
+_SEVERITY_RANK = {"critical": 0, "degraded": 1, "warning": 2, "info": 3}
+
+# Exit codes of `broker sweep` / `broker diagnose` (documented in --help and the README).
+EXIT_OK = 0
+EXIT_CRITICAL = 2
+EXIT_UNREACHABLE = 3
+
+
+# -- per-tool judgement ------------------------------------------------------------------
+def judge(tool: str, result: Mapping[str, Any]) -> str:
+    """The node's status according to one tool's answer."""
+    if tool == "get_gpu_health":
+        status = str(result.get("status", "healthy"))
+        return status if status in _RANK else "warning"
+    if tool == "analyze_xid_errors":
+        worst = (result.get("summary") or {}).get("worst_severity")
+        return {"critical": "critical", "warning": "warning"}.get(str(worst), "healthy")
+    gpus = result.get("gpus") or []
+    if tool in ("get_gpu_inventory", "get_gpu_processes"):
+        if any(g.get("lost") for g in gpus):
+            return "critical"
+        if any(g.get("error") for g in gpus):
+            return "warning"
+        return "healthy"
+    if tool == "get_nvlink_topology":
+        return "warning" if _bad_links(result) else "healthy"
+    return "healthy"
+
+
+_LINK_COUNTERS = ("replay_errors", "recovery_errors", "crc_flit_errors", "crc_data_errors")
+
+
+def _bad_links(result: Mapping[str, Any]) -> list[Json]:
+    bad: list[Json] = []
+    for gpu in result.get("gpus") or []:
+        for link in gpu.get("links") or []:
+            counters = {k: link.get(k) for k in _LINK_COUNTERS if link.get(k)}
+            if counters:
+                bad.append({"gpu": gpu.get("index"), "link": link.get("link"), **counters})
+    return bad
+
+
+def findings(tool: str, result: Mapping[str, Any]) -> Json:
+    """A compact digest of one node's answer: what is wrong and what to do."""
+    if tool == "get_gpu_health":
+        issues: list[Json] = [
+            {"gpu": None, **_issue(i)} for i in result.get("issues") or [] if _notable(i)
+        ]
+        for gpu in result.get("gpus") or []:
+            issues += [{"gpu": gpu.get("index"), **_issue(i)} for i in gpu.get("issues") or []]
+        issues = [i for i in issues if _notable(i)]
+        issues.sort(key=lambda i: _SEVERITY_RANK.get(str(i.get("severity")), 9))
+        return {"summary": result.get("summary", ""), "issues": issues}
+    if tool == "analyze_xid_errors":
+        return {
+            "events": (result.get("summary") or {}).get("events", 0),
+            "xids": [
+                {
+                    k: x.get(k)
+                    for k in (
+                        "xid",
+                        "name",
+                        "severity",
+                        "gpu_index",
+                        "count",
+                        "last_seen",
+                        "recommended_action",
+                    )
+                }
+                for x in result.get("xids") or []
+            ],
+        }
+    if tool in ("get_gpu_inventory", "get_gpu_processes"):
+        return {
+            "gpus_with_errors": [
+                {"gpu": g.get("index"), "lost": bool(g.get("lost")), "error": g.get("error")}
+                for g in result.get("gpus") or []
+                if g.get("lost") or g.get("error")
+            ]
+        }
+    if tool == "get_nvlink_topology":
+        return {"links_with_errors": _bad_links(result)}
+    return {}
+
+
+def _issue(issue: Mapping[str, Any]) -> Json:
+    return {k: issue.get(k) for k in ("check", "severity", "message", "action")}
+
+
+def _notable(issue: Mapping[str, Any]) -> bool:
+    return issue.get("severity") != "info"
+
+
+def _fleet(tool: str, answered: Sequence[tuple[str, Mapping[str, Any]]]) -> Json | None:
+    """A roll-up over every answering node, where one is meaningful for the tool."""
+    if tool == "get_gpu_inventory":
+        groups: dict[tuple[Any, ...], Json] = {}
+        for node, result in answered:
+            gpus = result.get("gpus") or []
+            driver = result.get("driver") or {}
+            models = sorted({str(g.get("name")) for g in gpus if g.get("name")})
+            key = (
+                ", ".join(models) or "unknown",
+                len(gpus),
+                driver.get("driver_version"),
+                driver.get("cuda_driver_version"),
+            )
+            group = groups.setdefault(
+                key,
+                {
+                    "gpu_model": key[0],
+                    "gpu_count": key[1],
+                    "driver_version": key[2],
+                    "cuda_driver_version": key[3],
+                    "nodes": [],
+                },
+            )
+            group["nodes"].append(node)
+        return {
+            "gpus": sum(len(r.get("gpus") or []) for _, r in answered),
+            "configurations": sorted(groups.values(), key=lambda g: -len(g["nodes"])),
+        }
+    if tool == "get_gpu_processes":
+        busy = idle = processes = used = 0
+        for _, result in answered:
+            for gpu in result.get("gpus") or []:
+                procs = gpu.get("processes") or []
+                busy += bool(procs)
+                idle += not procs
+                processes += len(procs)
+                used += sum(p.get("used_memory_mib") or 0 for p in procs)
+        return {
+            "gpus_busy": busy,
+            "gpus_idle": idle,
+            "processes": processes,
+            "used_memory_mib": used,
+        }
+    if tool == "analyze_xid_errors":
+        counts: Counter[int] = Counter()
+        for _, result in answered:
+            for x in result.get("xids") or []:
+                counts[int(x.get("xid", 0))] += int(x.get("count", 1))
+        return {"xid_counts": {str(k): v for k, v in sorted(counts.items())}}
+    return None
+
+
+# -- the aggregate -----------------------------------------------------------------------
+def aggregate(
+    tool: str,
+    results: Iterable[NodeResult],
+    *,
+    detail: Detail = "auto",
+    limit: int = 50,
+    elapsed_s: float = 0.0,
+    targeted: str = "every GPU node",
+    warnings: Sequence[str] = (),
+) -> Json:
+    """The fan-out answer (see the module docstring); ``limit`` caps detailed entries."""
+    results = list(results)
+    if detail == "auto":
+        detail = "full" if len(results) == 1 else "findings"
+    status_counts = dict.fromkeys(STATUSES, 0)
+    unreachable: list[Json] = []
+    entries: list[tuple[int, int, str, Json]] = []
+    healthy: list[str] = []
+    answered: list[tuple[str, Mapping[str, Any]]] = []
+    for r in results:
+        if not r.ok or r.result is None:
+            reason = r.error or "no answer"
+            unreachable.append(
+                {"node": r.node, "kind": r.error_kind or "protocol", "reason": reason}
+            )
+            continue
+        answered.append((r.node, r.result))
+        status = judge(tool, r.result)
+        status_counts[status] += 1
+        if status == "healthy" and detail != "full":
+            healthy.append(r.node)
+            continue
+        entry: Json = {"node": r.node, "status": status, "elapsed_s": round(r.elapsed_s, 3)}
+        if detail == "full":
+            entry["result"] = r.result
+            weight = 0
+        else:
+            entry["findings"] = findings(tool, r.result)
+            weight = -_weight(entry["findings"])
+        entries.append((_RANK[status], weight, r.node, entry))
+    entries.sort(key=lambda e: e[:3])
+    unreachable.sort(key=lambda u: (u["kind"], u["node"]))
+    ok = len(answered)
+    answer: Json = {
+        "tool": tool,
+        "targeted": targeted,
+        "summary": {
+            "nodes": {"total": len(results), "ok": ok, "failed": len(results) - ok},
+            "status": status_counts,
+            "unreachable": unreachable,
+            "elapsed_s": round(elapsed_s, 3),
+        },
+        "nodes": [e[3] for e in entries[:limit]],
+        "more": [{"node": e[2], "status": e[3]["status"]} for e in entries[limit:]],
+        "healthy": sorted(healthy),
+        "warnings": list(warnings),
+    }
+    fleet = _fleet(tool, answered)
+    if fleet is not None:
+        answer["fleet"] = fleet
+    return answer
+
+
+def _weight(digest: Mapping[str, Any]) -> int:
+    """How much there is to say about a node (ties within a status: more first)."""
+    return sum(len(v) for v in digest.values() if isinstance(v, list))
+
+
+def exit_code(answer: Mapping[str, Any]) -> int:
+    """2 when any node is critical, else 3 when any node gave no answer, else 0."""
+    summary = answer.get("summary") or {}
+    if (summary.get("status") or {}).get("critical"):
+        return EXIT_CRITICAL
+    if (summary.get("nodes") or {}).get("failed"):
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+# -- the output schema of a fanned-out tool -----------------------------------------------
+def aggregate_output_schema(agent_output_schema: Mapping[str, Any] | None) -> Json:
+    """The JSON Schema of :func:`aggregate`'s answer, embedding the agent tool's own
+    output schema for full per-node results."""
+    status = {"type": "string", "enum": list(STATUSES)}
+    names = {"type": "array", "items": {"type": "string"}}
+    result_schema: Json = dict(agent_output_schema) if agent_output_schema else {"type": "object"}
+    return {
+        "type": "object",
+        "properties": {
+            "tool": {"type": "string"},
+            "targeted": {"type": "string", "description": "Which nodes were asked"},
+            "summary": {
+                "type": "object",
+                "properties": {
+                    "nodes": {
+                        "type": "object",
+                        "properties": {
+                            "total": {"type": "integer", "minimum": 0},
+                            "ok": {"type": "integer", "minimum": 0},
+                            "failed": {"type": "integer", "minimum": 0},
+                        },
+                        "required": ["total", "ok", "failed"],
+                    },
+                    "status": {
+                        "type": "object",
+                        "description": "Answering nodes per status",
+                        "properties": {s: {"type": "integer", "minimum": 0} for s in STATUSES},
+                        "required": list(STATUSES),
+                    },
+                    "unreachable": {
+                        "type": "array",
+                        "description": "Every node that gave no answer, with why",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "node": {"type": "string"},
+                                "kind": {
+                                    "type": "string",
+                                    "description": "unreachable, rbac, timeout, agent_error, "
+                                    "tool_missing, not_ready, protocol or cancelled",
+                                },
+                                "reason": {"type": "string"},
+                            },
+                            "required": ["node", "kind", "reason"],
+                        },
+                    },
+                    "elapsed_s": {"type": "number"},
+                },
+                "required": ["nodes", "status", "unreachable", "elapsed_s"],
+            },
+            "nodes": {
+                "type": "array",
+                "description": "Answering nodes that are not healthy, worst first",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "node": {"type": "string"},
+                        "status": status,
+                        "elapsed_s": {"type": "number"},
+                        "findings": {"type": "object"},
+                        "result": result_schema,
+                    },
+                    "required": ["node", "status"],
+                },
+            },
+            "more": {
+                "type": "array",
+                "description": "Further non-healthy nodes beyond `limit` (names only)",
+                "items": {
+                    "type": "object",
+                    "properties": {"node": {"type": "string"}, "status": status},
+                    "required": ["node", "status"],
+                },
+            },
+            "healthy": {**names, "description": "Healthy nodes (names only)"},
+            "fleet": {"type": "object", "description": "Roll-up over every answering node"},
+            "warnings": names,
+        },
+        "required": ["tool", "targeted", "summary", "nodes", "more", "healthy", "warnings"],
+    }

@@ -1,0 +1,265 @@
+"""What each CLI command does (``broker.cli`` only parses options and calls these).
+
+Each ``run_*`` function runs the command to completion and returns its exit code:
+0 fine, 1 the command itself failed (configuration, API server, bad input: the message
+says what to do), 2 a GPU node is critical, 3 some node could not be checked (and none is
+critical). Tables go to stdout, progress and errors to stderr; ``--output json`` prints
+exactly the JSON the MCP tools return.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from broker.aggregate import EXIT_CRITICAL, EXIT_OK, EXIT_UNREACHABLE, exit_code
+from broker.config import ClusterConfig
+from broker.context import BrokerContext
+from broker.errors import BrokerError
+from broker.operations import diagnose, list_nodes, nodes_answer, run_tool
+from broker.pool import NodeResult
+
+__all__ = [
+    "EXIT_FAILED",
+    "CommonOptions",
+    "explain_available",
+    "run_diagnose",
+    "run_explain",
+    "run_nodes",
+    "run_serve",
+    "run_sweep",
+]
+
+EXIT_FAILED = 1
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    """Options every command takes (kubectl's names)."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    timeout: float = 30.0
+    concurrency: int = 64
+
+    @property
+    def config(self) -> ClusterConfig:
+        return ClusterConfig.from_options(self.kubeconfig, self.context, self.namespace)
+
+
+@dataclass
+class Consoles:
+    """Where output goes (replaceable in tests)."""
+
+    out: Console = field(default_factory=lambda: Console(emoji=False, highlight=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, emoji=False))
+
+
+def _run(consoles: Consoles, main: Callable[[], Awaitable[int]]) -> int:
+    """Run ``main`` in an event loop; BrokerError becomes a message and exit code 1."""
+    try:
+        return anyio.run(main)
+    except BrokerError as exc:
+        consoles.err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        consoles.err.print("interrupted", style="dim")
+        return 130
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def run_nodes(
+    opts: CommonOptions, selector: str | None, output: str, consoles: Consoles | None = None
+) -> int:
+    """``broker nodes``: every GPU node, its agent pod and whether it can be diagnosed."""
+    from broker.render import nodes_table
+
+    cons = consoles or Consoles()
+
+    async def main() -> int:
+        async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
+            targets = await list_nodes(ctx, selector)
+            warnings = ctx.pool.warnings
+        if output == "json":
+            targeted = f"node_selector {selector!r}" if selector else "every GPU node"
+            _print_json(nodes_answer(targets, targeted=targeted, warnings=warnings))
+        else:
+            cons.out.print(nodes_table(targets))
+            for w in warnings:
+                cons.err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        return EXIT_OK if all(t.ready for t in targets) else EXIT_UNREACHABLE
+
+    return _run(cons, main)
+
+
+def run_sweep(
+    opts: CommonOptions,
+    *,
+    selector: str | None = None,
+    nodes: list[str] | None = None,
+    since_minutes: float | None = None,
+    limit: int = 50,
+    output: str = "table",
+    consoles: Consoles | None = None,
+) -> int:
+    """``broker sweep``: GPU health on every (selected) node, worst first."""
+    from broker.render import sweep_table
+
+    cons = consoles or Consoles()
+    arguments: dict[str, Any] = {"limit": limit}
+    if selector:
+        arguments["node_selector"] = selector
+    if nodes:
+        arguments["nodes"] = nodes
+    if since_minutes is not None:
+        arguments["since_minutes"] = since_minutes
+
+    async def main() -> int:
+        async with BrokerContext.open(
+            opts.config, call_timeout=opts.timeout, max_concurrency=opts.concurrency
+        ) as ctx:
+            answer = await _with_progress(
+                cons,
+                "Checking GPU health",
+                lambda report: run_tool(ctx, "get_gpu_health", arguments, report),
+            )
+        if output == "json":
+            _print_json(answer)
+        else:
+            cons.out.print(sweep_table(answer))
+            for w in answer.get("warnings") or []:
+                cons.err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        return exit_code(answer)
+
+    return _run(cons, main)
+
+
+async def _with_progress(
+    cons: Consoles,
+    what: str,
+    work: Callable[[Callable[[int, int, NodeResult], Awaitable[None]]], Awaitable[T]],
+) -> T:
+    """Run a fan-out with a progress bar on stderr (only when stderr is a terminal)."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=cons.err,
+        transient=True,
+        disable=not cons.err.is_terminal,
+    ) as progress:
+        task = progress.add_task(what, total=None)
+
+        async def report(done: int, total: int, result: NodeResult) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return await work(report)
+
+
+def run_diagnose(
+    opts: CommonOptions,
+    node: str,
+    *,
+    since_minutes: float | None = None,
+    output: str = "table",
+    consoles: Consoles | None = None,
+) -> int:
+    """``broker diagnose NODE``: every agent tool on one node, as a readable report."""
+    from broker.render import diagnose_report
+
+    cons = consoles or Consoles()
+
+    async def main() -> int:
+        async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
+            doc = await diagnose(ctx, node, since_minutes)
+        if output == "json":
+            _print_json(doc)
+        else:
+            cons.out.print(diagnose_report(doc))
+        if doc["status"] == "critical":
+            return EXIT_CRITICAL
+        return EXIT_UNREACHABLE if doc["status"] == "unreachable" else EXIT_OK
+
+    return _run(cons, main)
+
+
+# -- explain (the cluster-diagnosis issue provides the core) -------------------------------
+def explain_available() -> bool:
+    """Whether the cluster-diagnosis module with ``explain_for_cli`` is installed."""
+    if importlib.util.find_spec("broker.cluster_tools") is None:
+        return False
+    module = importlib.import_module("broker.cluster_tools")
+    return hasattr(module, "explain_for_cli")
+
+
+def run_explain(
+    opts: CommonOptions,
+    pod: str,
+    namespace: str,
+    *,
+    output: str = "table",
+    consoles: Consoles | None = None,
+) -> int:
+    """``broker explain POD -n NS``: why a pod failed, with evidence (cluster_tools)."""
+    cluster_tools: Any = importlib.import_module("broker.cluster_tools")
+    cons = consoles or Consoles()
+
+    async def main() -> int:
+        async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
+            result = await cluster_tools.explain_for_cli(ctx, pod, namespace)
+        if output == "json":
+            _print_json(result)
+        else:
+            cons.out.print(render_explanation(result))
+        return EXIT_OK
+
+    return _run(cons, main)
+
+
+def render_explanation(result: Any) -> Any:
+    """The explanation's renderable: cluster_tools' own renderer when it has one."""
+    cluster_tools: Any = importlib.import_module("broker.cluster_tools")
+    renderer = getattr(cluster_tools, "render_explanation", None)
+    if renderer is not None:
+        return renderer(result)
+    from rich.pretty import Pretty
+
+    return Pretty(result)
+
+
+# -- serve ---------------------------------------------------------------------------------
+def run_serve(options: Any, consoles: Consoles | None = None) -> int:
+    """``broker serve``: the MCP server (``options`` is a broker.server.ServeOptions)."""
+    from broker.server import serve
+
+    cons = consoles or Consoles()
+
+    async def main() -> int:
+        await serve(options)
+        return EXIT_OK
+
+    return _run(cons, main)

@@ -1,0 +1,134 @@
+"""``make demo`` / ``python -m broker.demo``: the product on a simulated cluster.
+
+Starts the simulated cluster (every exec runs the real ``gpu-agent`` as a process, with
+the fake NVML backend), sweeps GPU health across it, diagnoses the worst node, explains
+the failed pod on that node (when the cluster-diagnosis module is installed), and stops
+the sim. Needs no kubectl, no cluster and no GPU; takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import time
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.rule import Rule
+from rich.text import Text
+
+from broker.config import ClusterConfig
+from broker.context import BrokerContext
+from broker.errors import BrokerError
+from broker.operations import diagnose, run_tool
+from broker.render import diagnose_report, sweep_table
+from broker.sim import SimServer, sim_in_thread
+
+__all__ = ["main", "run_demo"]
+
+NODES = 10
+
+
+def _step(console: Console, command: str, why: str) -> None:
+    console.print()
+    console.print(Rule(Text(f"$ {command}", style="bold cyan"), align="left"))
+    console.print(Text(why, style="dim"))
+
+
+async def _failed_pod_on(ctx: BrokerContext, node: str) -> tuple[str, str] | None:
+    """A failed pod on ``node`` (namespace, name), through the cluster-diagnosis reader."""
+    cluster: Any = importlib.import_module("broker.cluster")
+    reader = cluster.ClusterReader(await ctx.api())
+    pods = await reader.pods(field_selector=f"spec.nodeName={node},status.phase=Failed")
+    if not pods:
+        return None
+    meta = pods[0].get("metadata") or {}
+    return str(meta.get("namespace")), str(meta.get("name"))
+
+
+async def run_demo(sim: SimServer, console: Console) -> int:
+    """Sweep, diagnose the worst node, explain its failed pod. Returns an exit code."""
+    config = ClusterConfig(kubeconfig=str(sim.kubeconfig))
+    async with BrokerContext.open(config, call_timeout=20.0) as ctx:
+        _step(
+            console,
+            "broker sweep",
+            "GPU health on every GPU node at once, over one pods/exec session per node.",
+        )
+        started = time.monotonic()
+        answer = await run_tool(ctx, "get_gpu_health", {})
+        console.print(sweep_table(answer))
+        console.print(
+            Text(
+                f"Swept {answer['summary']['nodes']['total']} nodes in "
+                f"{time.monotonic() - started:.2f} s. The MCP tool get_gpu_health returns the "
+                "same answer as JSON to an IDE or LLM agent (`broker serve`).",
+                style="dim",
+            )
+        )
+        if not answer["nodes"]:
+            console.print("No unhealthy node to diagnose.")
+            return 0
+        worst = str(answer["nodes"][0]["node"])
+        _step(
+            console,
+            f"broker diagnose {worst}",
+            "The worst node in detail: health, XIDs, processes, NVLink and hardware.",
+        )
+        console.print(diagnose_report(await diagnose(ctx, worst)))
+        await _explain_step(ctx, console, worst)
+    return 0
+
+
+async def _explain_step(ctx: BrokerContext, console: Console, node: str) -> None:
+    from broker.commands import explain_available, render_explanation
+
+    if not explain_available():
+        return
+    found = await _failed_pod_on(ctx, node)
+    if found is None:
+        return
+    namespace, pod = found
+    _step(
+        console,
+        f"broker explain {pod} -n {namespace}",
+        f"Why did the pod on {node} die: hardware, driver or the application?",
+    )
+    cluster_tools: Any = importlib.import_module("broker.cluster_tools")
+    result = await cluster_tools.explain_for_cli(ctx, pod, namespace)
+    console.print(render_explanation(result))
+
+
+def main() -> int:
+    """Run the demo; exit code 0 when it completed."""
+    out = Console(emoji=False, highlight=False)
+    console = out if out.is_terminal else Console(emoji=False, highlight=False, width=120)
+    console.print(Rule(Text("k8s-gpu-mcp demo", style="bold")))
+    console.print(
+        f"Starting a simulated cluster: {NODES} GPU nodes; each exec into an agent pod runs "
+        "the real gpu-agent (fake NVML backend) ..."
+    )
+    started = time.monotonic()
+    try:
+        with sim_in_thread(nodes=NODES, scenario=None, in_process=False) as sim:
+            console.print(
+                f"Simulated API server at {sim.url} ready in {time.monotonic() - started:.1f} s "
+                f"(kubeconfig {sim.kubeconfig})."
+            )
+            code = anyio.run(run_demo, sim, console)
+            console.print()
+            console.print(Rule(Text("stopping the simulated cluster", style="dim")))
+    except BrokerError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    console.print(
+        "Try it yourself: `broker sim` in one terminal, then `broker sweep --kubeconfig "
+        "<its kubeconfig>` or connect an IDE to `broker serve` (README)."
+    )
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""``broker explain`` for humans: the explain_failure answer as a rich report (verdict,
+evidence, NVIDIA's actions, timeline, next steps, what could not be read). Pure
+rendering of the JSON; nothing here talks to the cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["VERDICT_STYLE", "render_explanation"]
+
+Json = Mapping[str, Any]
+
+VERDICT_STYLE = {
+    "hardware": "bold white on red",
+    "driver": "bold magenta",
+    "application": "bold yellow",
+    "infrastructure": "bold cyan",
+    "unknown": "bold",
+    "none": "bold green",
+}
+_TIMELINE_SHOWN = 20
+
+
+def _plain(value: Any) -> Text:
+    """Literal text: no markup, no emoji codes (PCI ids like 00000000:AB:00.0)."""
+    return Text(str(value))
+
+
+def _list(title: str, lines: list[Text]) -> RenderableType:
+    body = Text("\n").join(lines) if lines else Text("—", style="dim")
+    return Group(Text(title, style="bold underline"), body, Text(""))
+
+
+def render_explanation(result: Json) -> RenderableType:
+    """The whole report for one explain_failure answer."""
+    pod = result.get("pod") or {}
+    verdict = str(result.get("verdict") or "unknown")
+    confidence = str(result.get("confidence") or "low")
+    head = Text()
+    head.append(f" {verdict.upper()} ", style=VERDICT_STYLE.get(verdict, "bold"))
+    head.append(f"  confidence {confidence}", style="bold" if confidence == "high" else "")
+    if result.get("partial"):
+        head.append("  (partial answer: see Missing)", style="yellow")
+    head.append("\n")
+    head.append(str(result.get("summary") or ""))
+    where = f"{pod.get('namespace')}/{pod.get('name')}"
+    if pod.get("node"):
+        where += f" on {pod['node']}"
+    if pod.get("owner"):
+        where += f" ({pod['owner']})"
+    parts: list[RenderableType] = [Panel(head, title=where, title_align="left", box=box.ROUNDED)]
+
+    parts.append(
+        _list(
+            "Evidence",
+            [
+                Text.assemble((f"[{e.get('source')}] ", "dim"), str(e.get("text")))
+                for e in result.get("evidence") or []
+            ],
+        )
+    )
+    notes = [_plain(n) for n in result.get("notes") or []]
+    if notes:
+        parts.append(_list("Notes", notes))
+    gpus = result.get("gpus") or {}
+    if gpus.get("requests"):
+        held = gpus.get("gpus")
+        line = ", ".join(f"{n} {r}" for r, n in gpus["requests"].items())
+        if held:
+            line += " — GPU " + ", ".join(str(g.get("index")) for g in held)
+            line += f" ({gpus.get('source')})"
+        elif gpus.get("note"):
+            line += f" — {gpus['note']}"
+        parts.append(_list("GPUs", [_plain(line)]))
+    actions = [_plain(a) for a in result.get("nvidia_actions") or []]
+    if actions:
+        parts.append(_list("NVIDIA's recommended action", actions))
+
+    timeline = list(result.get("timeline") or [])
+    if timeline:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        table.add_column("TIME (UTC)", no_wrap=True)
+        table.add_column("SOURCE", no_wrap=True)
+        table.add_column("WHAT", overflow="fold")
+        for item in timeline[-_TIMELINE_SHOWN:]:
+            style = "red" if item.get("source") == "xid" else ""
+            table.add_row(
+                _plain(item.get("time")),
+                Text(str(item.get("source")), style=style),
+                _plain(item.get("text")),
+            )
+        parts.append(Group(Text("Timeline", style="bold underline"), table, Text("")))
+
+    steps = [
+        Text.assemble(
+            ("$ ", "dim"), (str(s.get("command")), "bold"), ("  # " + str(s.get("why")), "dim")
+        )
+        for s in result.get("next_steps") or []
+    ]
+    parts.append(_list("Next steps", steps))
+    missing = result.get("missing") or []
+    if missing:
+        lines: list[Text] = []
+        for m in missing:
+            entry = Text(f"{m.get('what')}: ", style="yellow")
+            entry.append(str(m.get("permission") or m.get("reason")))
+            if m.get("check"):
+                entry.append(f"  (check: {m['check']})", style="dim")
+            lines.append(entry)
+        parts.append(_list("Missing", lines))
+    return Group(*parts)

@@ -1,0 +1,237 @@
+"""broker.aggregate: status per tool, compact findings, ordering, the answer's shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+
+from agent.tools import TOOL_DEFINITIONS
+from broker.aggregate import (
+    EXIT_CRITICAL,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    aggregate,
+    aggregate_output_schema,
+    exit_code,
+    findings,
+    judge,
+)
+from broker.pool import NodeResult
+
+SCHEMAS = {t["name"]: t["outputSchema"] for t in TOOL_DEFINITIONS}
+
+
+def issue(check: str, severity: str, message: str = "m", action: str = "a") -> dict[str, Any]:
+    return {"check": check, "severity": severity, "message": message, "action": action}
+
+
+def health(
+    status: str, gpu_issues: dict[int, list[dict[str, Any]]] | None = None
+) -> dict[str, Any]:
+    gpu_issues = gpu_issues or {}
+    gpus = [
+        {
+            "index": i,
+            "status": "healthy" if i not in gpu_issues else gpu_issues[i][0]["severity"],
+            "issues": gpu_issues.get(i, []),
+        }
+        for i in range(8)
+    ]
+    return {"status": status, "summary": f"8 GPU(s): {status}", "issues": [], "gpus": gpus}
+
+
+def ok(node: str, result: dict[str, Any], elapsed: float = 0.01) -> NodeResult:
+    return NodeResult(node, True, result, None, None, elapsed)
+
+
+def failed(node: str, kind: str, error: str) -> NodeResult:
+    return NodeResult(node, False, None, error, kind, 0.5)
+
+
+def sample() -> list[NodeResult]:
+    return [
+        ok("n-healthy-b", health("healthy")),
+        ok("n-warn", health("warning", {1: [issue("pcie_replay", "warning")]})),
+        ok("n-crit-1", health("critical", {3: [issue("gpu_lost", "critical")]})),
+        ok(
+            "n-crit-2",
+            health(
+                "critical",
+                {
+                    5: [issue("row_remap_failure", "critical"), issue("ecc", "degraded")],
+                    6: [issue("info_only", "info")],
+                },
+            ),
+        ),
+        failed("n-pending", "not_ready", "node n-pending: agent pod x is Pending"),
+        ok("n-degraded", health("degraded", {2: [issue("thermal", "degraded")]})),
+        failed("n-rbac", "rbac", "RBAC denied: your credentials may not create pods/exec"),
+        ok("n-healthy-a", health("healthy")),
+    ]
+
+
+def test_answer_is_worst_first_and_every_node_appears_once() -> None:
+    answer = aggregate("get_gpu_health", sample(), elapsed_s=1.23456)
+    summary = answer["summary"]
+    assert summary["nodes"] == {"total": 8, "ok": 6, "failed": 2}
+    assert summary["status"] == {"critical": 2, "degraded": 1, "warning": 1, "healthy": 2}
+    assert summary["elapsed_s"] == 1.235
+    # Worst first; within a status, the node with more to say first.
+    assert [e["node"] for e in answer["nodes"]] == ["n-crit-2", "n-crit-1", "n-degraded", "n-warn"]
+    assert answer["healthy"] == ["n-healthy-a", "n-healthy-b"]
+    assert [(u["node"], u["kind"]) for u in summary["unreachable"]] == [
+        ("n-pending", "not_ready"),
+        ("n-rbac", "rbac"),
+    ]
+    assert "pods/exec" in summary["unreachable"][1]["reason"]
+    seen = (
+        [e["node"] for e in answer["nodes"]]
+        + answer["healthy"]
+        + [u["node"] for u in summary["unreachable"]]
+    )
+    assert sorted(seen) == sorted(r.node for r in sample())
+
+
+def test_findings_are_compact_and_drop_info() -> None:
+    answer = aggregate("get_gpu_health", sample())
+    crit2 = answer["nodes"][0]
+    assert "result" not in crit2
+    issues = crit2["findings"]["issues"]
+    assert [(i["gpu"], i["check"]) for i in issues] == [(5, "row_remap_failure"), (5, "ecc")]
+    assert all(set(i) == {"gpu", "check", "severity", "message", "action"} for i in issues)
+
+
+def test_single_node_and_full_detail_carry_the_whole_result() -> None:
+    one = aggregate("get_gpu_health", [ok("n1", health("healthy"))])
+    assert one["nodes"][0]["result"]["summary"] == "8 GPU(s): healthy"
+    assert one["healthy"] == []  # the node has its entry instead
+    full = aggregate("get_gpu_health", sample(), detail="full")
+    assert {e["node"] for e in full["nodes"]} == {
+        "n-crit-1",
+        "n-crit-2",
+        "n-degraded",
+        "n-warn",
+        "n-healthy-a",
+        "n-healthy-b",
+    }
+    assert all("result" in e for e in full["nodes"])
+    forced = aggregate("get_gpu_health", [ok("n1", health("critical"))], detail="findings")
+    assert "findings" in forced["nodes"][0] and "result" not in forced["nodes"][0]
+
+
+def test_limit_moves_the_rest_to_names_only() -> None:
+    answer = aggregate("get_gpu_health", sample(), limit=2)
+    assert [e["node"] for e in answer["nodes"]] == ["n-crit-2", "n-crit-1"]
+    assert answer["more"] == [
+        {"node": "n-degraded", "status": "degraded"},
+        {"node": "n-warn", "status": "warning"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tool", "result", "status"),
+    [
+        ("analyze_xid_errors", {"summary": {"worst_severity": "critical"}, "xids": []}, "critical"),
+        ("analyze_xid_errors", {"summary": {"worst_severity": "info"}, "xids": []}, "healthy"),
+        ("analyze_xid_errors", {"summary": {"worst_severity": None}, "xids": []}, "healthy"),
+        ("get_gpu_inventory", {"gpus": [{"index": 0, "lost": True}]}, "critical"),
+        ("get_gpu_processes", {"gpus": [{"index": 0, "lost": False, "error": "x"}]}, "warning"),
+        ("get_gpu_processes", {"gpus": [{"index": 0, "lost": False, "processes": []}]}, "healthy"),
+        (
+            "get_nvlink_topology",
+            {"gpus": [{"index": 4, "links": [{"link": 3, "replay_errors": 2}]}]},
+            "warning",
+        ),
+        ("get_nvlink_topology", {"gpus": [{"index": 4, "links": [{"link": 3}]}]}, "healthy"),
+        ("get_gpu_health", {"status": "bogus"}, "warning"),
+    ],
+)
+def test_judge_per_tool(tool: str, result: dict[str, Any], status: str) -> None:
+    assert judge(tool, result) == status
+
+
+def test_tool_findings_and_fleet_rollups() -> None:
+    links = {"gpus": [{"index": 4, "links": [{"link": 3, "replay_errors": 112, "active": True}]}]}
+    assert findings("get_nvlink_topology", links) == {
+        "links_with_errors": [{"gpu": 4, "link": 3, "replay_errors": 112}]
+    }
+    inv = [
+        ok(
+            "a",
+            {
+                "driver": {"driver_version": "575", "cuda_driver_version": "12.9"},
+                "gpus": [{"index": 0, "name": "H100"}, {"index": 1, "name": "H100"}],
+            },
+        ),
+        ok(
+            "b",
+            {
+                "driver": {"driver_version": "575", "cuda_driver_version": "12.9"},
+                "gpus": [{"index": 0, "name": "H100"}, {"index": 1, "name": "H100"}],
+            },
+        ),
+        ok(
+            "c",
+            {
+                "driver": {"driver_version": "550", "cuda_driver_version": "12.4"},
+                "gpus": [{"index": 0, "name": "T4"}],
+            },
+        ),
+    ]
+    fleet = aggregate("get_gpu_inventory", inv)["fleet"]
+    assert fleet["gpus"] == 5
+    assert [(c["gpu_model"], c["nodes"]) for c in fleet["configurations"]] == [
+        ("H100", ["a", "b"]),
+        ("T4", ["c"]),
+    ]
+    procs = [
+        ok(
+            "a",
+            {
+                "gpus": [
+                    {"index": 0, "processes": [{"pid": 1, "used_memory_mib": 100}]},
+                    {"index": 1, "processes": []},
+                ]
+            },
+        ),
+    ]
+    assert aggregate("get_gpu_processes", procs)["fleet"] == {
+        "gpus_busy": 1,
+        "gpus_idle": 1,
+        "processes": 1,
+        "used_memory_mib": 100,
+    }
+    xids = [
+        ok(
+            "a",
+            {
+                "summary": {"worst_severity": "critical"},
+                "xids": [{"xid": 79, "count": 2, "severity": "critical"}],
+            },
+        )
+    ]
+    answer = aggregate("analyze_xid_errors", xids, detail="findings")
+    assert answer["fleet"] == {"xid_counts": {"79": 2}}
+    assert answer["nodes"][0]["findings"]["xids"][0]["xid"] == 79
+
+
+def test_answer_validates_against_its_output_schema() -> None:
+    schema = aggregate_output_schema(SCHEMAS["get_gpu_health"])
+    jsonschema.Draft202012Validator.check_schema(schema)
+    answer = aggregate("get_gpu_health", sample(), warnings=["stale"])
+    jsonschema.validate(json.loads(json.dumps(answer)), schema)
+    broken = {**answer, "summary": {**answer["summary"], "status": {"critical": 1}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+def test_exit_codes() -> None:
+    assert exit_code(aggregate("get_gpu_health", sample())) == EXIT_CRITICAL
+    no_crit = [r for r in sample() if not r.node.startswith("n-crit")]
+    assert exit_code(aggregate("get_gpu_health", no_crit)) == EXIT_UNREACHABLE
+    fine = [r for r in no_crit if r.ok]
+    assert exit_code(aggregate("get_gpu_health", fine)) == EXIT_OK
+    assert exit_code(aggregate("get_gpu_health", [])) == EXIT_OK
