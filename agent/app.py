@@ -48,7 +48,8 @@ environment (set by the Helm chart on the pod; a command-line option wins):
 When NVML cannot be initialised (no driver, pod without runtimeClassName: nvidia) the
 agent still starts and answers; every GPU tool then returns an error that says why.
 Each tool call is bounded by --call-timeout: a call stuck in the driver is answered with
-an error and abandoned, and the agent keeps answering.
+an error and abandoned, and the agent keeps answering. When stdin closes, calls still
+running 2 s later are answered with an error and the agent exits.
 """
 
 

@@ -300,7 +300,7 @@ class _Watcher:
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, _Call, Session]] = []
         self._seq = 0
-        self._thread: threading.Thread | None = None
+        self._started = False
         self._compact_at = 256
 
     def add(self, deadline: float, session: Session, call: _Call) -> None:
@@ -308,11 +308,12 @@ class _Watcher:
             self._seq += 1
             entry = (deadline, self._seq, call, session)
             heapq.heappush(self._heap, entry)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="gpu-agent deadlines", daemon=True
-                )
-                self._thread.start()
+            if not self._started:
+                try:
+                    _start_thread(self._loop, "gpu-agent deadlines")
+                    self._started = True
+                except RuntimeError as exc:  # retried on the next call; its entry waits
+                    log(f"cannot start the deadline thread: {exc}", "error")
             elif self._heap[0] is entry:  # earlier than what the watcher sleeps towards
                 self._cond.notify()
             if len(self._heap) > self._compact_at:  # many finished calls: drop them
@@ -339,6 +340,10 @@ class _Watcher:
                 session._expire(call)
             except Exception as exc:  # never let one session stop every deadline
                 log(f"deadline handling failed: {type(exc).__name__}: {exc}", "error")
+
+
+def _start_thread(target: Callable[[], None], name: str) -> None:
+    threading.Thread(target=target, name=name, daemon=True).start()
 
 
 _WATCHER = _Watcher()
@@ -586,7 +591,29 @@ class Session:
         return False
 
     def _spawn(self) -> None:
-        threading.Thread(target=self._worker, name="gpu-agent worker", daemon=True).start()
+        try:
+            _start_thread(self._worker, "gpu-agent worker")
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            log(f"cannot start a worker thread: {exc}", "error")
+            failed: list[_Call] = []
+            with self._lock:
+                self._workers -= 1
+                if self._workers == 0:  # nobody will ever take the queued calls: fail them
+                    while self._queue:
+                        call = self._queue.popleft()
+                        call.done = True
+                        self._inflight.pop(_id_key(call.rid), None)
+                        if not call.cancelled:
+                            failed.append(call)
+            for call in failed:
+                self._answer(
+                    call,
+                    error_result(
+                        f"Tool {call.name} could not run: the agent cannot start a thread "
+                        f"({exc}). Retry later; if it persists, the node or pod is out of "
+                        "threads or memory."
+                    ),
+                )
 
     def _next_locked(self) -> _Call | None:
         """The next queued call for a worker (waiting for one), or None: the worker is

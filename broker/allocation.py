@@ -171,9 +171,9 @@ def gpu_assignment(
             "source": None,
             "note": f"The pod requests {total} but is not scheduled: no device is allocated yet.",
         }
-    if node is not None and (node.get("metadata") or {}).get("name") != (
-        pod.get("spec") or {}
-    ).get("nodeName"):
+    if node is not None and (node.get("metadata") or {}).get("name") != (pod.get("spec") or {}).get(
+        "nodeName"
+    ):
         node = None  # another node's facts say nothing about this pod's devices
 
     # 1. The agent saw the pod's processes on GPUs.

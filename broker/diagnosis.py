@@ -251,9 +251,19 @@ def _dedupe(missing: list[Missing]) -> list[Missing]:
         if seen is None:
             merged[key] = m
             continue
-        what = f"{seen.what}; {m.what}"
-        merged[key] = Missing(what, seen.reason, seen.permission, seen.check, seen.grant)
+        merged[key] = Missing(
+            _join_whats(seen.what, m.what), seen.reason, seen.permission, seen.check, seen.grant
+        )
     return list(merged.values())
+
+
+def _join_whats(a: str, b: str) -> str:
+    """ "XIDs of node n" + "GPU health of node n" -> "XIDs, GPU health of node n"."""
+    head_a, sep_a, tail_a = a.rpartition(" of ")
+    head_b, sep_b, tail_b = b.rpartition(" of ")
+    if sep_a and sep_b and tail_a == tail_b:
+        return f"{head_a}, {head_b} of {tail_a}"
+    return f"{a}; {b}"
 
 
 # -- get_pod_gpu_allocation ---------------------------------------------------------------

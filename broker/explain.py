@@ -122,7 +122,6 @@ class Facts:
     pod: Obj | None
     events: list[Obj] | None = None
     node: Obj | None = None
-    node_events: list[Obj] | None = None
     xids: Obj | None = None  # the agent's analyze_xid_errors answer
     health: Obj | None = None  # the agent's get_gpu_health answer
     processes: Obj | None = None  # the agent's get_gpu_processes answer
@@ -379,8 +378,6 @@ def _xid_rows(facts: Facts, failure_time: float | None, assignment: Obj) -> list
             in_window = first <= hi and last >= lo
             # The occurrence nearest the failure (groups hold first and last only).
             nearest = min((first, last), key=lambda t: abs(t - failure_time))
-            if first <= failure_time <= last:
-                nearest = last if last <= hi else first
             offset = nearest - failure_time
         index = g.get("gpu_index")
         rows.append(
@@ -672,11 +669,9 @@ def _decide(
             f"NVIDIA action {best['immediate_action']}: {best['recommended_action']}",
         )
         if corroborated:
-            v.add(
-                "pod",
-                f"the termination message agrees: {_quote(best, message) or _first_lines(message, 200)}",
-            )
-        _add_clean_gpu_evidence(v, facts, rows, exclude_app=True)
+            quote = _quote(best, message) or _first_lines(message, 200)
+            v.add("pod", f"the termination message agrees: {quote}")
+        _add_clean_gpu_evidence(v, facts, rows)
         return v
 
     # GPU health now, for a GPU the pod is known to have held.
@@ -775,6 +770,10 @@ def _decide(
     return v
 
 
+def _held_word(row: Mapping[str, Any]) -> str:
+    return "holds" if row.get("on_pod_gpu") else "may hold"
+
+
 def _node_ready(node: Mapping[str, Any] | None) -> bool | None:
     if not node:
         return None
@@ -784,9 +783,7 @@ def _node_ready(node: Mapping[str, Any] | None) -> bool | None:
     return None
 
 
-def _add_clean_gpu_evidence(
-    v: _Verdict, facts: Facts, rows: Sequence[Mapping[str, Any]], exclude_app: bool = False
-) -> None:
+def _add_clean_gpu_evidence(v: _Verdict, facts: Facts, rows: Sequence[Mapping[str, Any]]) -> None:
     """Say what rules the hardware out (no hardware XID in the window, health now)."""
     if facts.xids is None:
         v.notes.append("The node's XIDs could not be read: hardware was not ruled out by them.")
@@ -812,7 +809,7 @@ def _add_health_evidence(v: _Verdict, facts: Facts, assignment: Obj, only_bad: b
         if held is False:
             continue
         issues = [i for i in g.get("issues") or [] if i.get("severity") != "info"]
-        text = "; ".join(str(i.get("message")) for i in issues[:2]) or "no issue"
+        text = str(issues[0].get("message")) if issues else "no issue"
         v.add("health", f"GPU {g.get('index')} is {g.get('status')} now: {text}")
 
 
@@ -1063,6 +1060,13 @@ def explain(facts: Facts) -> Obj:
     )
     rows = _xid_rows(facts, failure_time, assignment)
     v = _decide(facts, pod, f, rows, assignment, events)
+    if f.kind == "running":
+        for r in rows:
+            if r["category"] == "hardware" and r["on_pod_gpu"] is not False:
+                v.notes.append(
+                    f"The pod has not failed, but XID {r['xid']} ({r['name']}) was logged on "
+                    f"{_gpu_label(r)} at {r['last_seen']}, a GPU it {_held_word(r)}: watch it."
+                )
     for r in rows:
         if r["in_window"] and r["category"] == "hardware" and r["on_pod_gpu"] is False:
             v.notes.append(

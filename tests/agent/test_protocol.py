@@ -704,3 +704,32 @@ def test_idle_workers_retire(monkeypatch: pytest.MonkeyPatch) -> None:
     _call(session, 2, "fast")  # a new worker starts on demand
     assert out.wait(2)["result"]["isError"] is False
     session.close()
+
+
+def test_a_worker_that_cannot_start_fails_its_calls_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import agent.protocol
+
+    real = agent.protocol._start_thread
+
+    def refuse_workers(target: Callable[[], None], name: str) -> None:
+        if name == "gpu-agent worker":
+            raise RuntimeError("can't start new thread")
+        real(target, name)
+
+    monkeypatch.setattr(agent.protocol, "_start_thread", refuse_workers)
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write, call_timeout=30)
+    _call(session, 1, "fast")
+    result = out.wait(1)["result"]
+    assert result["isError"] is True
+    assert "cannot start a thread" in result["content"][0]["text"]
+    started = time.monotonic()
+    session.close()
+    assert time.monotonic() - started < 1  # nothing left outstanding
+    monkeypatch.setattr(agent.protocol, "_start_thread", real)
+    fresh = Session(provider, out.write)
+    _call(fresh, 2, "fast")
+    assert out.wait(2)["result"]["isError"] is False
+    fresh.close()

@@ -174,10 +174,8 @@ def health(*bad: tuple[int, str, str], gpus: int = 8) -> Obj:
                     {"check": check, "severity": st, "message": f"GPU {i}: {check}", "action": "x"}
                 )
         out.append({"index": i, "uuid": f"GPU-{i:08d}", "status": status, "issues": issues})
-    worst = max(
-        (g["status"] for g in out),
-        key=["healthy", "warning", "degraded", "critical"].index,
-    )
+    order = ["healthy", "warning", "degraded", "critical"]
+    worst = max((str(g["status"]) for g in out), key=lambda s: order.index(s))
     return {"status": worst, "summary": f"{gpus} GPU(s)", "gpus": out, "issues": []}
 
 

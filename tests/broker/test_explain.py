@@ -363,3 +363,11 @@ def test_never_hardware_without_hardware_evidence(
         assert reason != "OOMKilled"
     if reason == "OOMKilled":
         assert r["verdict"] == "application"
+
+
+def test_a_running_pod_is_warned_about_hardware_xids_on_its_gpus() -> None:
+    running = pf.pod(gpus=8, phase="Running", state={"running": {"startedAt": pf.ts(-3000)}})
+    r = explain(facts(running, xids=pf.xids(pf.xid(48, at=-100, gpu=2), pf.xid(13, at=-50, gpu=1))))
+    assert r["verdict"] == "none"
+    assert len(r["notes"]) == 1 and "XID 48" in r["notes"][0] and "GPU 2" in r["notes"][0]
+    assert {x["xid"] for x in r["xids"]} == {13, 48}  # no failure time: every XID is listed

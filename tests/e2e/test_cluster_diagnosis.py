@@ -108,7 +108,7 @@ async def test_xid79_victim_is_hardware(sim: SimServer) -> None:
         r = await b.call("explain_failure", pod="llama3-finetune-x7k2p", namespace="ml-research")
     assert (r["verdict"], r["confidence"], r["partial"]) == ("hardware", "high", False)
     assert "XID 79" in r["summary"] and "GPU 3 of gpu-node-002" in r["summary"]
-    assert "2 s before" in r["summary"]
+    assert re.search(r"\b[123] s before container trainer exited with code 1", r["summary"])
     assert "ROBUST_CHANNEL_GPU_HAS_FALLEN_OFF_THE_BUS (critical) on GPU 3, a GPU this pod held" in (
         texts(r, "xid")
     )
@@ -134,7 +134,8 @@ async def test_row_remap_victim_is_hardware(sim: SimServer) -> None:
     xids = {x["xid"]: x for x in r["xids"]}
     # XID 63 (a row marked for remapping) came 30 min earlier: outside the window.
     assert set(xids) == {48, 64} and xids[48]["category"] == "hardware"
-    assert xids[48]["offset_s"] == -1.0 and xids[64]["offset_s"] == 1.0
+    # (times are whole seconds and the sim re-bases the agent's clock: allow one second)
+    assert -2.0 <= xids[48]["offset_s"] <= 0.0 <= xids[64]["offset_s"] <= 2.0
     assert all(x["gpu_index"] == 5 for x in xids.values())
     assert "ROBUST_CHANNEL_GPU_ECC_DBE (critical) on GPU 5" in texts(r, "xid")
     assert "uncorrectable ECC error" in texts(r, "pod")
@@ -450,3 +451,43 @@ async def test_the_charts_rbac_grants_exactly_what_the_tools_read(
     assert granted_cluster - cluster_reads == {("get", "events")}
     exec_uses = {(v, ns) for v, res, ns in used if res == "pods/exec"}
     assert exec_uses == {("get", AGENT_NS)}  # WebSocket exec is a GET upgrade
+
+
+# -- GPU -> pod through the host's /proc (the chart's hostProc.enabled) ------------------
+
+
+def write_host_proc(root: Path, pids: dict[int, str]) -> None:
+    """A host /proc with each pid's cgroup in a pod (systemd driver, containerd)."""
+    for pid, uid in pids.items():
+        slice_ = f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
+        path = f"/kubepods.slice/kubepods-burstable.slice/{slice_}/cri-containerd-{'ab' * 32}.scope"
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "cgroup").write_text(f"0::{path}\n")
+        (root / str(pid) / "comm").write_text("python3\n")
+
+
+async def test_host_proc_mapping_names_each_pods_gpus(sim: SimServer, tmp_path: Path) -> None:
+    async with broker(sim) as b:
+        triton = (await b.call("get_pod_gpu_allocation", pod="triton-llm-7d9c8b6f5-q2w7x"))["pods"][
+            0
+        ]
+    # The demo's tritonserver processes run on GPUs 6 and 7 of gpu-node-004 (pids 51877, 51902).
+    write_host_proc(tmp_path / "proc", {51877: triton["uid"], 51902: triton["uid"]})
+    config = ClusterConfig(kubeconfig=str(sim.kubeconfig))
+    command = ["gpu-agent", "--host-proc", str(tmp_path / "proc")]
+    async with BrokerContext.open(config, call_timeout=30, agent_command=command) as ctx:
+        app = build_server(ctx)
+        async with InMemoryTransport(app) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            result = await session.call_tool("get_pod_gpu_allocation", {"node": "gpu-node-004"})
+    answer = result.structured_content
+    assert answer is not None and answer["pod_mapping"] == {"gpu-node-004": True}
+    mapped = next(p for p in answer["pods"] if p["name"] == triton["name"])
+    assert mapped["gpus"]["known"] is True
+    assert [g["index"] for g in mapped["gpus"]["gpus"]] == [6, 7]
+    assert (
+        mapped["gpus"]["source"] == "agent: GPU processes mapped to pods through the host's /proc"
+    )
+    # The finished eval job on the same node: mapping is on, but nothing of it is left.
+    done = next(p for p in answer["pods"] if p["name"] == "eval-nightly-29409120-4kq8z")
+    assert done["state"] == "released" and "has finished" in done["gpus"]["note"]
