@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from broker import commands
-from broker.commands import CommonOptions
 from broker.config import DEFAULT_NAMESPACE
+
+if TYPE_CHECKING:  # the commands (and the MCP SDK) load only when a command runs
+    from broker.commands import CommonOptions
 
 __all__ = ["app", "main", "make_app"]
 
@@ -90,6 +92,8 @@ Since = Annotated[
 def _opts(
     kubeconfig: str | None, context: str | None, namespace: str, timeout: float, concurrency: int
 ) -> CommonOptions:
+    from broker.commands import CommonOptions
+
     return CommonOptions(kubeconfig, context, namespace, timeout, concurrency)
 
 
@@ -107,7 +111,9 @@ def nodes(
     Contacts no node (API server only). Exit code 3 when some GPU node has no usable agent pod.
     """
     opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
-    raise typer.Exit(commands.run_nodes(opts, selector, output.value))
+    from broker.commands import run_nodes
+
+    raise typer.Exit(run_nodes(opts, selector, output.value))
 
 
 def sweep(
@@ -137,7 +143,9 @@ def sweep(
     critical; 3 a node could not be checked (none critical).
     """
     opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
-    code = commands.run_sweep(
+    from broker.commands import run_sweep
+
+    code = run_sweep(
         opts, selector=selector, nodes=node, since_minutes=since, limit=limit, output=output.value
     )
     raise typer.Exit(code)
@@ -160,14 +168,21 @@ def diagnose(
     not be read (the report says why).
     """
     opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
-    raise typer.Exit(commands.run_diagnose(opts, node, since_minutes=since, output=output.value))
+    from broker.commands import run_diagnose
+
+    raise typer.Exit(run_diagnose(opts, node, since_minutes=since, output=output.value))
 
 
 def explain(
     pod: Annotated[str, typer.Argument(help="The pod's name.")],
     namespace: Annotated[
-        str, typer.Option("--namespace", "-n", help="The pod's namespace (as in kubectl).")
-    ] = "default",
+        str | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            help="The pod's namespace (as in kubectl); default: look in every namespace.",
+        ),
+    ] = None,
     output: OutputOpt = Output.table,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
@@ -185,7 +200,9 @@ def explain(
     """Explain why a pod failed: hardware, driver, application or infrastructure, with
     the evidence (exit codes, events, the node's XIDs and GPU health) and next steps."""
     opts = _opts(kubeconfig, context, agent_namespace, timeout, concurrency)
-    raise typer.Exit(commands.run_explain(opts, pod, namespace, output=output.value))
+    from broker.commands import run_explain
+
+    raise typer.Exit(run_explain(opts, pod, namespace, output=output.value))
 
 
 def serve(
@@ -261,7 +278,9 @@ def serve(
         call_timeout=timeout,
         max_concurrency=concurrency,
     )
-    raise typer.Exit(commands.run_serve(options))
+    from broker.commands import run_serve
+
+    raise typer.Exit(run_serve(options))
 
 
 def make_app(name: str, *, with_serve: bool = True, with_sim: bool = True) -> typer.Typer:
@@ -280,7 +299,7 @@ def make_app(name: str, *, with_serve: bool = True, with_sim: bool = True) -> ty
     cli.command()(nodes)
     cli.command()(sweep)
     cli.command()(diagnose)
-    if commands.explain_available():
+    if importlib.util.find_spec("broker.cluster_tools") is not None:
         cli.command()(explain)
     if with_sim:
         from broker.sim.cli import sim

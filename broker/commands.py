@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import anyio
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -78,7 +79,9 @@ def _run(consoles: Consoles, main: Callable[[], Awaitable[int]]) -> int:
     try:
         return anyio.run(main)
     except BrokerError as exc:
-        consoles.err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        consoles.err.print(
+            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         return EXIT_FAILED
     except KeyboardInterrupt:
         consoles.err.print("interrupted", style="dim")
@@ -108,7 +111,9 @@ def run_nodes(
         else:
             cons.out.print(nodes_table(targets))
             for w in warnings:
-                cons.err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+                cons.err.print(
+                    f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True
+                )
         return EXIT_OK if all(t.ready for t in targets) else EXIT_UNREACHABLE
 
     return _run(cons, main)
@@ -150,7 +155,9 @@ def run_sweep(
         else:
             cons.out.print(sweep_table(answer))
             for w in answer.get("warnings") or []:
-                cons.err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+                cons.err.print(
+                    f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True
+                )
         return exit_code(answer)
 
     return _run(cons, main)
@@ -219,7 +226,7 @@ def explain_available() -> bool:
 def run_explain(
     opts: CommonOptions,
     pod: str,
-    namespace: str,
+    namespace: str | None,
     *,
     output: str = "table",
     consoles: Consoles | None = None,

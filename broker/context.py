@@ -54,14 +54,27 @@ class BrokerContext:
         max_concurrency: int = 64,
         **pool_options: Any,
     ) -> AsyncIterator[BrokerContext]:
-        """Open a NodePool on ``config`` (options as for NodePool) and a context on it."""
-        async with (
-            NodePool(
-                config, call_timeout=call_timeout, max_concurrency=max_concurrency, **pool_options
-            ) as pool,
-            cls(pool, config) as ctx,
-        ):
-            yield ctx
+        """Open a NodePool on ``config`` (options as for NodePool) and a context on it.
+
+        An error that ends the block comes out as itself, not wrapped in the single-member
+        ExceptionGroup the pool's task group would make of it.
+        """
+        try:
+            async with (
+                NodePool(
+                    config,
+                    call_timeout=call_timeout,
+                    max_concurrency=max_concurrency,
+                    **pool_options,
+                ) as pool,
+                cls(pool, config) as ctx,
+            ):
+                yield ctx
+        except BaseExceptionGroup as group:
+            leaf = _sole_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from None
 
     @property
     def namespace(self) -> str:
@@ -106,3 +119,13 @@ class BrokerContext:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside (possibly nested) single-member groups, if that is all."""
+    current: BaseException = group
+    while isinstance(current, BaseExceptionGroup):
+        if len(current.exceptions) != 1:
+            return None
+        current = current.exceptions[0]
+    return current

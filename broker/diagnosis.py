@@ -29,7 +29,8 @@ from broker.context import BrokerContext
 from broker.describe import describe_node
 from broker.discovery import NodeTarget
 from broker.errors import BrokerError, NotFound, UnknownNode
-from broker.explain import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts, explain, find_failure
+from broker.explain import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts, explain
+from broker.pod_status import find_failure
 
 Obj = dict[str, Any]
 T = TypeVar("T")

@@ -23,11 +23,24 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from broker.allocation import covers_gpu, gpu_assignment, pod_requests
 from broker.cluster import Missing
+from broker.explain_steps import gpu_label, next_steps, step, timeline
+from broker.pod_status import (
+    POD_INFRA_REASONS,
+    Failure,
+    containers_view,
+    find_failure,
+    first_lines,
+    iso,
+    memory_limit,
+    owner_of,
+    parse_time,
+    relative,
+    span,
+)
 
 Obj = dict[str, Any]
 
@@ -36,19 +49,6 @@ CONFIDENCES = ("high", "medium", "low")
 WINDOW_BEFORE_S = 900.0  # XIDs up to 15 min before the failure can have caused it
 WINDOW_AFTER_S = 120.0  # the driver may log the XID after the process already died
 
-# Pod-level status reasons that mean the node or the control plane ended the pod.
-_POD_INFRA_REASONS = {
-    "Evicted": "evicted by the kubelet",
-    "NodeLost": "lost with its node",
-    "UnexpectedAdmissionError": "rejected by the kubelet at admission",
-    "Shutdown": "ended by a node shutdown",
-    "Terminated": "ended by a node shutdown",
-    "NodeShutdown": "ended by a node shutdown",
-    "Preempting": "preempted",
-    "DeadlineExceeded": "stopped at its activeDeadlineSeconds",
-}
-# Waiting reasons that are part of a normal start.
-_STARTING = {"ContainerCreating", "PodInitializing", ""}
 # Waiting reasons that are not the container's own fault.
 _INFRA_WAITING = {
     "ErrImagePull",
@@ -131,196 +131,6 @@ class Facts:
     agent_namespace: str = "gpu-diagnostics"
     window_before_s: float = WINDOW_BEFORE_S
     window_after_s: float = WINDOW_AFTER_S
-
-
-@dataclass
-class Failure:
-    """What went wrong with the pod, as its status says."""
-
-    kind: str  # none | running | terminated | restarted | waiting | unschedulable |
-    #            pending | evicted
-    container: str | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    reason: str | None = None
-    message: str | None = None
-    started: float | None = None
-    finished: float | None = None
-    restarts: int = 0
-    previous: bool = False  # the failure is the container's last state (it restarted since)
-    init: bool = False
-
-
-# -- time helpers ---------------------------------------------------------------------
-
-
-def parse_time(value: Any) -> float | None:
-    """RFC 3339 (``2026-11-28T03:27:40Z``, fractional seconds allowed) -> epoch seconds."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _span(seconds: float) -> str:
-    """2 s, 4 min 10 s, 1 h 5 min."""
-    s = abs(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        m, r = divmod(s, 60)
-        return f"{m} min {r} s" if r else f"{m} min"
-    h, r = divmod(s, 3600)
-    return f"{h} h {r // 60} min" if r >= 60 else f"{h} h"
-
-
-def _relative(offset: float) -> str:
-    if abs(offset) < 1:
-        return "at the moment"
-    return f"{_span(offset)} {'before' if offset < 0 else 'after'}"
-
-
-# -- reading the pod ------------------------------------------------------------------
-
-
-def _first_lines(text: str | None, limit: int = 600) -> str | None:
-    if not text:
-        return None
-    text = text.strip()
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def find_failure(pod: Mapping[str, Any]) -> Failure:
-    """The failure the pod's status records (the most recent one), or why there is none."""
-    spec, status = pod.get("spec") or {}, pod.get("status") or {}
-    phase = status.get("phase") or "Unknown"
-    statuses = [(True, cs) for cs in status.get("initContainerStatuses") or []] + [
-        (False, cs) for cs in status.get("containerStatuses") or []
-    ]
-    reason = status.get("reason")
-    if reason in _POD_INFRA_REASONS:
-        latest = max(
-            (
-                parse_time((cs.get("state") or {}).get("terminated", {}).get("finishedAt")) or 0.0
-                for _, cs in statuses
-            ),
-            default=0.0,
-        )
-        return Failure(
-            kind="evicted",
-            reason=str(reason),
-            message=status.get("message"),
-            finished=latest or None,
-        )
-    if not spec.get("nodeName"):
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return Failure(
-                    kind="unschedulable",
-                    reason=cond.get("reason") or "Unschedulable",
-                    message=cond.get("message"),
-                )
-        return Failure(kind="pending", reason="not scheduled yet")
-
-    candidates: list[Failure] = []
-    for init, cs in statuses:
-        name = cs.get("name")
-        restarts = int(cs.get("restartCount") or 0)
-        for previous, key in ((False, "state"), (True, "lastState")):
-            term = (cs.get(key) or {}).get("terminated")
-            if not term:
-                continue
-            code = term.get("exitCode")
-            if code == 0 and term.get("reason") != "OOMKilled":
-                continue
-            candidates.append(
-                Failure(
-                    kind="restarted" if previous else "terminated",
-                    container=name,
-                    exit_code=code,
-                    signal=term.get("signal"),
-                    reason=term.get("reason"),
-                    message=term.get("message"),
-                    started=parse_time(term.get("startedAt")),
-                    finished=parse_time(term.get("finishedAt")),
-                    restarts=restarts,
-                    previous=previous,
-                    init=init,
-                )
-            )
-    if candidates:
-        return max(candidates, key=lambda f: (f.finished or 0.0, not f.previous))
-    for init, cs in statuses:
-        waiting = (cs.get("state") or {}).get("waiting")
-        if waiting and str(waiting.get("reason") or "") not in _STARTING:
-            return Failure(
-                kind="waiting",
-                container=cs.get("name"),
-                reason=waiting.get("reason"),
-                message=waiting.get("message"),
-                restarts=int(cs.get("restartCount") or 0),
-                init=init,
-            )
-    if phase == "Succeeded":
-        return Failure(kind="none", reason="Completed")
-    if phase == "Running":
-        return Failure(kind="running")
-    return Failure(kind="pending", reason=phase)
-
-
-def _container_spec(pod: Mapping[str, Any], name: str | None) -> Obj:
-    spec = pod.get("spec") or {}
-    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        if c.get("name") == name:
-            return dict(c)
-    return {}
-
-
-def _owner(pod: Mapping[str, Any]) -> tuple[str, str] | None:
-    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
-    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
-    if not owner:
-        return None
-    return str(owner.get("kind")), str(owner.get("name"))
-
-
-def containers_view(pod: Mapping[str, Any]) -> list[Obj]:
-    """Per container: state, reason, exit code, restarts, and the last termination."""
-    status = pod.get("status") or {}
-    out: list[Obj] = []
-    for init, key in ((True, "initContainerStatuses"), (False, "containerStatuses")):
-        for cs in status.get(key) or []:
-            state = cs.get("state") or {}
-            kind = next(iter(state), "unknown")
-            detail = state.get(kind) or {}
-            last = (cs.get("lastState") or {}).get("terminated")
-            out.append(
-                {
-                    "name": cs.get("name"),
-                    "init": init,
-                    "state": kind,
-                    "reason": detail.get("reason"),
-                    "exit_code": detail.get("exitCode"),
-                    "restarts": int(cs.get("restartCount") or 0),
-                    "ready": bool(cs.get("ready")),
-                    "last_termination": None
-                    if not last
-                    else {
-                        "exit_code": last.get("exitCode"),
-                        "reason": last.get("reason"),
-                        "finished_at": last.get("finishedAt"),
-                    },
-                }
-            )
-    return out
 
 
 # -- XIDs -----------------------------------------------------------------------------
@@ -407,12 +217,6 @@ def _xid_rows(facts: Facts, failure_time: float | None, assignment: Obj) -> list
     return rows
 
 
-def _gpu_label(row: Mapping[str, Any]) -> str:
-    if row.get("gpu_index") is not None:
-        return f"GPU {row['gpu_index']}"
-    return f"the GPU at PCI {row.get('pci_bus_id')}"
-
-
 # -- the verdict ----------------------------------------------------------------------
 
 
@@ -426,11 +230,6 @@ class _Verdict:
 
     def add(self, source: str, text: str) -> None:
         self.evidence.append({"source": source, "text": text})
-
-
-def _memory_limit(pod: Mapping[str, Any], container: str | None) -> str | None:
-    res = _container_spec(pod, container).get("resources") or {}
-    return (res.get("limits") or {}).get("memory") or (res.get("requests") or {}).get("memory")
 
 
 def _exit_phrase(f: Failure) -> str:
@@ -466,7 +265,7 @@ def _quote(row: Mapping[str, Any], message: str | None) -> str | None:
     pattern = _XID_WORDS.get(int(row.get("xid") or 0))
     for line in (message or "").splitlines():
         if pattern is not None and pattern.search(line):
-            return _first_lines(line.strip(), 200)
+            return first_lines(line.strip(), 200)
     return None
 
 
@@ -527,7 +326,7 @@ def _decide(
             v.add("events", f"{e.get('reason')} x{e.get('count') or 1}: {e.get('message')}")
         return v
     if f.kind == "evicted":
-        what = _POD_INFRA_REASONS.get(str(f.reason), str(f.reason))
+        what = POD_INFRA_REASONS.get(str(f.reason), str(f.reason))
         v = _Verdict("infrastructure", "high", f"Pod {ns_name} was {what}: {f.message or ''}")
         v.add("pod", f"status.reason {f.reason}: {f.message}")
         return v
@@ -556,7 +355,7 @@ def _decide(
     # A container terminated with an error (now or before its last restart).
     exit_line = _exit_phrase(f)
     if f.reason == "OOMKilled":
-        limit = _memory_limit(pod, f.container)
+        limit = memory_limit(pod, f.container)
         v = _Verdict(
             "application",
             "high",
@@ -591,7 +390,7 @@ def _decide(
             "hardware",
             confidence,
             f"Hardware: XID {best['xid']} ({best['description'] or best['name']}) on "
-            f"{_gpu_label(best)} of {node}, {_relative(best['offset_s'] or 0.0)} "
+            f"{gpu_label(best)} of {node}, {relative(best['offset_s'] or 0.0)} "
             f"container {f.container} exited with code {f.exit_code}.",
         )
         v.add("pod", exit_line)
@@ -601,14 +400,14 @@ def _decide(
             ]
             v.add(
                 "xid",
-                f"XID {r['xid']} {r['name']} ({r['severity']}) on {_gpu_label(r)}, {held}: "
-                f"{r['count']} time(s), nearest {_relative(r['offset_s'] or 0.0)} the failure",
+                f"XID {r['xid']} {r['name']} ({r['severity']}) on {gpu_label(r)}, {held}: "
+                f"{r['count']} time(s), nearest {relative(r['offset_s'] or 0.0)} the failure",
             )
         if assignment.get("known") and assignment.get("source"):
             v.add("allocation", f"GPUs of the pod: {assignment['source']}")
         if corroborated:
             quote = next(
-                (q for r in causal_hw if (q := _quote(r, message))), _first_lines(message, 200)
+                (q for r in causal_hw if (q := _quote(r, message))), first_lines(message, 200)
             )
             v.add("pod", f"the termination message agrees: {quote}")
         _add_health_evidence(v, facts, assignment, only_bad=True)
@@ -622,11 +421,11 @@ def _decide(
             "driver",
             "high" if _corroborates(best, message) else "medium",
             f"Driver/firmware: XID {best['xid']} ({best['description'] or best['name']}) on "
-            f"{_gpu_label(best)} {_relative(best['offset_s'] or 0.0)} the failure.",
+            f"{gpu_label(best)} {relative(best['offset_s'] or 0.0)} the failure.",
         )
         v.add("pod", exit_line)
         for r in driver:
-            v.add("xid", f"XID {r['xid']} {r['name']} on {_gpu_label(r)}: {r['count']} time(s)")
+            v.add("xid", f"XID {r['xid']} {r['name']} on {gpu_label(r)}: {r['count']} time(s)")
         return v
     if _match("driver", message):
         v = _Verdict(
@@ -635,7 +434,7 @@ def _decide(
             f"Driver: container {f.container} failed on an NVIDIA driver/CUDA compatibility error.",
         )
         v.add("pod", exit_line)
-        v.add("pod", f"termination message: {_first_lines(message, 300)}")
+        v.add("pod", f"termination message: {first_lines(message, 300)}")
         return v
     if _match("no_device", message):
         v = _Verdict(
@@ -645,7 +444,7 @@ def _decide(
             "NVIDIA container runtime did not give it one.",
         )
         v.add("pod", exit_line)
-        v.add("pod", f"termination message: {_first_lines(message, 300)}")
+        v.add("pod", f"termination message: {first_lines(message, 300)}")
         return v
 
     app_xids = [
@@ -658,18 +457,18 @@ def _decide(
             "application",
             "high" if corroborated else "medium",
             f"Application fault: XID {best['xid']} ({best['description'] or best['name']}) on "
-            f"{_gpu_label(best)} {_relative(best['offset_s'] or 0.0)} container {f.container} "
+            f"{gpu_label(best)} {relative(best['offset_s'] or 0.0)} container {f.container} "
             f"exited with code {f.exit_code}; NVIDIA classes it as an application error "
             "(restart the app, the GPU needs no action).",
         )
         v.add("pod", exit_line)
         v.add(
             "xid",
-            f"XID {best['xid']} {best['name']} ({best['severity']}) on {_gpu_label(best)}, "
+            f"XID {best['xid']} {best['name']} ({best['severity']}) on {gpu_label(best)}, "
             f"NVIDIA action {best['immediate_action']}: {best['recommended_action']}",
         )
         if corroborated:
-            quote = _quote(best, message) or _first_lines(message, 200)
+            quote = _quote(best, message) or first_lines(message, 200)
             v.add("pod", f"the termination message agrees: {quote}")
         _add_clean_gpu_evidence(v, facts, rows)
         return v
@@ -747,7 +546,7 @@ def _decide(
             "could not be read, so hardware cannot be ruled in or out.",
         )
         v.add("pod", exit_line)
-        v.add("pod", f"termination message: {_first_lines(message, 300)}")
+        v.add("pod", f"termination message: {first_lines(message, 300)}")
         return v
     confidence = "medium" if xids_checked else "low"
     if _match("gpu_oom", message):
@@ -765,7 +564,7 @@ def _decide(
     v = _Verdict("application", confidence, summary)
     v.add("pod", exit_line)
     if message:
-        v.add("pod", f"termination message: {_first_lines(message, 300)}")
+        v.add("pod", f"termination message: {first_lines(message, 300)}")
     _add_clean_gpu_evidence(v, facts, rows)
     return v
 
@@ -793,7 +592,7 @@ def _add_clean_gpu_evidence(v: _Verdict, facts: Facts, rows: Sequence[Mapping[st
         v.add(
             "xid",
             f"no hardware or driver XID on the node within "
-            f"{_span(facts.window_before_s)} before to {_span(facts.window_after_s)} after "
+            f"{span(facts.window_before_s)} before to {span(facts.window_after_s)} after "
             "the failure",
         )
     if facts.health is not None:
@@ -834,186 +633,6 @@ def _add_node_evidence(v: _Verdict, facts: Facts) -> None:
         v.add("node", "node is NotReady")
 
 
-# -- timeline and next steps ------------------------------------------------------------
-
-
-def _timeline(pod: Obj, events: list[Obj], rows: list[Obj], f: Failure) -> list[Obj]:
-    items: list[tuple[float, str, str]] = []
-    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    created = parse_time(meta.get("creationTimestamp"))
-    if created:
-        items.append((created, "pod", "pod created"))
-    for cv in [
-        *(status.get("initContainerStatuses") or []),
-        *(status.get("containerStatuses") or []),
-    ]:
-        name = cv.get("name")
-        for key in ("lastState", "state"):
-            st = cv.get(key) or {}
-            if "running" in st and (t := parse_time(st["running"].get("startedAt"))):
-                items.append((t, "container", f"container {name} started"))
-            if "terminated" in st:
-                term = st["terminated"]
-                if t := parse_time(term.get("startedAt")):
-                    items.append((t, "container", f"container {name} started"))
-                if t := parse_time(term.get("finishedAt")):
-                    items.append(
-                        (
-                            t,
-                            "container",
-                            f"container {name} terminated: exit code {term.get('exitCode')} "
-                            f"({term.get('reason')})",
-                        )
-                    )
-    for e in events:
-        t = parse_time(e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp"))
-        if t is None:
-            continue
-        count = int(e.get("count") or 1)
-        times = f" (x{count})" if count > 1 else ""
-        items.append((t, "event", f"{e.get('type')} {e.get('reason')}{times}: {e.get('message')}"))
-    for r in rows:
-        for key in ("first_seen", "last_seen"):
-            if key == "last_seen" and r["last_seen"] == r["first_seen"]:
-                continue
-            t = parse_time(r[key])
-            if t is not None:
-                items.append(
-                    (
-                        t,
-                        "xid",
-                        f"XID {r['xid']} {r['name']} on {_gpu_label(r)}"
-                        + (f" (last of {r['count']})" if key == "last_seen" else ""),
-                    )
-                )
-    items.sort(key=lambda i: i[0])
-    seen: set[tuple[float, str]] = set()
-    out: list[Obj] = []
-    for t, source, text in items:
-        if (t, text) in seen:
-            continue
-        seen.add((t, text))
-        out.append({"time": iso(t), "source": source, "text": text})
-    return out[-50:]
-
-
-def _step(command: str, why: str) -> Obj:
-    return {"command": command, "why": why}
-
-
-def _next_steps(
-    facts: Facts, pod: Obj, f: Failure, v: _Verdict, rows: list[Obj], missing: list[Missing]
-) -> list[Obj]:
-    ns, name = facts.namespace, facts.name
-    node = (pod.get("spec") or {}).get("nodeName")
-    steps: list[Obj] = []
-    logs = f"kubectl -n {ns} logs {name}" + (f" -c {f.container}" if f.container else "")
-    if f.previous:
-        logs += " --previous"
-    owner = _owner(pod)
-    if v.verdict == "hardware" and node:
-        steps.append(_step(f"kubectl cordon {node}", "keep new pods off the faulty node"))
-        steps.append(
-            _step(
-                f"kubectl drain {node} --ignore-daemonsets --delete-emptydir-data",
-                "move the remaining workloads before the GPU is reset or the node rebooted "
-                "(NVIDIA's recommended action below)",
-            )
-        )
-        steps.append(
-            _step(f"kubectl mcp diagnose {node}", "check the node's GPUs again after the repair")
-        )
-    elif v.verdict == "driver" and node:
-        steps.append(
-            _step(f"kubectl mcp diagnose {node}", "driver version, GPU health and XIDs of the node")
-        )
-        steps.append(
-            _step(
-                f"kubectl get node {node} -o jsonpath='{{.metadata.labels}}'",
-                "the driver/CUDA versions the GPU feature discovery labels report",
-            )
-        )
-    elif v.verdict == "application":
-        steps.append(_step(logs, "the application's own account of the failure"))
-        if f.reason == "OOMKilled":
-            limit = _memory_limit(pod, f.container)
-            bigger = _bigger_quantity(limit)
-            target = _owner_target(owner)
-            if bigger and target:
-                steps.append(
-                    _step(
-                        f"kubectl -n {ns} set resources {target} -c {f.container} "
-                        f"--limits=memory={bigger} --requests=memory={bigger}",
-                        f"give the container more host memory than its {limit} limit (or make "
-                        "it use less: fewer workers, streaming instead of loading whole shards)",
-                    )
-                )
-        elif any(r["category"] == "application" and r["in_window"] for r in rows):
-            steps.append(
-                _step(
-                    f"kubectl -n {ns} debug {name} -it --copy-to={name}-debug "
-                    f"--container={f.container} -- env CUDA_LAUNCH_BLOCKING=1 sh",
-                    "reproduce with synchronous kernel launches (or compute-sanitizer) to find "
-                    "the faulting kernel",
-                )
-            )
-    elif v.verdict == "infrastructure":
-        steps.append(_step(f"kubectl -n {ns} describe pod {name}", "conditions and events"))
-        if f.kind == "unschedulable":
-            steps.append(
-                _step(
-                    "kubectl get nodes -l nvidia.com/gpu.present=true -o custom-columns="
-                    "NAME:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu,"
-                    "CORDONED:.spec.unschedulable",
-                    "which GPU nodes exist and how many GPUs each offers (the broker tool "
-                    "get_pod_gpu_allocation shows who holds them)",
-                )
-            )
-    if v.verdict in ("unknown", "none") and f.container:
-        steps.append(_step(logs, "the container's output"))
-    if owner and owner[0] == "Job" and v.verdict not in ("none",):
-        steps.append(
-            _step(
-                f"kubectl -n {ns} get job {owner[1]} -o wide",
-                "whether the Job retries (backoffLimit) or needs to be re-submitted",
-            )
-        )
-    for m in missing:
-        if m.check:
-            steps.append(_step(m.check, f"check the permission that would show {m.what}"))
-    seen: set[str] = set()
-    unique = []
-    for s in steps:
-        if s["command"] not in seen:
-            seen.add(s["command"])
-            unique.append(s)
-    return unique
-
-
-def _owner_target(owner: tuple[str, str] | None) -> str | None:
-    if owner is None:
-        return None
-    kind, name = owner
-    if kind == "ReplicaSet" and "-" in name:
-        return f"deployment/{name.rsplit('-', 1)[0]}"
-    if kind in ("StatefulSet", "DaemonSet", "Deployment"):
-        return f"{kind.lower()}/{name}"
-    return None
-
-
-_QTY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|K|M|G|T)?$")
-
-
-def _bigger_quantity(limit: str | None) -> str | None:
-    """1.5x a memory quantity, in the same unit (32Gi -> 48Gi)."""
-    m = _QTY.match(limit or "")
-    if not m:
-        return None
-    value = float(m[1]) * 1.5
-    text = str(int(value)) if value == int(value) else f"{value:.1f}"
-    return f"{text}{m[2] or ''}"
-
-
 # -- entry point -----------------------------------------------------------------------
 
 
@@ -1028,7 +647,7 @@ def explain(facts: Facts) -> Obj:
     pod = facts.pod
     if pod is None:
         checks = [
-            _step(m.check, f"check the permission that would show {m.what}")
+            step(m.check, f"check the permission that would show {m.what}")
             for m in missing
             if m.check
         ]
@@ -1065,17 +684,17 @@ def explain(facts: Facts) -> Obj:
             if r["category"] == "hardware" and r["on_pod_gpu"] is not False:
                 v.notes.append(
                     f"The pod has not failed, but XID {r['xid']} ({r['name']}) was logged on "
-                    f"{_gpu_label(r)} at {r['last_seen']}, a GPU it {_held_word(r)}: watch it."
+                    f"{gpu_label(r)} at {r['last_seen']}, a GPU it {_held_word(r)}: watch it."
                 )
     for r in rows:
         if r["in_window"] and r["category"] == "hardware" and r["on_pod_gpu"] is False:
             v.notes.append(
-                f"XID {r['xid']} ({r['name']}) on {_gpu_label(r)} falls in the window but on a "
+                f"XID {r['xid']} ({r['name']}) on {gpu_label(r)} falls in the window but on a "
                 "GPU this pod did not hold: not its cause."
             )
     if missing and v.confidence == "high" and v.verdict not in ("none",):
         v.confidence = "medium"  # something was not seen: do not claim certainty
-    owner = _owner(pod)
+    owner = owner_of(pod)
     window = None
     if failure_time is not None:
         window = {
@@ -1088,7 +707,7 @@ def explain(facts: Facts) -> Obj:
     actions = []
     for r in rows:
         if r["in_window"] and r["category"] not in ("informational",) and r["recommended_action"]:
-            text = f"XID {r['xid']} on {_gpu_label(r)}: {r['recommended_action']}"
+            text = f"XID {r['xid']} on {gpu_label(r)}: {r['recommended_action']}"
             if text not in actions:
                 actions.append(text)
     health = None
@@ -1137,7 +756,7 @@ def explain(facts: Facts) -> Obj:
             "exit_code": f.exit_code,
             "signal": f.signal,
             "reason": f.reason,
-            "message": _first_lines(f.message, 1000),
+            "message": first_lines(f.message, 1000),
             "started_at": iso(f.started),
             "finished_at": iso(f.finished),
             "restarts": f.restarts,
@@ -1151,8 +770,8 @@ def explain(facts: Facts) -> Obj:
         "gpu_health": health,
         "evidence": v.evidence,
         "notes": v.notes,
-        "timeline": _timeline(pod, events, rows, f),
-        "next_steps": _next_steps(facts, pod, f, v, rows, missing),
+        "timeline": timeline(pod, events, rows),
+        "next_steps": next_steps(pod, f, v.verdict, rows, missing),
         "nvidia_actions": actions,
     }
 

@@ -334,13 +334,15 @@ class NodePool:
                 await self.aclose()
         finally:
             tg, self._tg = self._tg, None
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(exc_type, exc, tb)
-            if self.api is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.api.aclose()
-                self.api = None
+            try:
+                if tg is not None:
+                    tg.cancel_scope.cancel()
+                    await tg.__aexit__(exc_type, exc, tb)  # re-raises the body's error
+            finally:
+                if self.api is not None:  # closed even then: no leaked aiohttp sessions
+                    with anyio.CancelScope(shield=True):
+                        await self.api.aclose()
+                    self.api = None
         return None
 
     async def aclose(self) -> None:

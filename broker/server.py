@@ -22,7 +22,6 @@ import importlib.util
 import ipaddress
 import json
 import logging
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -421,26 +420,29 @@ def http_app(app: BrokerApp, settings: HttpSettings) -> ASGIApp:
     return starlette
 
 
-async def run_http(
-    app: BrokerApp, settings: HttpSettings, sock: socket.socket | None = None
-) -> None:
-    """Serve ``app`` over streamable HTTP until cancelled (uvicorn in this event loop)."""
+def http_server(app: BrokerApp, settings: HttpSettings) -> Any:
+    """A uvicorn Server for ``app`` (``await server.serve()``; ``server.should_exit = True``
+    stops it)."""
     import uvicorn
 
-    asgi = http_app(app, settings)
     config = uvicorn.Config(
-        asgi,
+        http_app(app, settings),
         host=settings.host,
         port=settings.port,
         log_level="warning",
         lifespan="on",
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    return uvicorn.Server(config)
+
+
+async def run_http(app: BrokerApp, settings: HttpSettings) -> None:
+    """Serve ``app`` over streamable HTTP until interrupted (uvicorn in this event loop)."""
+    server = http_server(app, settings)
     where = f"http://{settings.host}:{settings.port}/mcp"
     auth = "bearer token required" if settings.token else "no token (loopback only)"
     print(f"broker: serving MCP at {where} ({auth}); health at /healthz", file=sys.stderr)
-    await server.serve(sockets=[sock] if sock is not None else None)
+    await server.serve()
 
 
 # -- entry point ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def kc(sim: SimServer) -> list[str]:
 def test_help_texts_name_the_commands_and_exit_codes() -> None:
     top = run("--help")
     assert top.exit_code == 0
-    for command in ("serve", "nodes", "sweep", "diagnose", "sim"):
+    for command in ("serve", "nodes", "sweep", "diagnose", "explain", "sim"):
         assert command in top.output
     sweep = run("sweep", "--help")
     assert "Exit codes" in sweep.output and "critical" in sweep.output
@@ -101,6 +101,14 @@ def test_diagnose(sim: SimServer) -> None:
         "get_gpu_processes",
         "get_nvlink_topology",
     }
+
+
+def test_explain(sim: SimServer) -> None:
+    result = run("explain", "mixtral-sft-k8d2m", "-n", "ml-research", *kc(sim))
+    assert result.exit_code == 0, result.output
+    assert "HARDWARE" in result.output and "XID 48" in result.output
+    missing = run("explain", "no-such-pod", "-n", "ml-research", *kc(sim))
+    assert missing.exit_code == 1 and "no-such-pod" in missing.stderr
 
 
 def test_errors_are_messages_with_exit_code_1(sim: SimServer, tmp_path: Any) -> None:

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.cluster import Missing
-from broker.explain import Facts, explain, find_failure, xid_category
+from broker.explain import Facts, explain, xid_category
+from broker.pod_status import find_failure
 from tests.broker import podfactory as pf
 
 Obj = dict[str, Any]
