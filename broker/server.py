@@ -122,6 +122,8 @@ class BrokerApp(MCPServer[Any]):
         Raise :class:`ToolInputError` (or any BrokerError) for a clear isError answer."""
         validators: Any = importlib.import_module("jsonschema.validators")
         tool = types.Tool.model_validate(dict(definition))
+        if tool.name in self._schema_tools or self._tool_manager.get_tool(tool.name):
+            raise ValueError(f"tool {tool.name!r} is already registered")
         schema = tool.input_schema
         validator_cls = validators.validator_for(schema)
         validator_cls.check_schema(schema)
@@ -151,6 +153,12 @@ class BrokerApp(MCPServer[Any]):
         except BrokerError as exc:
             logger.info("tool %s: %s", name, exc)
             return error_result(str(exc))
+        except Exception as exc:  # a bug: say so, keep the server up, log the traceback
+            logger.exception("tool %s failed", name)
+            return error_result(
+                f"{name} failed inside the broker ({type(exc).__name__}: {exc}); this is a "
+                "bug: the broker's log (stderr) has the traceback"
+            )
         if isinstance(out, types.CallToolResult):
             return out
         return json_result(out)

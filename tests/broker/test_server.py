@@ -316,3 +316,26 @@ def test_dns_rebinding_allow_lists() -> None:
     # A wildcard bind cannot know its names: the mandatory token is the guard then.
     wildcard = transport_security(HttpSettings(host="0.0.0.0", token="t" * 20))
     assert not wildcard.enable_dns_rebinding_protection
+
+
+async def test_schema_tools_refuse_duplicates_and_survive_bugs(local_agents: LocalAgents) -> None:
+    small_cluster(local_agents)
+    async with broker(local_agents) as (_, app):
+        with pytest.raises(ValueError, match="already registered"):
+            app.add_schema_tool(TOOL_DEFINITIONS[0], app_handler_never_called)
+
+        async def broken(arguments: dict[str, Any], mctx: Any) -> dict[str, Any]:
+            raise KeyError("oops")
+
+        app.add_schema_tool(
+            {"name": "broken", "description": "x", "inputSchema": {"type": "object"}}, broken
+        )
+        async with connected(app) as session:
+            failed = await session.call_tool("broken", {})
+            still = await session.call_tool("list_gpu_nodes", {})
+    assert "broken failed inside the broker (KeyError" in error_text(failed)
+    assert not still.is_error
+
+
+async def app_handler_never_called(arguments: dict[str, Any], mctx: Any) -> dict[str, Any]:
+    raise AssertionError("not called")
