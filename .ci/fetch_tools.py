@@ -26,8 +26,11 @@ def main(dest: str) -> int:
     if all((bindir / name).exists() for name in BINARIES.values()):
         return 0
     if platform.machine() not in ("x86_64", "AMD64"):
-        print(f"fetch_tools: {platform.machine()} cannot run the x86-64 kubectl/helm; "
-              "tests that need them will skip", file=sys.stderr)
+        print(
+            f"fetch_tools: {platform.machine()} cannot run the x86-64 kubectl/helm; "
+            "tests that need them will skip",
+            file=sys.stderr,
+        )
         return 0
     bindir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,10 +53,10 @@ def main(dest: str) -> int:
                     shutil.copyfileobj(fin, fout)
                 target.chmod(0o755)
     for name in BINARIES.values():
-        out = subprocess.run([str(bindir / name), "version", "--client"] if name == "kubectl"
-                             else [str(bindir / name), "version", "--short"],
-                             capture_output=True, text=True)
-        print(f"fetch_tools: {name}: {out.stdout.strip().splitlines()[0] if out.stdout else out.stderr.strip()}")
+        flag = "--client" if name == "kubectl" else "--short"
+        out = subprocess.run([str(bindir / name), "version", flag], capture_output=True, text=True)
+        first = out.stdout.strip().splitlines()[0] if out.stdout.strip() else out.stderr.strip()
+        print(f"fetch_tools: {name}: {first}")
     return 0
 
 
