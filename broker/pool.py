@@ -483,16 +483,23 @@ class NodePool:
             stale = s is not None and (
                 (s.ready.is_set() and not s.usable) or s.target.pod != target.pod
             )
-            if s is None or stale:
+            ours = s is None or stale
+            if ours:
                 if s is not None:
                     s.stop.set()
                     self._stats["reopened"] += 1
                 s = _Session(target)
                 self._sessions[target.node] = s
                 tg.start_soon(self._own, s)
+            assert s is not None
             await s.ready.wait()
             if s.error is not None:
-                raise s.error
+                if ours or last is not None:
+                    raise s.error
+                # We joined an open begun before this call (perhaps before a fault was
+                # healed): its failure is not this call's answer, so open once more.
+                last = s.error
+                continue
             quiet = time.monotonic() - s.last_seen > self.ping_interval / 2
             if s.usable and (not quiet or await self._alive(s)):
                 return s

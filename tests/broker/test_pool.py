@@ -292,3 +292,44 @@ async def test_calls_need_an_open_pool(local_agents: LocalAgents) -> None:
     p = pool(local_agents)
     with pytest.raises(RuntimeError, match="async with"):
         await p.call("n1", "get_gpu_inventory", {})
+
+
+async def test_call_joining_an_open_that_then_fails_opens_its_own(
+    local_agents: LocalAgents,
+) -> None:
+    """A call that arrives while an earlier, doomed open is in flight (the fault has
+    since been healed) gets its own open instead of the stale failure."""
+    from contextlib import asynccontextmanager
+
+    from broker.errors import ApiUnavailable
+
+    local_agents.add("n1")
+    inner = local_agents.connect
+    opens = 0
+
+    @asynccontextmanager
+    async def flaky(target: Any) -> Any:
+        nonlocal opens
+        opens += 1
+        if opens == 1:  # the first open is slow and then fails
+            await anyio.sleep(0.3)
+            raise ApiUnavailable("node n1: the API server answered 500 (simulated)")
+        async with inner(target) as streams:
+            yield streams
+
+    results: dict[str, NodeResult] = {}
+    async with NodePool(connect=flaky, discover=local_agents.discover) as p:
+
+        async def first() -> None:
+            results["first"] = await p.call("n1", "get_gpu_inventory", {})
+
+        async def second() -> None:
+            await anyio.sleep(0.1)  # joins the first open while it is still in flight
+            results["second"] = await p.call("n1", "get_gpu_inventory", {})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            tg.start_soon(second)
+    assert not results["first"].ok and "500" in (results["first"].error or "")
+    assert results["second"].ok, results["second"].error
+    assert opens == 2
