@@ -77,6 +77,8 @@ _P2P_STATUS_OK = 0
 # Without a per-GPU deadline, how long a call waits for another call's query on the
 # same GPU before calling that GPU hung.
 _DEFAULT_BUSY_WAIT_S = 5.0
+# The least time a GPU may take before a bounded read calls it hung and moves on.
+_MIN_STALL_S = 0.5
 
 _INIT_ADVICE = {
     pynvml.NVML_ERROR_LIBRARY_NOT_FOUND: (
@@ -365,25 +367,41 @@ class NvmlBackend:
         wait = self._timeout if self._timeout is not None else _DEFAULT_BUSY_WAIT_S
         if self._timeout is None:
             return [self._guarded(i, read, hung, wait) for i in range(self._count)]
-        results: list[T | None] = [None] * self._count
+        # One worker reads the GPUs in turn (a thread per GPU costs ~4x the wall time:
+        # ctypes calls from 8 threads fight over the GIL). A GPU that stalls past its
+        # share of the bound is reported hung and a fresh worker carries on after it, so
+        # one hung GPU never hides the others.
+        count = self._count
         deadline = time.monotonic() + self._timeout
+        stall = min(max(_MIN_STALL_S, self._timeout / max(count, 1)), self._timeout / 2)
+        results: list[T | None] = [None] * count
+        finished = [threading.Event() for _ in range(count)]
+        generation = [0]
 
-        def work(i: int) -> None:
-            results[i] = self._guarded(i, read, hung, wait)
+        def work(first: int, mine: int) -> None:
+            for i in range(first, count):
+                if generation[0] != mine:
+                    return  # the caller gave up on this worker and started another
+                results[i] = self._guarded(i, read, hung, wait)
+                finished[i].set()
 
-        threads = []
-        for i in range(self._count):
-            thread = threading.Thread(target=work, args=(i,), name=f"nvml-gpu{i}", daemon=True)
-            thread.start()
-            threads.append(thread)
+        def launch(first: int) -> None:
+            threading.Thread(
+                target=work, args=(first, generation[0]), name="nvml-read", daemon=True
+            ).start()
+
+        launch(0)
         answers: list[T] = []
-        for i, thread in enumerate(threads):
-            thread.join(max(0.0, deadline - time.monotonic()))
-            result = results[i]
-            if thread.is_alive() or result is None:
-                answers.append(hung(i, self._hung_message(i)))
-            else:
+        for i in range(count):
+            remaining = deadline - time.monotonic()
+            result = results[i] if finished[i].wait(max(0.0, min(stall, remaining))) else None
+            if result is not None:
                 answers.append(result)
+                continue
+            answers.append(hung(i, self._hung_message(i)))
+            generation[0] += 1
+            if i + 1 < count and deadline > time.monotonic():
+                launch(i + 1)
         return answers
 
     def _guarded(
