@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.config import KubeApi
-from broker.discovery import read_core
+from broker.discovery import read_core, status_message
 from broker.errors import ApiUnavailable, BrokerError, NotFound, RbacDenied, Unauthenticated
 
 Obj = dict[str, Any]
@@ -174,11 +174,11 @@ class ClusterReader:
                 raise ApiUnavailable(f"the API server sent a malformed {resource} answer")
             return doc
         if status == 403:
-            raise RbacDenied(verb, resource, namespace, _status_message(body))
+            raise RbacDenied(verb, resource, namespace, status_message(body))
         if status == 401:
             raise Unauthenticated(self._api.server)
         raise ApiUnavailable(
-            f"the API server answered {status} to {verb} {resource}: {_status_message(body)}; "
+            f"the API server answered {status} to {verb} {resource}: {status_message(body)}; "
             "check the cluster's health (kubectl get --raw /readyz)"
         )
 
@@ -193,13 +193,3 @@ def event_time_key(event: Mapping[str, Any]) -> str:
         or (event.get("metadata") or {}).get("creationTimestamp")
         or ""
     )
-
-
-def _status_message(body: bytes) -> str:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace")[:200]
-    if isinstance(doc, dict) and doc.get("message"):
-        return str(doc["message"])
-    return body.decode("utf-8", "replace")[:200]

@@ -214,11 +214,11 @@ class Discovery:
             return [i for i in items or [] if isinstance(i, dict)]
         if status == 403:
             scope = namespace if what == "pods" else None
-            raise RbacDenied("list", what, scope, _status_message(body))
+            raise RbacDenied("list", what, scope, status_message(body))
         if status == 401:
             raise Unauthenticated(self._api.server)
         raise ApiUnavailable(
-            f"the API server answered {status} when listing {what}: {_status_message(body)}; "
+            f"the API server answered {status} when listing {what}: {status_message(body)}; "
             "check the cluster's health (kubectl get --raw /readyz)"
         )
 
@@ -277,7 +277,8 @@ async def read_core(
         return status, body
 
 
-def _status_message(body: bytes) -> str:
+def status_message(body: bytes) -> str:
+    """The message of an API server error body (a metav1.Status), or its first bytes."""
     try:
         doc = json.loads(body)
     except ValueError:
