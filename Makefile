@@ -37,7 +37,7 @@ bench: $(STAMP) tools  ## print performance figures against the budgets in DESIG
 	$(PY) -m tests.bench
 
 demo: $(STAMP) tools  ## run the product on the simulated cluster
-	$(PY) -m broker.demo
+	$(PY) -m broker.cli.demo
 
 image: $(STAMP)  ## build the agent image with buildah (local Debian base when offline)
 	bash .ci/build-image.sh

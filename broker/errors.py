@@ -4,7 +4,12 @@ carries (``NodeResult.error_kind``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 
 
 class BrokerError(Exception):
@@ -168,3 +173,54 @@ class AgentCallError(BrokerError):
     """The agent answered the tool call with an error (JSON-RPC error or ``isError``)."""
 
     kind = "agent_error"
+
+
+class ToolInputError(BrokerError):
+    """The caller's arguments are wrong (nothing was sent to any node)."""
+
+    kind = "input"
+
+
+# -- mapping what a node call raises to the error that explains it -----------------------
+def as_broker_error(exc: BaseException, node: str) -> BrokerError:
+    """Map anything a node call can raise to the :class:`BrokerError` that explains it."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        for leaf in leaves:
+            if isinstance(leaf, BrokerError):
+                return leaf
+        return as_broker_error(leaves[0], node) if leaves else ApiUnavailable(str(exc))
+    if isinstance(exc, BrokerError):
+        return exc
+    if isinstance(exc, MCPError):
+        if exc.error.code == types.CONNECTION_CLOSED:
+            return ApiUnavailable(
+                f"node {node}: the connection to the agent closed; it will be re-opened on "
+                "the next call"
+            )
+        return AgentCallError(f"node {node}: the agent answered error {exc.error.code}: {exc}")
+    if isinstance(exc, ValidationError):
+        return AgentProtocolError(f"node {node}: the agent sent a malformed MCP message: {exc}")
+    if isinstance(exc, TimeoutError):
+        return ApiUnavailable(f"node {node}: the connection timed out ({exc or 'no detail'})")
+    if isinstance(exc, OSError):
+        return ApiUnavailable(f"node {node}: cannot start the agent transport: {exc}")
+    return AgentProtocolError(f"node {node}: unexpected {type(exc).__name__}: {exc}")
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside (possibly nested) single-member groups, if that is all."""
+    current: BaseException = group
+    while isinstance(current, BaseExceptionGroup):
+        if len(current.exceptions) != 1:
+            return None
+        current = current.exceptions[0]
+    return current

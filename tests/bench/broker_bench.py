@@ -49,8 +49,8 @@ async def _main() -> list[str]:
 
 
 def _pool(kubeconfig: Path, **options: Any) -> Any:
-    from broker.config import ClusterConfig
-    from broker.pool import NodePool
+    from broker.fleet.pool import NodePool
+    from broker.kube.config import ClusterConfig
 
     return NodePool(ClusterConfig(kubeconfig=str(kubeconfig)), **options)
 

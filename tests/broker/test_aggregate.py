@@ -1,4 +1,4 @@
-"""broker.aggregate: status per tool, compact findings, ordering, the answer's shape."""
+"""broker.fleet.aggregate: status per tool, compact findings, ordering, the answer's shape."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from agent.tools import TOOL_DEFINITIONS
-from broker.aggregate import (
+from broker.fleet.aggregate import (
     EXIT_CRITICAL,
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -19,7 +19,7 @@ from broker.aggregate import (
     findings,
     judge,
 )
-from broker.pool import NodeResult
+from broker.fleet.pool import NodeResult
 
 SCHEMAS = {t["name"]: t["outputSchema"] for t in TOOL_DEFINITIONS}
 

@@ -1,9 +1,9 @@
-"""Who holds which GPU (broker.allocation): requests as the scheduler counts them, node
+"""Who holds which GPU (broker.diagnosis.allocation): requests as the scheduler counts them, node
 totals, and every way a pod's devices can (or cannot) be known."""
 
 from __future__ import annotations
 
-from broker.allocation import (
+from broker.diagnosis.allocation import (
     allocation_state,
     covers_gpu,
     gpu_assignment,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import channels
+from broker.transport import channels
 
 
 def test_encode_prefixes_the_channel_byte() -> None:

@@ -1,4 +1,4 @@
-"""broker.cli: the commands against the simulated cluster (demo scenario), through
+"""broker.cli.app: the commands against the simulated cluster (demo scenario), through
 typer's runner: output, JSON, exit codes, errors."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from broker.cli import app
+from broker.cli.app import app
 from broker.sim import SimServer, sim_in_thread
 
 

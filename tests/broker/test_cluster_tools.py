@@ -1,4 +1,4 @@
-"""The cluster-side tools (broker.cluster_tools) and their reads (broker.cluster): tool
+"""The cluster-side tools (broker.server.cluster_tools) and their reads (broker.kube.reader): tool
 definitions, the API reads and their errors against the simulated cluster, answers
 that match their output schemas, and the ``broker explain`` renderer."""
 
@@ -14,13 +14,15 @@ import jsonschema
 import pytest
 from rich.console import Console
 
-from broker.cluster import ClusterReader, missing_from
-from broker.cluster_schemas import DEFINITIONS
-from broker.cluster_tools import explain_for_cli, register_cluster_tools, render_explanation
-from broker.config import ClusterConfig, KubeApi
-from broker.context import BrokerContext
+from broker.cli.render_explain import render_explanation
+from broker.diagnosis.gather import explain_pod
 from broker.errors import NotFound, RbacDenied
-from broker.server import BrokerApp
+from broker.fleet.context import BrokerContext
+from broker.kube.config import ClusterConfig, KubeApi
+from broker.kube.reader import ClusterReader, missing_from
+from broker.server.app import BrokerApp
+from broker.server.cluster_schemas import DEFINITIONS
+from broker.server.cluster_tools import register_cluster_tools
 from broker.sim import Rule, SimServer, start_sim
 
 SCENARIO: dict[str, Any] = {
@@ -230,7 +232,7 @@ async def _check_bad_input(app: BrokerApp) -> None:
 
 async def test_explain_without_a_namespace_finds_the_pod(small_sim: SimServer) -> None:
     async with broker(small_sim) as ctx:
-        found = await explain_for_cli(ctx, "job-x", None)
+        found = await explain_pod(ctx, "job-x", None)
     assert found["pod"]["namespace"] == "team" and found["verdict"] == "application"
 
 

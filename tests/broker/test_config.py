@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from broker import config as config_mod
-from broker.config import ClusterConfig, KubeApi
 from broker.errors import ConfigError
+from broker.kube import config as config_mod
+from broker.kube.config import ClusterConfig, KubeApi
 from broker.sim.tls import CertificateAuthority
 
 SERVER = "http://127.0.0.1:6443"

@@ -8,13 +8,12 @@ from typing import Any
 import anyio
 import pytest
 
-from broker.config import KubeApi
-from broker.discovery import Discovery, build_targets, is_gpu_node, pod_problem
 from broker.errors import ApiUnavailable
-from broker.retry import RetryPolicy
+from broker.kube.config import KubeApi
+from broker.kube.discovery import Discovery, build_targets, is_gpu_node, pod_problem
+from broker.kube.retry import RetryPolicy
 from broker.sim import Rule, SimServer
-
-from .conftest import sim_config
+from tests.broker.agents import sim_config
 
 NS = "gpu-diagnostics"
 

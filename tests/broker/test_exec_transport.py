@@ -19,15 +19,14 @@ import yaml
 from mcp.client.session import ClientSession
 from mcp.shared.message import SessionMessage
 
-from broker import channels
-from broker.config import ClusterConfig, KubeApi
-from broker.discovery import NodeTarget
 from broker.errors import ApiUnavailable, RbacDenied
-from broker.exec_transport import ExecChannel, open_exec_streams
-from broker.pool import NodePool
+from broker.fleet.pool import NodePool
+from broker.kube.config import ClusterConfig, KubeApi
+from broker.kube.discovery import NodeTarget
 from broker.sim import Rule, SimServer
-
-from .conftest import sim_config
+from broker.transport import channels
+from broker.transport.exec import ExecChannel, open_exec_streams
+from tests.broker.agents import sim_config
 
 pytestmark = pytest.mark.e2e
 

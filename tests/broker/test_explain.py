@@ -1,4 +1,4 @@
-"""The verdict engine (broker.explain): every rule, with pod and agent JSON as the API
+"""The verdict engine (broker.diagnosis.explain): every rule, with pod and agent JSON as the API
 server and the agent send them."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.cluster import Missing
-from broker.explain import Facts, explain, xid_category
-from broker.pod_status import find_failure
+from broker.diagnosis.explain import Facts, explain, xid_category
+from broker.diagnosis.pod_status import find_failure
+from broker.kube.reader import Missing
 from tests.broker import podfactory as pf
 
 Obj = dict[str, Any]

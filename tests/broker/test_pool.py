@@ -11,9 +11,8 @@ import anyio
 import pytest
 
 from broker.errors import UnknownNode
-from broker.pool import NodePool, NodeResult
-
-from .conftest import LocalAgents
+from broker.fleet.pool import NodePool, NodeResult
+from tests.broker.agents import LocalAgents
 
 HUNG_NVML = {"faults": [{"gpu": 0, "kind": "slow_nvml", "seconds": 60}]}
 # The agent answers a hung call itself after --call-timeout; until then it cannot exit.

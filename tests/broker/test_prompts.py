@@ -1,4 +1,4 @@
-"""The workflow prompts (broker.prompts), listed and fetched through a real MCP client:
+"""The workflow prompts (broker.server.prompts), listed and fetched through a real MCP client:
 each names tools that exist, in the order the workflow needs them."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from mcp.client._memory import InMemoryTransport
 from mcp.client.session import ClientSession
 
 from agent.tools import TOOL_NAMES
-from broker.cluster_schemas import DEFINITIONS
-from broker.prompts import PROMPT_NAMES, register_prompts
-from broker.server import BrokerApp
+from broker.server.app import BrokerApp
+from broker.server.cluster_schemas import DEFINITIONS
+from broker.server.prompts import PROMPT_NAMES, register_prompts
 
 KNOWN_TOOLS = {"list_gpu_nodes", *TOOL_NAMES, *(d["name"] for d in DEFINITIONS)}
 CALL = re.compile(r"\b([a-z_]+)\(")

@@ -1,10 +1,10 @@
-"""broker.selector: kubectl label-selector syntax on node labels."""
+"""broker.fleet.selector: kubectl label-selector syntax on node labels."""
 
 from __future__ import annotations
 
 import pytest
 
-from broker.selector import InvalidSelector, parse_selector
+from broker.fleet.selector import InvalidSelector, parse_selector
 
 LABELS = {
     "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",

@@ -15,19 +15,12 @@ from mcp.client.session import ClientSession
 from mcp.shared.memory import create_client_server_memory_streams
 
 from agent.tools import TOOL_DEFINITIONS
-from broker.context import BrokerContext
 from broker.errors import ConfigError, UnknownNode
-from broker.pool import NodePool
-from broker.server import (
-    BrokerApp,
-    HttpSettings,
-    build_node_server,
-    build_server,
-    check_http_settings,
-    is_loopback,
-    transport_security,
-)
-from tests.broker.conftest import LocalAgents
+from broker.fleet.context import BrokerContext
+from broker.fleet.pool import NodePool
+from broker.server import BrokerApp, HttpSettings, build_node_server, build_server
+from broker.server.http import check_http_settings, is_loopback, transport_security
+from tests.broker.agents import LocalAgents
 
 AGENT_TOOLS = [t["name"] for t in TOOL_DEFINITIONS]
 H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.count": "2"}

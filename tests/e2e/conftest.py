@@ -1,17 +1,11 @@
-"""Fixtures for end-to-end tests: the simulated cluster, and the real ``broker serve``
-process (stdio) with a real MCP client session on it."""
+"""Fixtures for end-to-end tests: the simulated cluster (helpers: tests/e2e/session.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from broker.sim import SimServer, start_sim
 
@@ -21,25 +15,3 @@ async def demo_sim(tmp_path: Path) -> AsyncIterator[SimServer]:
     """The demo scenario (10 GPU nodes, faults on most), agents served in-process."""
     async with start_sim(nodes=10, scenario=None, in_process=True, workdir=tmp_path / "sim") as s:
         yield s
-
-
-@asynccontextmanager
-async def broker_session(tmp_path: Path, *args: str, **env: str) -> AsyncIterator[ClientSession]:
-    """``python -m broker serve ARGS`` as a subprocess, an initialised ClientSession on it."""
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "broker", "serve", *args], env=env or None
-    )
-    # The subprocess's stderr goes to a file the test can read afterwards.
-    with open(tmp_path / "broker.stderr", "w") as errlog:  # noqa: ASYNC230
-        async with (
-            stdio_client(params, errlog=errlog) as (read, write),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
-            yield session
-
-
-def structured(result: Any) -> dict[str, Any]:
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return dict(result.structured_content)

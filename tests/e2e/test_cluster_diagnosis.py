@@ -22,8 +22,8 @@ import pytest_asyncio
 from mcp.client._memory import InMemoryTransport
 from mcp.client.session import ClientSession
 
-from broker.config import ClusterConfig
-from broker.context import BrokerContext
+from broker.fleet.context import BrokerContext
+from broker.kube.config import ClusterConfig
 from broker.server import build_server
 from broker.sim import Rule, SimServer, start_sim
 

@@ -1,4 +1,4 @@
-"""``make demo`` runs ``python -m broker.demo``: sim up, sweep, diagnose, explain, sim down."""
+"""``make demo`` runs ``python -m broker.cli.demo``: sim up, sweep, diagnose, explain, sim down."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_runs_the_product_on_the_sim(repo_root: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "broker.demo"],
+        [sys.executable, "-m", "broker.cli.demo"],
         cwd=repo_root,
         env={**os.environ, "COLUMNS": "160"},
         capture_output=True,

@@ -13,8 +13,7 @@ import anyio
 import pytest
 
 from broker.sim import Rule, SimServer, start_sim
-
-from .conftest import broker_session, structured
+from tests.e2e.session import broker_session, structured
 
 pytestmark = pytest.mark.e2e
 

@@ -16,12 +16,12 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from broker.config import ClusterConfig
-from broker.context import BrokerContext
-from broker.server import HttpSettings, build_server, http_server
+from broker.fleet.context import BrokerContext
+from broker.kube.config import ClusterConfig
+from broker.server import HttpSettings, build_server
+from broker.server.http import http_server
 from broker.sim import SimServer
-
-from .conftest import structured
+from tests.e2e.session import structured
 
 pytestmark = pytest.mark.e2e
 

@@ -31,7 +31,8 @@ def plugin_path(tmp_path: Path, kubectl: Path) -> str:
     bindir.mkdir()
     script = bindir / "kubectl-mcp"
     script.write_text(
-        f"#!{sys.executable}\nfrom broker.kubectl_plugin import main\nmain()\n", encoding="utf-8"
+        f"#!{sys.executable}\nfrom broker.cli.kubectl_plugin import main\nmain()\n",
+        encoding="utf-8",
     )
     script.chmod(0o755)
     return os.pathsep.join([str(bindir), str(kubectl.parent), "/usr/bin", "/bin"])
@@ -59,7 +60,7 @@ def kubectl_mcp(
 
 def test_console_script_is_declared() -> None:
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "kubectl-mcp"]
-    assert script.value == "broker.kubectl_plugin:main"
+    assert script.value == "broker.cli.kubectl_plugin:main"
 
 
 def test_kubectl_lists_the_plugin(kubectl: Path, plugin_path: str, sim: SimServer) -> None:

@@ -11,8 +11,7 @@ import pytest
 
 from agent.tools import TOOL_DEFINITIONS
 from broker.sim import SimServer
-
-from .conftest import broker_session, structured
+from tests.e2e.session import broker_session, structured
 
 pytestmark = pytest.mark.e2e
 

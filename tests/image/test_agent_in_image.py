@@ -13,7 +13,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from tests.agent.fakenvml.build import CONFIG_ENV, write_config
-from tests.image.conftest import (
+from tests.image.images import (
     AGENT_TOOLS,
     NVML_PATH,
     AgentSession,

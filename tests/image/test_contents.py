@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.image.conftest import NVML_PATH, BuiltImage, Container
+from tests.image.images import NVML_PATH, BuiltImage, Container
 
 pytestmark = pytest.mark.image
 

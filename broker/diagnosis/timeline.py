@@ -7,8 +7,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from broker.cluster import Missing
-from broker.pod_status import Failure, iso, memory_limit, owner_of, parse_time
+from broker.diagnosis.pod_status import Failure, iso, memory_limit, owner_of, parse_time
+from broker.kube.reader import Missing
 
 Obj = dict[str, Any]
 

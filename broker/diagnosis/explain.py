@@ -14,7 +14,7 @@ Verdicts: ``hardware``, ``driver``, ``application``, ``infrastructure``, ``unkno
 - Scheduling, eviction, image and sandbox problems are infrastructure.
 
 Everything here is deterministic over its inputs (``now`` included) so it can be tested
-without a cluster; :mod:`broker.diagnosis` gathers the inputs.
+without a cluster; :mod:`broker.diagnosis.gather` gathers the inputs.
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.allocation import covers_gpu, gpu_assignment, pod_requests
-from broker.cluster import Missing
-from broker.explain_steps import gpu_label, next_steps, step, timeline
-from broker.pod_status import (
+from broker.diagnosis.allocation import covers_gpu, gpu_assignment, pod_requests
+from broker.diagnosis.pod_status import (
     POD_INFRA_REASONS,
     Failure,
     containers_view,
@@ -41,6 +39,9 @@ from broker.pod_status import (
     relative,
     span,
 )
+from broker.diagnosis.timeline import gpu_label, next_steps, step, timeline
+from broker.kube.names import DEFAULT_NAMESPACE, GPU_RESOURCE
+from broker.kube.reader import Missing
 
 Obj = dict[str, Any]
 
@@ -128,7 +129,7 @@ class Facts:
     inventory: Obj | None = None  # the agent's get_gpu_inventory answer
     missing: list[Missing] = field(default_factory=list)
     now: float = field(default_factory=time.time)
-    agent_namespace: str = "gpu-diagnostics"
+    agent_namespace: str = DEFAULT_NAMESPACE
     window_before_s: float = WINDOW_BEFORE_S
     window_after_s: float = WINDOW_AFTER_S
 
@@ -621,8 +622,8 @@ def _add_node_evidence(v: _Verdict, facts: Facts) -> None:
         key = str(t.get("key") or "")
         if "health" in key or key.startswith("node.kubernetes.io/unreachable"):
             v.add("node", f"taint {key}={t.get('value', '')}:{t.get('effect')}")
-    cap = (status.get("capacity") or {}).get("nvidia.com/gpu")
-    able = (status.get("allocatable") or {}).get("nvidia.com/gpu")
+    cap = (status.get("capacity") or {}).get(GPU_RESOURCE)
+    able = (status.get("allocatable") or {}).get(GPU_RESOURCE)
     if cap is not None and able is not None and str(cap) != str(able):
         v.add(
             "node",

@@ -1,17 +1,16 @@
-"""``broker``: the command line (typer only; what each command does is in broker.commands)."""
+"""``broker``: the command line (typer only; what each command does is in broker.cli.commands)."""
 
 from __future__ import annotations
 
-import importlib.util
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from broker.config import DEFAULT_NAMESPACE
+from broker.kube.names import DEFAULT_NAMESPACE
 
 if TYPE_CHECKING:  # the commands (and the MCP SDK) load only when a command runs
-    from broker.commands import CommonOptions
+    from broker.cli.commands import CommonOptions
 
 __all__ = ["app", "main", "make_app"]
 
@@ -92,7 +91,7 @@ Since = Annotated[
 def _opts(
     kubeconfig: str | None, context: str | None, namespace: str, timeout: float, concurrency: int
 ) -> CommonOptions:
-    from broker.commands import CommonOptions
+    from broker.cli.commands import CommonOptions
 
     return CommonOptions(kubeconfig, context, namespace, timeout, concurrency)
 
@@ -111,7 +110,7 @@ def nodes(
     Contacts no node (API server only). Exit code 3 when some GPU node has no usable agent pod.
     """
     opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
-    from broker.commands import run_nodes
+    from broker.cli.commands import run_nodes
 
     raise typer.Exit(run_nodes(opts, selector, output.value))
 
@@ -143,7 +142,7 @@ def sweep(
     critical; 3 a node could not be checked (none critical).
     """
     opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
-    from broker.commands import run_sweep
+    from broker.cli.commands import run_sweep
 
     code = run_sweep(
         opts, selector=selector, nodes=node, since_minutes=since, limit=limit, output=output.value
@@ -168,7 +167,7 @@ def diagnose(
     not be read (the report says why).
     """
     opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
-    from broker.commands import run_diagnose
+    from broker.cli.commands import run_diagnose
 
     raise typer.Exit(run_diagnose(opts, node, since_minutes=since, output=output.value))
 
@@ -200,7 +199,7 @@ def explain(
     """Explain why a pod failed: hardware, driver, application or infrastructure, with
     the evidence (exit codes, events, the node's XIDs and GPU health) and next steps."""
     opts = _opts(kubeconfig, context, agent_namespace, timeout, concurrency)
-    from broker.commands import run_explain
+    from broker.cli.commands import run_explain
 
     raise typer.Exit(run_explain(opts, pod, namespace, output=output.value))
 
@@ -278,7 +277,7 @@ def serve(
         call_timeout=timeout,
         max_concurrency=concurrency,
     )
-    from broker.commands import run_serve
+    from broker.cli.commands import run_serve
 
     raise typer.Exit(run_serve(options))
 
@@ -299,8 +298,7 @@ def make_app(name: str, *, with_serve: bool = True, with_sim: bool = True) -> ty
     cli.command()(nodes)
     cli.command()(sweep)
     cli.command()(diagnose)
-    if importlib.util.find_spec("broker.cluster_tools") is not None:
-        cli.command()(explain)
+    cli.command()(explain)
     if with_sim:
         from broker.sim.cli import sim
 

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from broker.pool import NodeResult
+from broker.fleet.pool import NodeResult
 
 __all__ = [
     "DETAILS",

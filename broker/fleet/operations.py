@@ -1,7 +1,7 @@
 """What the broker does for a caller, shared by the MCP server, the CLI and the demo:
 pick target nodes, fan a tool out, aggregate; list the GPU nodes; diagnose one node.
 
-Everything here works on a :class:`broker.context.BrokerContext` and returns plain JSON
+Everything here works on a :class:`broker.fleet.context.BrokerContext` and returns plain JSON
 (the same documents the MCP tools return as ``structuredContent``).
 """
 
@@ -15,12 +15,13 @@ from typing import Any, cast
 import anyio
 
 from agent.tools import TOOL_DEFINITIONS
-from broker.aggregate import DETAILS, Detail, aggregate
-from broker.context import BrokerContext
-from broker.discovery import NodeTarget
-from broker.errors import BrokerError, UnknownNode
-from broker.pool import NodeResult, Progress
-from broker.selector import InvalidSelector, parse_selector
+from broker.errors import ToolInputError, UnknownNode
+from broker.fleet.aggregate import DETAILS, Detail, aggregate
+from broker.fleet.context import BrokerContext
+from broker.fleet.pool import NodeResult, Progress
+from broker.fleet.selector import InvalidSelector, parse_selector
+from broker.kube.discovery import NodeTarget
+from broker.kube.names import COUNT_LABEL, PRODUCT_LABEL
 
 __all__ = [
     "AGENT_TOOLS",
@@ -46,8 +47,6 @@ DIAGNOSE_TOOLS = (
     "get_gpu_processes",
     "get_nvlink_topology",
 )
-PRODUCT_LABEL = "nvidia.com/gpu.product"
-COUNT_LABEL = "nvidia.com/gpu.count"
 DEFAULT_LIMIT = 50
 
 TARGETING_PROPERTIES: Json = {
@@ -92,12 +91,6 @@ TARGETING_PROPERTIES: Json = {
         "are listed by name and status in `more`.",
     },
 }
-
-
-class ToolInputError(BrokerError):
-    """The caller's arguments are wrong (nothing was sent to any node)."""
-
-    kind = "input"
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,29 @@
-"""``make demo`` / ``python -m broker.demo``: the product on a simulated cluster.
+"""``make demo`` / ``python -m broker.cli.demo``: the product on a simulated cluster.
 
 Starts the simulated cluster (every exec runs the real ``gpu-agent`` as a process, with
 the fake NVML backend), sweeps GPU health across it, diagnoses the worst node, explains
-the failed pod on that node (when the cluster-diagnosis module is installed), and stops
+the failed pod on that node, and stops
 the sim. Needs no kubectl, no cluster and no GPU; takes a few seconds.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 import time
-from typing import Any
 
 import anyio
 from rich.console import Console
 from rich.rule import Rule
 from rich.text import Text
 
-from broker.config import ClusterConfig
-from broker.context import BrokerContext
+from broker.cli.render import diagnose_report, sweep_table
+from broker.cli.render_explain import render_explanation
+from broker.diagnosis.gather import explain_pod
 from broker.errors import BrokerError
-from broker.operations import diagnose, run_tool
-from broker.render import diagnose_report, sweep_table
+from broker.fleet.context import BrokerContext
+from broker.fleet.operations import diagnose, run_tool
+from broker.kube.config import ClusterConfig
+from broker.kube.reader import ClusterReader
 from broker.sim import SimServer, sim_in_thread
 
 __all__ = ["main", "run_demo"]
@@ -38,9 +38,8 @@ def _step(console: Console, command: str, why: str) -> None:
 
 
 async def _failed_pod_on(ctx: BrokerContext, node: str) -> tuple[str, str] | None:
-    """A failed pod on ``node`` (namespace, name), through the cluster-diagnosis reader."""
-    cluster: Any = importlib.import_module("broker.cluster")
-    reader = cluster.ClusterReader(await ctx.api())
+    """A failed pod on ``node`` (namespace, name), through the cluster reader."""
+    reader = ClusterReader(await ctx.api())
     pods = await reader.pods(field_selector=f"spec.nodeName={node},status.phase=Failed")
     if not pods:
         return None
@@ -83,10 +82,6 @@ async def run_demo(sim: SimServer, console: Console) -> int:
 
 
 async def _explain_step(ctx: BrokerContext, console: Console, node: str) -> None:
-    from broker.commands import explain_available, render_explanation
-
-    if not explain_available():
-        return
     found = await _failed_pod_on(ctx, node)
     if found is None:
         return
@@ -96,8 +91,7 @@ async def _explain_step(ctx: BrokerContext, console: Console, node: str) -> None
         f"broker explain {pod} -n {namespace}",
         f"Why did the pod on {node} die: hardware, driver or the application?",
     )
-    cluster_tools: Any = importlib.import_module("broker.cluster_tools")
-    result = await cluster_tools.explain_for_cli(ctx, pod, namespace)
+    result = await explain_pod(ctx, pod, namespace)
     console.print(render_explanation(result))
 
 

@@ -19,7 +19,7 @@ import importlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,16 +29,11 @@ import anyio
 import anyio.abc
 import mcp_types as types
 from mcp.client.session import ClientSession
-from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
-from pydantic import ValidationError
 
 from broker import __version__
-from broker.config import ClusterConfig, KubeApi
-from broker.discovery import Discovery, NodeTarget
 from broker.errors import (
-    AgentCallError,
     AgentProtocolError,
     ApiUnavailable,
     BrokerError,
@@ -47,14 +42,16 @@ from broker.errors import (
     NodeTimeout,
     ToolMissing,
     UnknownNode,
+    as_broker_error,
 )
+from broker.kube.config import ClusterConfig, KubeApi
+from broker.kube.discovery import Discovery, NodeTarget
+from broker.transport import Connect, ReadStream, TransportStreams
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Connect", "Discover", "NodePool", "NodeResult", "NodeTarget"]
 
-TransportStreams = tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]
-Connect = Callable[[NodeTarget], AbstractAsyncContextManager[TransportStreams]]
 Discover = Callable[[bool], Awaitable[list[NodeTarget]]]
 Progress = Callable[[int, int, "NodeResult"], Awaitable[None]]
 
@@ -217,40 +214,6 @@ class _Watched:
     ) -> bool | None:
         await self.aclose()
         return None
-
-
-def as_broker_error(exc: BaseException, node: str) -> BrokerError:
-    """Map anything a node call can raise to the :class:`BrokerError` that explains it."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = list(_leaves(exc))
-        for leaf in leaves:
-            if isinstance(leaf, BrokerError):
-                return leaf
-        return as_broker_error(leaves[0], node) if leaves else ApiUnavailable(str(exc))
-    if isinstance(exc, BrokerError):
-        return exc
-    if isinstance(exc, MCPError):
-        if exc.error.code == types.CONNECTION_CLOSED:
-            return ApiUnavailable(
-                f"node {node}: the connection to the agent closed; it will be re-opened on "
-                "the next call"
-            )
-        return AgentCallError(f"node {node}: the agent answered error {exc.error.code}: {exc}")
-    if isinstance(exc, ValidationError):
-        return AgentProtocolError(f"node {node}: the agent sent a malformed MCP message: {exc}")
-    if isinstance(exc, TimeoutError):
-        return ApiUnavailable(f"node {node}: the connection timed out ({exc or 'no detail'})")
-    if isinstance(exc, OSError):
-        return ApiUnavailable(f"node {node}: cannot start the agent transport: {exc}")
-    return AgentProtocolError(f"node {node}: unexpected {type(exc).__name__}: {exc}")
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 class NodePool:
@@ -644,7 +607,7 @@ class NodePool:
             ) from None
 
     def _default_connect(self, target: NodeTarget) -> AbstractAsyncContextManager[TransportStreams]:
-        from broker.exec_transport import open_exec_streams
+        from broker.transport.exec import open_exec_streams
 
         assert self.api is not None
         return open_exec_streams(self.api, target, self.agent_command)

@@ -1,5 +1,5 @@
 """Rich renderings of the broker's answers for humans: node table, sweep table, the
-single-node report. Input is the JSON the MCP tools return (``broker.operations``);
+single-node report. Input is the JSON the MCP tools return (``broker.fleet.operations``);
 nothing here talks to the cluster."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from broker.discovery import NodeTarget
-from broker.operations import COUNT_LABEL, PRODUCT_LABEL
+from broker.kube.discovery import NodeTarget
+from broker.kube.names import COUNT_LABEL, PRODUCT_LABEL
 
 __all__ = [
     "STATUS_STYLE",
@@ -95,7 +95,7 @@ def _headline(tool: str, entry: Json) -> tuple[str, str]:
     findings = entry.get("findings")
     result = entry.get("result")
     if findings is None and result is not None:
-        from broker.aggregate import findings as digest
+        from broker.fleet.aggregate import findings as digest
 
         findings = digest(tool, result)
     findings = findings or {}
@@ -286,7 +286,7 @@ def _process_section(procs: Json) -> RenderableType:
 
 
 def _nvlink_section(nvlink: Json) -> RenderableType:
-    from broker.aggregate import findings
+    from broker.fleet.aggregate import findings
 
     bad = findings("get_nvlink_topology", nvlink)["links_with_errors"]
     if not bad:

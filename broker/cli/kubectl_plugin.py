@@ -9,7 +9,7 @@ global flags to plugins: give ``--context``/``--kubeconfig`` after ``mcp``.
 
 from __future__ import annotations
 
-from broker.cli import make_app
+from broker.cli.app import make_app
 
 __all__ = ["main"]
 

@@ -30,9 +30,6 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from broker import channels
-from broker.config import KubeApi
-from broker.discovery import NodeTarget
 from broker.errors import (
     AgentProtocolError,
     ApiUnavailable,
@@ -40,10 +37,12 @@ from broker.errors import (
     ExecFailed,
     NodeNotReady,
     NodeTimeout,
-    RbacDenied,
-    Unauthenticated,
 )
-from broker.retry import RETRYABLE_STATUS, RetryPolicy
+from broker.kube.config import KubeApi
+from broker.kube.discovery import NodeTarget
+from broker.kube.exec_socket import open_exec_socket
+from broker.kube.retry import RetryPolicy
+from broker.transport import channels
 
 logger = logging.getLogger(__name__)
 
@@ -290,101 +289,6 @@ def _describe_failure(status: channels.ExecStatus) -> str:
     return f"the agent exited with code {code}: {status.message}"
 
 
-async def _connect(
-    api: KubeApi,
-    target: NodeTarget,
-    command: Sequence[str],
-    container: str | None,
-    retry: RetryPolicy,
-    protocols: Sequence[str],
-) -> tuple[Any, str]:
-    """Open the exec websocket; returns ``(ws, negotiated protocol)``."""
-    import aiohttp
-    from kubernetes_asyncio.client import CoreV1Api
-
-    assert target.pod is not None
-    core = CoreV1Api(api.ws)
-    offer = tuple(protocols)
-    refreshed = False
-    attempt = 0
-    await api.refresh_credentials()
-    while True:
-        attempt += 1
-        kwargs: dict[str, Any] = {
-            "command": list(command),
-            "stdin": True,
-            "stdout": True,
-            "stderr": True,
-            "tty": False,
-            "_preload_content": False,
-            "_headers": {"sec-websocket-protocol": ",".join(offer)},
-        }
-        if container:
-            kwargs["container"] = container
-        status = 0
-        headers: dict[str, str] = {}
-        detail = ""
-        try:
-            request: Any = await core.connect_get_namespaced_pod_exec(
-                target.pod, target.namespace, **kwargs
-            )
-            ws = await request
-        except aiohttp.WSServerHandshakeError as exc:
-            status = exc.status
-            headers = dict(exc.headers.items()) if exc.headers else {}
-            detail = exc.message
-        except (aiohttp.ClientError, OSError) as exc:
-            detail = f"{type(exc).__name__}: {exc}"
-        else:
-            chosen = ws._response.headers.get("Sec-WebSocket-Protocol", "").strip()
-            return ws, chosen if chosen in channels.SUPPORTED else channels.V4
-        if status in (400, 403) and channels.V5 in offer and channels.V4 not in offer:
-            # A server that predates v5 refuses an offer of v5 alone (the Go websocket
-            # server answers 403, some proxies 400): ask again for v4 before anything else.
-            offer = (channels.V4,)
-            continue
-        if status == 403:
-            raise RbacDenied("create", "pods/exec", target.namespace)
-        if status == 401:
-            if not refreshed and await api.refresh_credentials(force=True):
-                refreshed = True
-                continue
-            raise Unauthenticated(api.server)
-        if status == 404:
-            raise NodeNotReady(
-                target.node,
-                f"agent pod {target.pod} no longer exists (deleted or replaced); "
-                "run `broker nodes` to see its successor",
-            )
-        if status == 400:
-            raise NodeNotReady(
-                target.node,
-                f"the API server refused to exec in pod {target.pod} (400: container not "
-                "running or not found?); check `kubectl -n "
-                f"{target.namespace} describe pod {target.pod}`",
-            )
-        retryable = status == 0 or status in RETRYABLE_STATUS
-        if retryable and attempt < retry.attempts:
-            await anyio.sleep(retry.delay(attempt, headers))
-            continue
-        if status == 0:
-            raise ApiUnavailable(
-                f"node {target.node}: cannot reach the API server at {api.server} ({detail}); "
-                "check the kubeconfig's server address and your network"
-            )
-        what = (
-            "throttled the exec request (429 Too Many Requests)"
-            if status == 429
-            else (f"answered {status} to the exec request")
-        )
-        advised = headers.get("Retry-After")
-        raise ApiUnavailable(
-            f"node {target.node}: the API server {what} {attempt} times"
-            + (f" (Retry-After: {advised})" if advised else "")
-            + "; try again later or lower the fan-out concurrency"
-        )
-
-
 @asynccontextmanager
 async def open_exec_streams(
     api: KubeApi,
@@ -413,9 +317,16 @@ async def open_exec_streams(
     limit_tls_read_buffer()
     try:
         with anyio.fail_after(connect_timeout):
-            ws, protocol = await _connect(
-                api, target, command, container, retry or RetryPolicy(), protocols
+            ws, chosen = await open_exec_socket(
+                api,
+                target,
+                command,
+                container,
+                retry or RetryPolicy(),
+                offer=protocols,
+                fallback=(channels.V4,),
             )
+        protocol = chosen if chosen in channels.SUPPORTED else channels.V4
     except TimeoutError:
         raise NodeTimeout(target.node, connect_timeout, "opening the exec stream") from None
     chan = ExecChannel(ws, protocol, target.node, drain_timeout=drain_timeout)

@@ -7,7 +7,6 @@ an agent pod on a node that is not labelled as a GPU node is still listed.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,13 +14,11 @@ from typing import Any
 
 import anyio
 
-from broker.config import KubeApi
-from broker.errors import ApiUnavailable, BrokerError, RbacDenied, Unauthenticated
-from broker.retry import RETRYABLE_STATUS, RetryPolicy
-
-AGENT_SELECTOR = "app.kubernetes.io/name=k8s-gpu-mcp,app.kubernetes.io/component=agent"
-GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
-GPU_RESOURCE = "nvidia.com/gpu"
+from broker.errors import BrokerError, RbacDenied
+from broker.kube.config import KubeApi
+from broker.kube.names import AGENT_SELECTOR, GPU_PRESENT_LABEL, GPU_RESOURCE
+from broker.kube.reader import raise_for_status, read_core
+from broker.kube.retry import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -208,19 +205,10 @@ class Discovery:
         """List agent pods (``what="pods"``) or nodes, parsed as plain JSON (fast at 1,000s)."""
         namespace = self._api.namespace
         status, body = await self._get(what)
-        if status == 200:
-            doc = json.loads(body)
-            items = doc.get("items") if isinstance(doc, dict) else None
-            return [i for i in items or [] if isinstance(i, dict)]
-        if status == 403:
-            scope = namespace if what == "pods" else None
-            raise RbacDenied("list", what, scope, status_message(body))
-        if status == 401:
-            raise Unauthenticated(self._api.server)
-        raise ApiUnavailable(
-            f"the API server answered {status} when listing {what}: {status_message(body)}; "
-            "check the cluster's health (kubectl get --raw /readyz)"
-        )
+        scope = namespace if what == "pods" else None
+        doc = raise_for_status(self._api, status, body, "list", what, scope)
+        items = doc.get("items")
+        return [i for i in items or [] if isinstance(i, dict)]
 
     async def _get(self, what: str) -> tuple[int, bytes]:
         """One list call, retried on 429/5xx/connection errors, one refresh on 401."""
@@ -233,56 +221,3 @@ class Discovery:
                 retry=self._retry,
             )
         return await read_core(self._api, "list_node", retry=self._retry)
-
-
-async def read_core(
-    api: KubeApi, method: str, *args: str, retry: RetryPolicy | None = None, **query: Any
-) -> tuple[int, bytes]:
-    """One read through ``CoreV1Api.<method>`` (``read_node``, ``list_namespaced_event``...),
-    as (HTTP status, raw JSON body): retried on 429/5xx/connection errors, one credential
-    refresh on 401. Raises ApiUnavailable when the API server cannot be reached."""
-    import aiohttp
-    from kubernetes_asyncio.client import CoreV1Api
-
-    if not (method.startswith("read_") or method.startswith("list_")):
-        raise ValueError(f"read_core only reads: {method!r} is not a read_*/list_* call")
-    policy = retry or RetryPolicy()
-    call = getattr(CoreV1Api(api.rest), method)
-    refreshed = False
-    attempt = 0
-    last_error = ""
-    while True:
-        attempt += 1
-        status, headers, body = 0, {}, b""
-        try:
-            with anyio.fail_after(api.config.request_timeout):
-                resp: Any = await call(*args, _preload_content=False, **query)
-                async with resp:
-                    status = resp.status
-                    headers = dict(resp.headers.items())
-                    body = await resp.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        if status == 401 and not refreshed and await api.refresh_credentials(force=True):
-            refreshed = True
-            continue
-        if (status in RETRYABLE_STATUS or status == 0) and attempt < policy.attempts:
-            await anyio.sleep(policy.delay(attempt, headers))
-            continue
-        if status == 0:
-            raise ApiUnavailable(
-                f"cannot reach the API server at {api.server} ({last_error}); "
-                "check the kubeconfig's server address and your network/VPN"
-            )
-        return status, body
-
-
-def status_message(body: bytes) -> str:
-    """The message of an API server error body (a metav1.Status), or its first bytes."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace")[:200]
-    if isinstance(doc, dict) and doc.get("message"):
-        return str(doc["message"])
-    return body.decode("utf-8", "replace")[:200]

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError
+from broker.kube.names import DEFAULT_NAMESPACE
 
-DEFAULT_NAMESPACE = "gpu-diagnostics"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Refresh an exec-plugin token this long before it expires (kubectl uses a similar skew).
 _EXPIRY_SKEW = dt.timedelta(seconds=60)

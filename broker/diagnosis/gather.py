@@ -2,7 +2,7 @@
 
 ``explain_pod`` (explain_failure, ``broker explain``), ``describe_gpu_node`` and
 ``pod_gpu_allocation``: each reads nodes/pods/events through the API server
-(:class:`broker.cluster.ClusterReader`) and asks the node's agent through the pool, at
+(:class:`broker.kube.reader.ClusterReader`) and asks the node's agent through the pool, at
 the same time. Nothing read is required: an RBAC denial or an unreachable agent becomes a
 ``missing`` entry that names the permission (or the problem) and the answer is partial.
 Bad input (no such pod or node) raises a :class:`BrokerError` with what to do next.
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from broker.allocation import (
+from broker.diagnosis.allocation import (
     gpu_assignment,
     holds_devices,
     is_gpu_resource,
@@ -24,13 +24,13 @@ from broker.allocation import (
     pod_requests,
     pod_summary,
 )
-from broker.cluster import EXEC_ROLE, ClusterReader, Missing, missing_from
-from broker.context import BrokerContext
-from broker.describe import describe_node
-from broker.discovery import NodeTarget
+from broker.diagnosis.describe import describe_node
+from broker.diagnosis.explain import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts, explain
+from broker.diagnosis.pod_status import find_failure
 from broker.errors import BrokerError, NotFound, UnknownNode
-from broker.explain import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts, explain
-from broker.pod_status import find_failure
+from broker.fleet.context import BrokerContext
+from broker.kube.discovery import NodeTarget
+from broker.kube.reader import EXEC_ROLE, ClusterReader, Missing, missing_from
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -115,7 +115,7 @@ async def explain_pod(
     window_before_s: float = WINDOW_BEFORE_S,
     window_after_s: float = WINDOW_AFTER_S,
 ) -> Obj:
-    """Why ``pod`` failed: the explain_failure answer (see :mod:`broker.explain`)."""
+    """Why ``pod`` failed: the explain_failure answer (see :mod:`broker.diagnosis.explain`)."""
     if not pod or not pod.strip():
         raise BrokerError("give the pod's name (and its namespace)")
     reader = await _reader(ctx)

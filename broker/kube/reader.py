@@ -1,7 +1,7 @@
 """Read-only views of nodes, pods and events for the cluster-side tools.
 
-Every read goes through :func:`broker.discovery.read_core` (the one place, with
-``exec_transport``, that talks kubernetes_asyncio). Answers are plain JSON dicts, as the
+Every read goes through :func:`read_core` here: one retry loop, and one
+status -> error mapping (:func:`raise_for_status`). Answers are plain JSON dicts, as the
 API server sends them. A 403 becomes :class:`RbacDenied` naming the verb, resource and
 namespace, so callers can degrade to a partial answer that says which permission
 would fill the gap (:func:`missing_from`).
@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.config import KubeApi
-from broker.discovery import read_core, status_message
+import anyio
+
 from broker.errors import ApiUnavailable, BrokerError, NotFound, RbacDenied, Unauthenticated
+from broker.kube.config import KubeApi
+from broker.kube.retry import RETRYABLE_STATUS, RetryPolicy
 
 Obj = dict[str, Any]
 
@@ -142,7 +144,7 @@ class ClusterReader:
             where = f" in namespace {namespace}" if namespace else ""
             listing = f"kubectl get {resource}" + (f" -n {namespace}" if namespace else "")
             raise NotFound(f"{resource[:-1]} {name!r} not found{where}; list them with `{listing}`")
-        doc = self._check(status, body, "get", resource, namespace)
+        doc = raise_for_status(self._api, status, body, "get", resource, namespace)
         return doc
 
     async def _list(
@@ -155,32 +157,9 @@ class ClusterReader:
     ) -> list[Obj]:
         given: dict[str, Any] = {k: v for k, v in query.items() if v}
         status, body = await read_core(self._api, method, *args, **given)
-        doc = self._check(status, body, "list", resource, namespace)
+        doc = raise_for_status(self._api, status, body, "list", resource, namespace)
         items = doc.get("items")
         return [i for i in items or [] if isinstance(i, dict)]
-
-    def _check(
-        self, status: int, body: bytes, verb: str, resource: str, namespace: str | None
-    ) -> Obj:
-        if status == 200:
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                raise ApiUnavailable(
-                    f"the API server sent a {resource} answer that is not JSON; "
-                    "check the kubeconfig points at a Kubernetes API server"
-                ) from None
-            if not isinstance(doc, dict):
-                raise ApiUnavailable(f"the API server sent a malformed {resource} answer")
-            return doc
-        if status == 403:
-            raise RbacDenied(verb, resource, namespace, status_message(body))
-        if status == 401:
-            raise Unauthenticated(self._api.server)
-        raise ApiUnavailable(
-            f"the API server answered {status} to {verb} {resource}: {status_message(body)}; "
-            "check the cluster's health (kubectl get --raw /readyz)"
-        )
 
 
 def event_time_key(event: Mapping[str, Any]) -> str:
@@ -193,3 +172,82 @@ def event_time_key(event: Mapping[str, Any]) -> str:
         or (event.get("metadata") or {}).get("creationTimestamp")
         or ""
     )
+
+
+def raise_for_status(
+    api: KubeApi, status: int, body: bytes, verb: str, resource: str, namespace: str | None
+) -> Obj:
+    """The parsed JSON object of a 200 answer; otherwise the BrokerError that explains the
+    status (403 names the permission, 401 the credentials)."""
+    if status == 200:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise ApiUnavailable(
+                f"the API server sent a {resource} answer that is not JSON; "
+                "check the kubeconfig points at a Kubernetes API server"
+            ) from None
+        if not isinstance(doc, dict):
+            raise ApiUnavailable(f"the API server sent a malformed {resource} answer")
+        return doc
+    if status == 403:
+        raise RbacDenied(verb, resource, namespace, status_message(body))
+    if status == 401:
+        raise Unauthenticated(api.server)
+    raise ApiUnavailable(
+        f"the API server answered {status} to {verb} {resource}: {status_message(body)}; "
+        "check the cluster's health (kubectl get --raw /readyz)"
+    )
+
+
+async def read_core(
+    api: KubeApi, method: str, *args: str, retry: RetryPolicy | None = None, **query: Any
+) -> tuple[int, bytes]:
+    """One read through ``CoreV1Api.<method>`` (``read_node``, ``list_namespaced_event``...),
+    as (HTTP status, raw JSON body): retried on 429/5xx/connection errors, one credential
+    refresh on 401. Raises ApiUnavailable when the API server cannot be reached."""
+    import aiohttp
+    from kubernetes_asyncio.client import CoreV1Api
+
+    if not (method.startswith("read_") or method.startswith("list_")):
+        raise ValueError(f"read_core only reads: {method!r} is not a read_*/list_* call")
+    policy = retry or RetryPolicy()
+    call = getattr(CoreV1Api(api.rest), method)
+    refreshed = False
+    attempt = 0
+    last_error = ""
+    while True:
+        attempt += 1
+        status, headers, body = 0, {}, b""
+        try:
+            with anyio.fail_after(api.config.request_timeout):
+                resp: Any = await call(*args, _preload_content=False, **query)
+                async with resp:
+                    status = resp.status
+                    headers = dict(resp.headers.items())
+                    body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if status == 401 and not refreshed and await api.refresh_credentials(force=True):
+            refreshed = True
+            continue
+        if (status in RETRYABLE_STATUS or status == 0) and attempt < policy.attempts:
+            await anyio.sleep(policy.delay(attempt, headers))
+            continue
+        if status == 0:
+            raise ApiUnavailable(
+                f"cannot reach the API server at {api.server} ({last_error}); "
+                "check the kubeconfig's server address and your network/VPN"
+            )
+        return status, body
+
+
+def status_message(body: bytes) -> str:
+    """The message of an API server error body (a metav1.Status), or its first bytes."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")[:200]
+    if isinstance(doc, dict) and doc.get("message"):
+        return str(doc["message"])
+    return body.decode("utf-8", "replace")[:200]

@@ -1,7 +1,7 @@
 """What every broker tool needs: the node pool, the cluster configuration, the API.
 
-``BrokerContext`` is handed to tool registration (``broker.server`` and
-``broker.cluster_tools.register_cluster_tools(app, ctx)``). It owns nothing it did not
+``BrokerContext`` is handed to tool registration (``broker.server.app`` and
+``broker.server.cluster_tools.register_cluster_tools(app, ctx)``). It owns nothing it did not
 open: the pool belongs to whoever entered it; the API clients opened here on demand
 (when the pool was built with injected transports, as in tests) are closed by
 :meth:`aclose`.
@@ -28,9 +28,10 @@ from typing import Any
 
 import anyio
 
-from broker.config import ClusterConfig, KubeApi
-from broker.discovery import NodeTarget
-from broker.pool import NodePool
+from broker.errors import sole_leaf
+from broker.fleet.pool import NodePool
+from broker.kube.config import ClusterConfig, KubeApi
+from broker.kube.discovery import NodeTarget
 
 __all__ = ["BrokerContext"]
 
@@ -71,7 +72,7 @@ class BrokerContext:
             ):
                 yield ctx
         except BaseExceptionGroup as group:
-            leaf = _sole_leaf(group)
+            leaf = sole_leaf(group)
             if leaf is None:
                 raise
             raise leaf from None
@@ -119,13 +120,3 @@ class BrokerContext:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception inside (possibly nested) single-member groups, if that is all."""
-    current: BaseException = group
-    while isinstance(current, BaseExceptionGroup):
-        if len(current.exceptions) != 1:
-            return None
-        current = current.exceptions[0]
-    return current

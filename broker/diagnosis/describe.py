@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from broker.allocation import gpu_assignment, holds_devices, node_resources, pod_summary
-from broker.cluster import Missing
-from broker.discovery import NodeTarget
+from broker.diagnosis.allocation import gpu_assignment, holds_devices, node_resources, pod_summary
+from broker.kube.discovery import NodeTarget
+from broker.kube.names import COUNT_LABEL, GPU_RESOURCE, PRODUCT_LABEL
+from broker.kube.reader import Missing
 
 Obj = dict[str, Any]
 
@@ -21,8 +22,8 @@ STATUS_ORDER = ("healthy", "warning", "degraded", "critical")
 # detector set-ups, the sim): any nvidia.com/* taint other than the plain "GPU here" one.
 _PRESENT_TAINT = "nvidia.com/gpu"
 _GFD_KEYS = {
-    "product": "nvidia.com/gpu.product",
-    "count": "nvidia.com/gpu.count",
+    "product": PRODUCT_LABEL,
+    "count": COUNT_LABEL,
     "memory_mib": "nvidia.com/gpu.memory",
     "family": "nvidia.com/gpu.family",
     "driver_version": "nvidia.com/cuda.driver-version.full",
@@ -230,7 +231,7 @@ def _verdict(
     for t in taints:
         if t["gpu_health"]:
             parts.append(f"tainted {t['key']}={t.get('value') or ''}:{t['effect']}")
-    gpu = resources.get("nvidia.com/gpu") or {}
+    gpu = resources.get(GPU_RESOURCE) or {}
     if gpu.get("withdrawn"):
         parts.append(
             f"{gpu['withdrawn']} GPU(s) withdrawn by the device plugin "

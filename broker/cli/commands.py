@@ -1,4 +1,4 @@
-"""What each CLI command does (``broker.cli`` only parses options and calls these).
+"""What each CLI command does (``broker.cli.app`` only parses options and calls these).
 
 Each ``run_*`` function runs the command to completion and returns its exit code:
 0 fine, 1 the command itself failed (configuration, API server, bad input: the message
@@ -9,8 +9,6 @@ exactly the JSON the MCP tools return.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -29,17 +27,18 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from broker.aggregate import EXIT_CRITICAL, EXIT_OK, EXIT_UNREACHABLE, exit_code
-from broker.config import ClusterConfig
-from broker.context import BrokerContext
+from broker.cli.render_explain import render_explanation
+from broker.diagnosis.gather import explain_pod
 from broker.errors import BrokerError
-from broker.operations import diagnose, list_nodes, nodes_answer, run_tool
-from broker.pool import NodeResult
+from broker.fleet.aggregate import EXIT_CRITICAL, EXIT_OK, EXIT_UNREACHABLE, exit_code
+from broker.fleet.context import BrokerContext
+from broker.fleet.operations import diagnose, list_nodes, nodes_answer, run_tool
+from broker.fleet.pool import NodeResult
+from broker.kube.config import ClusterConfig
 
 __all__ = [
     "EXIT_FAILED",
     "CommonOptions",
-    "explain_available",
     "run_diagnose",
     "run_explain",
     "run_nodes",
@@ -97,7 +96,7 @@ def run_nodes(
     opts: CommonOptions, selector: str | None, output: str, consoles: Consoles | None = None
 ) -> int:
     """``broker nodes``: every GPU node, its agent pod and whether it can be diagnosed."""
-    from broker.render import nodes_table
+    from broker.cli.render import nodes_table
 
     cons = consoles or Consoles()
 
@@ -130,7 +129,7 @@ def run_sweep(
     consoles: Consoles | None = None,
 ) -> int:
     """``broker sweep``: GPU health on every (selected) node, worst first."""
-    from broker.render import sweep_table
+    from broker.cli.render import sweep_table
 
     cons = consoles or Consoles()
     arguments: dict[str, Any] = {"limit": limit}
@@ -196,7 +195,7 @@ def run_diagnose(
     consoles: Consoles | None = None,
 ) -> int:
     """``broker diagnose NODE``: every agent tool on one node, as a readable report."""
-    from broker.render import diagnose_report
+    from broker.cli.render import diagnose_report
 
     cons = consoles or Consoles()
 
@@ -214,15 +213,7 @@ def run_diagnose(
     return _run(cons, main)
 
 
-# -- explain (the cluster-diagnosis issue provides the core) -------------------------------
-def explain_available() -> bool:
-    """Whether the cluster-diagnosis module with ``explain_for_cli`` is installed."""
-    if importlib.util.find_spec("broker.cluster_tools") is None:
-        return False
-    module = importlib.import_module("broker.cluster_tools")
-    return hasattr(module, "explain_for_cli")
-
-
+# -- explain -------------------------------------------------------------------------------
 def run_explain(
     opts: CommonOptions,
     pod: str,
@@ -231,13 +222,12 @@ def run_explain(
     output: str = "table",
     consoles: Consoles | None = None,
 ) -> int:
-    """``broker explain POD -n NS``: why a pod failed, with evidence (cluster_tools)."""
-    cluster_tools: Any = importlib.import_module("broker.cluster_tools")
+    """``broker explain POD -n NS``: why a pod failed, with evidence."""
     cons = consoles or Consoles()
 
     async def main() -> int:
         async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
-            result = await cluster_tools.explain_for_cli(ctx, pod, namespace)
+            result = await explain_pod(ctx, pod, namespace or None)
         if output == "json":
             _print_json(result)
         else:
@@ -245,17 +235,6 @@ def run_explain(
         return EXIT_OK
 
     return _run(cons, main)
-
-
-def render_explanation(result: Any) -> Any:
-    """The explanation's renderable: cluster_tools' own renderer when it has one."""
-    cluster_tools: Any = importlib.import_module("broker.cluster_tools")
-    renderer = getattr(cluster_tools, "render_explanation", None)
-    if renderer is not None:
-        return renderer(result)
-    from rich.pretty import Pretty
-
-    return Pretty(result)
 
 
 # -- serve ---------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from broker.kube.names import GPU_RESOURCE
+
 Obj = dict[str, Any]
 
-GPU_RESOURCE = "nvidia.com/gpu"
 MIG_PREFIX = "nvidia.com/mig-"
 ENABLE_MAPPING = (
     "Set the chart value hostProc.enabled=true: the agent then maps each GPU process to "

@@ -1,0 +1,62 @@
+"""The MCP server an IDE or LLM agent talks to (``broker serve``).
+
+Wiring only: :mod:`broker.server.app` (the server class and result helpers),
+:mod:`broker.server.fleet_tools` (cluster-wide and pinned tools),
+:mod:`broker.server.cluster_tools` (cluster-side diagnosis), :mod:`broker.server.prompts`,
+:mod:`broker.server.http` (the HTTP transport).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from broker.errors import ConfigError, ToolInputError
+from broker.fleet.context import BrokerContext
+from broker.kube.config import ClusterConfig
+from broker.server.app import BrokerApp
+from broker.server.fleet_tools import build_node_server, build_server
+from broker.server.http import HttpSettings, check_http_settings, http_app, run_http
+
+__all__ = [
+    "BrokerApp",
+    "HttpSettings",
+    "ServeOptions",
+    "ToolInputError",
+    "build_node_server",
+    "build_server",
+    "http_app",
+    "serve",
+]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``broker serve`` was asked for."""
+
+    config: ClusterConfig = field(default_factory=ClusterConfig)
+    node: str | None = None
+    transport: str = "stdio"  # stdio | http
+    http: HttpSettings = field(default_factory=HttpSettings)
+    call_timeout: float = 30.0
+    max_concurrency: int = 64
+
+
+async def serve(options: ServeOptions) -> None:
+    """Run the broker's MCP server until the client goes away (stdio) or cancelled."""
+    if options.transport not in ("stdio", "http"):
+        raise ConfigError(f"unknown transport {options.transport!r}: use stdio or http")
+    if options.transport == "http":
+        check_http_settings(options.http)
+    async with BrokerContext.open(
+        options.config,
+        call_timeout=options.call_timeout,
+        max_concurrency=options.max_concurrency,
+    ) as ctx:
+        if options.node:
+            app = await build_node_server(ctx, options.node)
+        else:
+            app = build_server(ctx)
+        if options.transport == "stdio":
+            await app.run_stdio_async()
+        else:
+            await run_http(app, options.http)

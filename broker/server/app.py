@@ -1,0 +1,140 @@
+"""The MCP server class of the broker: tools registered with explicit JSON Schemas, and
+the result helpers every tool module uses.
+
+The agent's JSON Schemas go out exactly as the agent defines them, so tools are
+registered with explicit schemas (:meth:`BrokerApp.add_schema_tool`) rather than
+derived from Python signatures. Every tool is read-only; no tool takes a command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import mcp_types as types
+from mcp.server.mcpserver import Context, MCPServer
+
+from broker import __version__
+from broker.errors import BrokerError
+
+__all__ = ["READ_ONLY", "BrokerApp", "SchemaHandler", "error_result", "json_result"]
+
+logger = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+SchemaHandler = Callable[[Json, Context[Any, Any]], Awaitable[Json | types.CallToolResult]]
+
+READ_ONLY = {
+    "readOnlyHint": True,
+    "destructiveHint": False,
+    "idempotentHint": True,
+    "openWorldHint": False,
+}
+
+INSTRUCTIONS = (
+    "Read-only diagnostics for the NVIDIA GPUs of a Kubernetes cluster. Start with "
+    "get_gpu_health (no arguments = every GPU node): the answer has a summary (nodes per "
+    "status, nodes that could not be reached and why), the unhealthy nodes worst first "
+    "with their findings and recommended actions, and healthy nodes by name only. Then "
+    "drill down with node=<name> for one node's full result, or narrow with nodes=[...] "
+    "or node_selector (a Kubernetes label selector on node labels, e.g. "
+    "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3). analyze_xid_errors explains driver "
+    "faults, get_gpu_processes shows what holds each GPU, get_gpu_inventory the hardware "
+    "and drivers, get_nvlink_topology interconnect errors; list_gpu_nodes lists the nodes."
+)
+
+
+class BrokerApp(MCPServer[Any]):
+    """MCPServer plus tools registered with explicit JSON Schemas.
+
+    ``add_schema_tool`` keeps a tool's ``inputSchema``/``outputSchema``/annotations
+    byte-for-byte; arguments are validated against the input schema before the handler
+    runs (a mismatch is an ``isError`` result naming the argument, and nothing is sent to
+    any node). Tools added the usual way (``app.tool()``) work alongside.
+    """
+
+    def __init__(self, name: str = "k8s-gpu-mcp", instructions: str = INSTRUCTIONS) -> None:
+        super().__init__(
+            name=name,
+            title="Kubernetes GPU diagnostics",
+            instructions=instructions,
+            version=__version__,
+            log_level="WARNING",
+        )
+        self._schema_tools: dict[str, tuple[types.Tool, SchemaHandler, Any]] = {}
+
+    def add_schema_tool(self, definition: Mapping[str, Any], handler: SchemaHandler) -> None:
+        """Register a tool from its MCP definition (name, title, description, inputSchema,
+        outputSchema, annotations). ``handler(arguments, ctx)`` returns the structured
+        result (sent as structuredContent and as JSON text) or a full CallToolResult.
+        Raise :class:`ToolInputError` (or any BrokerError) for a clear isError answer."""
+        validators: Any = importlib.import_module("jsonschema.validators")
+        tool = types.Tool.model_validate(dict(definition))
+        if tool.name in self._schema_tools or self._tool_manager.get_tool(tool.name):
+            raise ValueError(f"tool {tool.name!r} is already registered")
+        schema = tool.input_schema
+        validator_cls = validators.validator_for(schema)
+        validator_cls.check_schema(schema)
+        self._schema_tools[tool.name] = (tool, handler, validator_cls(schema))
+
+    async def list_tools(self) -> list[types.Tool]:
+        return [t for t, _, _ in self._schema_tools.values()] + await super().list_tools()
+
+    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        entry = self._schema_tools.get(name)
+        return entry[0].input_schema if entry else super()._tool_input_schema(name)
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        entry = self._schema_tools.get(name)
+        if entry is None:
+            return await super().call_tool(name, arguments, context)
+        _tool, handler, validator = entry
+        problem = _first_error(validator, arguments)
+        if problem is not None:
+            return error_result(f"invalid arguments for {name}: {problem}")
+        if context is None:
+            context = Context(mcp_server=self)
+        try:
+            out = await handler(arguments, context)
+        except BrokerError as exc:
+            logger.info("tool %s: %s", name, exc)
+            return error_result(str(exc))
+        except Exception as exc:  # a bug: say so, keep the server up, log the traceback
+            logger.exception("tool %s failed", name)
+            return error_result(
+                f"{name} failed inside the broker ({type(exc).__name__}: {exc}); this is a "
+                "bug: the broker's log (stderr) has the traceback"
+            )
+        if isinstance(out, types.CallToolResult):
+            return out
+        return json_result(out)
+
+
+def _first_error(validator: Any, arguments: Mapping[str, Any]) -> str | None:
+    exceptions: Any = importlib.import_module("jsonschema.exceptions")
+    error = exceptions.best_match(validator.iter_errors(arguments))
+    if error is None:
+        return None
+    where = ".".join(str(p) for p in error.absolute_path)
+    return f"{error.message}" + (f" (argument {where})" if where else "")
+
+
+def json_result(structured: Json) -> types.CallToolResult:
+    """structuredContent plus the same JSON as text, for clients that read only text."""
+    text = json.dumps(structured, separators=(",", ":"), ensure_ascii=False)
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content=structured
+    )
+
+
+def error_result(message: str, structured: Json | None = None) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=message)],
+        structured_content=structured,
+        is_error=True,
+    )
