@@ -33,7 +33,7 @@ lint: $(STAMP)  ## ruff + mypy --strict on agent/ and broker/
 test: lint tools  ## lint, then the whole pytest suite
 	$(BIN)/pytest -q
 
-bench: $(STAMP) tools  ## print performance figures against the budgets in DESIGN.md
+bench: $(STAMP) tools  ## print performance figures against the budgets in ARCHITECTURE.md
 	$(PY) -m tests.bench
 
 demo: $(STAMP) tools  ## run the product on the simulated cluster

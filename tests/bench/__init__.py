@@ -1,1 +1,1 @@
-"""`make bench`: performance figures against the budgets in DESIGN.md."""
+"""`make bench`: performance figures against the budgets in ARCHITECTURE.md."""
