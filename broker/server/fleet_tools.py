@@ -27,6 +27,7 @@ from broker.fleet.operations import (
     run_tool,
 )
 from broker.fleet.pool import NodeResult
+from broker.server.analysis_tools import register_analysis_tools
 from broker.server.app import READ_ONLY, BrokerApp, SchemaHandler, error_result, json_result
 from broker.server.cluster_tools import register_cluster_tools
 from broker.server.prompts import register_prompts
@@ -120,6 +121,7 @@ def build_server(ctx: BrokerContext) -> BrokerApp:
     for definition in AGENT_TOOLS.values():
         app.add_schema_tool(fanned_definition(definition), _fanned_handler(ctx, definition["name"]))
     register_cluster_tools(app, ctx)
+    register_analysis_tools(app, ctx)
     register_prompts(app)
     return app
 
