@@ -282,6 +282,78 @@ def serve(
     raise typer.Exit(run_serve(options))
 
 
+def drift(
+    selector: Selector = None,
+    node: Annotated[
+        list[str] | None,
+        typer.Option("--node", help="Compare only these nodes (repeat for several)."),
+    ] = None,
+    output: OutputOpt = Output.table,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 30.0,
+    concurrency: Concurrency = 64,
+) -> None:
+    """Find configuration drift: settings where GPU nodes differ from their peers.
+
+    Compares nodes of the same GPU product (driver and CUDA versions, VBIOS, ECC,
+    persistence, MIG, power limit, clocks, PCIe link, NVLink, InfiniBand, GPUs seen) and
+    names the outlier nodes with the majority value. Exit code 2 when drift is found.
+    """
+    from broker.cli.analysis import run_drift
+
+    opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
+    arguments = _node_arguments(node, selector)
+    raise typer.Exit(run_drift(opts, arguments, output.value))
+
+
+def stragglers(
+    job: Annotated[
+        str | None,
+        typer.Option("--job", help="Compare the nodes of this job (Job, JobSet, PyTorchJob, ...)."),
+    ] = None,
+    job_namespace: Annotated[
+        str | None, typer.Option("--job-namespace", help="The job's namespace (with --job).")
+    ] = None,
+    selector: Selector = None,
+    node: Annotated[
+        list[str] | None,
+        typer.Option("--node", help="Compare only these nodes (repeat for several)."),
+    ] = None,
+    output: OutputOpt = Output.table,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 30.0,
+    concurrency: Concurrency = 64,
+) -> None:
+    """Find the nodes slowing a job down: live readings compared with their peers.
+
+    SM clocks, throttle reasons, temperature, power, utilisation, PCIe replays and NVLink
+    errors, per GPU product, outliers by median absolute deviation, ranked, each with the
+    reading that makes it slow. Exit code 2 when a straggler is found.
+    """
+    from broker.cli.analysis import run_stragglers
+
+    opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
+    arguments = _node_arguments(node, selector)
+    if job:
+        arguments["job"] = job
+    if job_namespace:
+        arguments["namespace"] = job_namespace
+    raise typer.Exit(run_stragglers(opts, arguments, output.value))
+
+
+def _node_arguments(node: list[str] | None, selector: str | None) -> dict[str, object]:
+    arguments: dict[str, object] = {}
+    if node:
+        arguments["nodes"] = node
+    if selector:
+        arguments["node_selector"] = selector
+    return arguments
+
+
 def make_app(name: str, *, with_serve: bool = True, with_sim: bool = True) -> typer.Typer:
     """The typer application (``broker``, or ``kubectl mcp`` for the kubectl plugin)."""
     cli = typer.Typer(
@@ -298,6 +370,8 @@ def make_app(name: str, *, with_serve: bool = True, with_sim: bool = True) -> ty
     cli.command()(nodes)
     cli.command()(sweep)
     cli.command()(diagnose)
+    cli.command()(drift)
+    cli.command()(stragglers)
     cli.command()(explain)
     if with_sim:
         from broker.sim.cli import sim

@@ -40,19 +40,22 @@ class Reading:
     slow_when: str  # "low" or "high"
     unit: str
     meaning: str
+    busy_only: bool = False  # an idle GPU is slow and cool by design: compare busy GPUs only
+    alone: bool = True  # False: supporting evidence only, never a straggler by itself
 
 
 READINGS: tuple[Reading, ...] = (
-    Reading("sm_clock_mhz", "metrics.sm_clock_mhz", "low", "MHz", "SM clock under load"),
-    Reading("temperature_c", "metrics.temperature_c", "high", "°C", "GPU temperature"),
+    Reading("sm_clock_mhz", "metrics.sm_clock_mhz", "low", "MHz", "SM clock under load", True),
+    Reading("temperature_c", "metrics.temperature_c", "high", "°C", "temperature", alone=False),
     Reading(
         "power_w",
         "metrics.power_w",
         "low",
         "W",
         "power draw (a busy GPU drawing less than its peers is held back)",
+        busy_only=True,
     ),
-    Reading("utilization_pct", "metrics.utilization_gpu_pct", "low", "%", "GPU utilisation"),
+    Reading("utilization_pct", "metrics.utilization_gpu_pct", "low", "%", "utilisation", True),
     Reading(
         "pcie_replay_counter",
         "metrics.pcie_replay_counter",
@@ -62,6 +65,9 @@ READINGS: tuple[Reading, ...] = (
     ),
     Reading("nvlink_errors", "metrics.nvlink", "high", "errors", "NVLink error counters"),
 )
+
+
+_ALONE = {r.key for r in READINGS if r.alone} | {"throttle_reason"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,10 @@ def node_readings(
         index = int(gpu.get("index", -1))
         names.add(str(gpu.get("name") or ""))
         metrics = gpu.get("metrics") or {}
+        idle = "gpu_idle" in (metrics.get("clock_event_reasons_active") or [])
         for r in READINGS:
+            if idle and r.busy_only:
+                continue
             value = _value(gpu, r)
             if value is None:
                 continue
@@ -214,6 +223,6 @@ def _judge(
                 "meaning": f"{SLOW_REASONS[reason]} while most peers run unthrottled",
             }
         )
-    if not findings:
+    if not any(f["reading"] in _ALONE for f in findings):
         return None
     return {"node": m.node, "score": round(score, 3), "why": findings}

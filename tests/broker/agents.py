@@ -13,10 +13,10 @@ from typing import Any, TextIO
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
 
-from broker.transport import TransportStreams
 from broker.kube.config import ClusterConfig
 from broker.kube.discovery import NodeTarget
 from broker.sim import SimServer
+from broker.transport import TransportStreams
 
 NAMESPACE = "gpu-diagnostics"
 

@@ -127,3 +127,15 @@ def test_idle_and_lost_gpus_are_not_evidence() -> None:
     doc["gpus"].append({"index": 8, "lost": True, "metrics": {"sm_clock_mhz": 0}})
     readings = node_readings("n", doc)
     assert readings.reasons == {} and readings.values["sm_clock_mhz"] == 1980
+
+
+def test_a_warm_node_is_not_a_straggler_by_temperature_alone() -> None:
+    nodes = [node_readings(f"n{i}", health()) for i in range(20)]
+    nodes.append(node_readings("warm", health(temp=75)))
+    assert find_stragglers(nodes)["stragglers"] == []
+
+
+def test_idle_gpus_are_not_compared_on_clock_and_power() -> None:
+    nodes = [node_readings(f"n{i}", health()) for i in range(20)]
+    nodes.append(node_readings("idle", health(sm=345, power=70, reasons=["gpu_idle"])))
+    assert find_stragglers(nodes)["stragglers"] == []

@@ -1,0 +1,113 @@
+"""``broker drift`` and ``broker stragglers``: the fleet-analysis tools from a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from broker.cli.commands import CommonOptions, Consoles, _print_json, _run
+from broker.fleet.aggregate import EXIT_OK
+from broker.fleet.analysis import config_drift, stragglers
+from broker.fleet.context import BrokerContext
+
+__all__ = ["EXIT_FOUND", "run_drift", "run_stragglers"]
+
+EXIT_FOUND = 2  # drift or stragglers found: scripts can gate on it
+
+
+def run_drift(
+    opts: CommonOptions, arguments: dict[str, Any], output: str, consoles: Consoles | None = None
+) -> int:
+    """``broker drift``: settings where GPU nodes differ from their product's majority."""
+    cons = consoles or Consoles()
+
+    async def main() -> int:
+        async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
+            answer = await config_drift(ctx, arguments)
+        if output == "json":
+            _print_json(answer)
+        else:
+            cons.out.print(drift_table(answer))
+            _print_unreachable(cons, answer)
+        return EXIT_FOUND if answer["findings"] else EXIT_OK
+
+    return _run(cons, main)
+
+
+def run_stragglers(
+    opts: CommonOptions, arguments: dict[str, Any], output: str, consoles: Consoles | None = None
+) -> int:
+    """``broker stragglers``: the nodes lagging their peers, ranked, with the reading why."""
+    cons = consoles or Consoles()
+
+    async def main() -> int:
+        async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
+            answer = await stragglers(ctx, arguments)
+        if output == "json":
+            _print_json(answer)
+        else:
+            cons.out.print(stragglers_table(answer))
+            _print_unreachable(cons, answer)
+        return EXIT_FOUND if answer["stragglers"] else EXIT_OK
+
+    return _run(cons, main)
+
+
+def drift_table(answer: dict[str, Any]) -> Table:
+    summary = answer["summary"]
+    table = Table(
+        title=f"Configuration drift: {summary['nodes_compared']} node(s) compared, "
+        f"{summary['findings']} finding(s)",
+        title_justify="left",
+    )
+    for column in ("PRODUCT", "SETTING", "MAJORITY", "OUTLIER VALUE", "NODES"):
+        table.add_column(column, overflow="fold")
+    for f in answer["findings"]:
+        majority = "-" if f["majority"] is None else f"{f['majority']} ({f['majority_count']})"
+        for o in f["outliers"]:
+            more = f" +{o['more']} more" if o.get("more") else ""
+            table.add_row(
+                f["product"], f["setting"], majority, str(o["value"]), ", ".join(o["nodes"]) + more
+            )
+    if not answer["findings"]:
+        table.add_row("-", "no drift", "-", "-", "-")
+    return table
+
+
+def stragglers_table(answer: dict[str, Any]) -> Table:
+    summary = answer["summary"]
+    table = Table(
+        title=f"Stragglers: {summary['nodes_compared']} node(s) compared "
+        f"({answer.get('targeted', '')}), {summary['stragglers']} outlier(s)",
+        title_justify="left",
+    )
+    for column in ("RANK", "NODE", "READING", "VALUE", "PEERS", "WHY"):
+        table.add_column(column, overflow="fold")
+    for rank, s in enumerate(answer["stragglers"], 1):
+        for w in s["why"]:
+            peers = w.get("peer_median")
+            table.add_row(
+                str(rank),
+                s["node"],
+                w["reading"],
+                f"{w['value']} {w.get('unit', '')}".strip(),
+                "-" if peers is None else f"{peers:g} {w.get('unit', '')}".strip(),
+                w["meaning"] + (f" (GPU {w['gpu']})" if w.get("gpu") is not None else ""),
+            )
+    if not answer["stragglers"]:
+        table.add_row("-", "none", "-", "-", "-", "no node lags its peers")
+    return table
+
+
+def _print_unreachable(cons: Consoles, answer: dict[str, Any]) -> None:
+    for group in answer.get("unreachable") or []:
+        names = ", ".join(group["nodes"])
+        more = group["count"] - len(group["nodes"])
+        cons.err.print(
+            f"{group['count']} node(s) not compared ({group['kind']}): {group['reason']} "
+            f"[{names}{f' +{more} more' if more > 0 else ''}]",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
