@@ -46,6 +46,17 @@ app.kubernetes.io/component: agent
 app.kubernetes.io/component: agent
 {{- end -}}
 
+{{/*
+Labels on the agent pod template: the selector labels and part-of, nothing that changes
+with the chart (helm.sh/chart, app.kubernetes.io/version): a new label on the template
+is a new pod template, so a chart upgrade would restart every agent pod for nothing.
+The image itself says which agent runs.
+*/}}
+{{- define "k8s-gpu-mcp.agentPodLabels" -}}
+{{ include "k8s-gpu-mcp.selectorLabels" . }}
+app.kubernetes.io/part-of: k8s-gpu-mcp
+{{- end -}}
+
 {{- define "k8s-gpu-mcp.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "k8s-gpu-mcp.fullname" .) .Values.serviceAccount.name -}}
