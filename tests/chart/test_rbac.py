@@ -51,6 +51,55 @@ def test_cluster_role_is_read_only_and_exact(chart: Chart) -> None:
     }
 
 
+# --- pod reads: cluster-wide (default) or per listed namespace -----------------------
+
+NAMESPACED = next(p for p in CI_FILES if p.name == "namespaced-reads-values.yaml")
+
+
+def test_namespaced_pod_reads_keep_pods_out_of_the_cluster_role(chart: Chart) -> None:
+    docs = chart.template(values=[NAMESPACED])
+    cluster = one(docs, "ClusterRole")
+    assert grants(cluster) == {
+        ("", resource, verb) for resource in ("nodes", "events") for verb in ("get", "list")
+    }
+    exec_role, *readers = sorted(by_kind(docs, "Role"), key=lambda r: r["metadata"]["name"])
+    assert exec_role["metadata"]["namespace"] == NAMESPACE
+    assert grants(exec_role) >= {("", "pods", "get"), ("", "pods", "list")}
+    assert sorted(r["metadata"]["namespace"] for r in readers) == ["inference", "ml-research"]
+    for reader in readers:
+        assert grants(reader) == {("", "pods", "get"), ("", "pods", "list")}
+        assert reader["metadata"]["name"] == f"gpu-mcp-k8s-gpu-mcp-{NAMESPACE}-pod-read"
+
+
+def test_namespaced_pod_reads_are_bound_to_the_subjects_in_each_namespace(
+    chart: Chart,
+) -> None:
+    docs = chart.template(values=[NAMESPACED])
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
+    bindings = by_kind(docs, "RoleBinding")
+    bound = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in bindings}
+    assert bound == roles
+    group = {"kind": "Group", "name": "gpu-sre", "apiGroup": "rbac.authorization.k8s.io"}
+    assert all(b["subjects"] == [group] for b in bindings)
+    unbound = chart.template("rbac.subjects=null", values=[NAMESPACED])
+    assert len(by_kind(unbound, "Role")) == 3 and not by_kind(unbound, "RoleBinding")
+
+
+def test_pod_read_roles_of_two_releases_do_not_collide(chart: Chart) -> None:
+    here = by_kind(chart.template(values=[NAMESPACED]), "Role")
+    there = by_kind(chart.template(values=[NAMESPACED], namespace="other"), "Role")
+    in_ml = [r["metadata"]["name"] for r in [*here, *there]
+             if r["metadata"]["namespace"] == "ml-research"]  # fmt: skip
+    assert len(in_ml) == 2 and len(set(in_ml)) == 2
+
+
+def test_pod_read_namespaces_need_cluster_wide_reads_off(chart: Chart) -> None:
+    error = chart.template_error("rbac.podReadNamespaces={ml-research}")
+    assert "rbac.clusterWidePodReads=false" in error
+    only_here = chart.template("rbac.clusterWidePodReads=false")
+    assert [r["metadata"]["namespace"] for r in by_kind(only_here, "Role")] == [NAMESPACE]
+
+
 def test_cluster_scoped_names_do_not_collide_across_namespaces(chart: Chart) -> None:
     here = chart.template(values=[FULL])
     there = chart.template(values=[FULL], namespace="other")
@@ -166,3 +215,25 @@ def test_rbac_grants_what_the_broker_reads_and_nothing_it_does_not(chart: Chart)
     # Every resource the ClusterRole names is read by the broker; verbs stay get/list.
     assert {r for _, r, _ in cluster} == {r for _, r, _ in used if r != "pods/exec"}
     assert {v for _, _, v in cluster} <= {"get", "list"}
+
+
+def test_namespaced_pod_reads_grant_every_broker_pod_read_in_those_namespaces(
+    chart: Chart,
+) -> None:
+    """With clusterWidePodReads=false, the broker's pod reads work in the listed
+    namespaces; only its all-namespaces pod list is left out (answers say so)."""
+    calls, _ = broker_api_calls()
+    docs = chart.template(values=[NAMESPACED])
+    cluster = grants(one(docs, "ClusterRole"))
+    in_namespace = {r["metadata"]["namespace"]: grants(r) | cluster for r in by_kind(docs, "Role")}
+    cluster_wide_only = {"list_pod_for_all_namespaces"}
+    for method in sorted(calls - cluster_wide_only):
+        needed = NEEDS[method][1]
+        if any(resource == "pods" for _, resource, _ in needed):
+            for namespace, have in in_namespace.items():
+                assert needed <= have, f"{method} in {namespace} needs {needed - have}"
+        else:
+            scope = NEEDS[method][0]
+            have = cluster if scope == "cluster" else in_namespace[NAMESPACE]
+            assert needed <= have, f"{method} needs {sorted(needed - have)}"
+    assert ("", "pods", "list") not in cluster

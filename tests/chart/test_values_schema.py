@@ -65,6 +65,9 @@ def test_schema_is_valid_and_accepts_the_defaults_and_ci_files() -> None:
         (["--set", "gpuMode=dra"], "additional properties 'gpuMode' not allowed", ""),
         (["--set", "gpu.privileged.acknowledge=true"], "'acknowledge' not allowed", ""),
         (["--set", "agent.nonRoot.uid=0"], "/agent/nonRoot/uid", "minimum"),
+        (["--set-string", "rbac.clusterWidePodReads=no"], "/rbac/clusterWidePodReads", "boolean"),
+        (["--set", "rbac.podReadNamespaces={ML_Team}"], "/rbac/podReadNamespaces/0", "match"),
+        (["--set", "rbac.podReadNamespaces={ml,ml}"], "/rbac/podReadNamespaces", "are equal"),
     ],
 )
 def test_schema_rejects_bad_values_clearly(

@@ -151,9 +151,20 @@ what to set instead. Included once, from the DaemonSet.
 {{- if and (eq $mode "dra") (not .Values.gpu.dra.adminAccess) (eq .Values.gpu.dra.allocationMode "All") -}}
 {{- fail "gpu.mode=dra with gpu.dra.adminAccess=false and allocationMode=All would allocate every GPU on every node to the agent and starve all GPU workloads. Keep gpu.dra.adminAccess=true (recommended), or set gpu.dra.allocationMode=ExactCount." -}}
 {{- end -}}
+{{- if and .Values.rbac.clusterWidePodReads .Values.rbac.podReadNamespaces -}}
+{{- fail "rbac.podReadNamespaces is set, but rbac.clusterWidePodReads=true already lets the bound subjects read pods in every namespace. To restrict pod reads to those namespaces, set rbac.clusterWidePodReads=false; otherwise remove rbac.podReadNamespaces." -}}
+{{- end -}}
 {{- if and (eq $mode "dra") (semverCompare "<1.32.0-0" .Capabilities.KubeVersion.Version) -}}
 {{- fail (printf "gpu.mode=dra needs Kubernetes 1.32 or newer (resource.k8s.io DRA); this cluster is %s. Use gpu.mode=runtimeClass." .Capabilities.KubeVersion.Version) -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The per-namespace pod-read Role (rbac.clusterWidePodReads=false). It lives in another
+namespace, so the release namespace is in its name: two releases must not collide.
+*/}}
+{{- define "k8s-gpu-mcp.podReadRoleName" -}}
+{{- printf "%s-%s-pod-read" (include "k8s-gpu-mcp.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* Cluster-scoped names must not collide between releases in different namespaces. */}}
