@@ -182,7 +182,28 @@ NEEDS: dict[str, tuple[str, set[tuple[str, str, str]]]] = {
         {("", "pods/exec", "get"), ("", "pods/exec", "create")},
     ),
     "connect_post_namespaced_pod_exec": ("namespace", {("", "pods/exec", "create")}),
+    # The in-cluster broker's own calls (broker.auth.mode=kubernetes): its ClusterRole.
+    "create_token_review": ("broker", {("authentication.k8s.io", "tokenreviews", "create")}),
+    # Every authenticated user may ask about themselves (system:basic-user): no grant.
+    "create_self_subject_access_review": ("anyone", set()),
+    "create_self_subject_rules_review": ("anyone", set()),
 }
+# Impersonation is headers on ordinary requests, not an API method: found by text.
+IMPERSONATES: dict[str, set[tuple[str, str, str]]] = {
+    "impersonate-user": {("", "users", "impersonate")},
+    "impersonate-group": {("", "groups", "impersonate")},
+    "impersonate-uid": {("authentication.k8s.io", "uids", "impersonate")},
+    "impersonate-extra-": {("authentication.k8s.io", "userextras", "impersonate")},
+}
+
+
+def broker_sources() -> list[str]:
+    """The text of every broker module outside the simulator."""
+    return [
+        path.read_text()
+        for path in sorted(BROKER.rglob("*.py"))
+        if "sim" not in path.relative_to(BROKER).parts
+    ]
 
 
 def broker_api_calls() -> tuple[set[str], set[str]]:
@@ -192,21 +213,35 @@ def broker_api_calls() -> tuple[set[str], set[str]]:
     apis = {n for n in dir(client) if n.endswith("Api") and n[:1].isupper()}
     methods = {m for a in apis for m in dir(getattr(client, a)) if not m.startswith("_")}
     words: set[str] = set()
-    for source in BROKER.rglob("*.py"):
-        if "sim" not in source.relative_to(BROKER).parts:
-            words |= set(re.findall(r"\b[A-Za-z_]\w*\b", source.read_text()))
+    for text in broker_sources():
+        words |= set(re.findall(r"\b[A-Za-z_]\w*\b", text))
     return words & methods, words & apis
+
+
+def broker_own_needs() -> set[tuple[str, str, str]]:
+    """What the in-cluster broker does as itself: TokenReview and impersonation."""
+    calls, _ = broker_api_calls()
+    needs = {g for m in calls if NEEDS.get(m, ("", set()))[0] == "broker" for g in NEEDS[m][1]}
+    text = "\n".join(broker_sources()).lower()
+    if "tokenreviews" in text:  # a TokenReview POSTed without the generated client
+        needs.add(("authentication.k8s.io", "tokenreviews", "create"))
+    for header, grant in IMPERSONATES.items():
+        if header in text:
+            needs |= grant
+    return needs
 
 
 def test_rbac_grants_what_the_broker_reads_and_nothing_it_does_not(chart: Chart) -> None:
     calls, api_classes = broker_api_calls()
     assert calls, "found no Kubernetes API calls in broker/: is the scan broken?"
-    # Only the core API group: events are read as core/v1 Events, not events.k8s.io.
-    assert api_classes <= {"CoreV1Api"}, api_classes
+    # Reads from the core API group only (events are core/v1 Events, not events.k8s.io);
+    # the in-cluster broker also authenticates callers.
+    assert api_classes <= {"CoreV1Api", "AuthenticationV1Api", "AuthorizationV1Api"}, api_classes
     unmapped = calls - NEEDS.keys()
     assert not unmapped, f"broker calls {sorted(unmapped)}: add the RBAC they need"
     docs = chart.template()
     role, cluster = grants(one(docs, "Role")), grants(one(docs, "ClusterRole"))
+    calls = {m for m in calls if NEEDS[m][0] in ("namespace", "cluster")}
     for method in sorted(calls):
         scope, needed = NEEDS[method]
         have = cluster if scope == "cluster" else role | cluster
@@ -237,3 +272,29 @@ def test_namespaced_pod_reads_grant_every_broker_pod_read_in_those_namespaces(
             have = cluster if scope == "cluster" else in_namespace[NAMESPACE]
             assert needed <= have, f"{method} needs {sorted(needed - have)}"
     assert ("", "pods", "list") not in cluster
+
+
+def broker_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    roles = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-broker")]
+    assert len(roles) == 1, [r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")]
+    return roles[0]
+
+
+def test_the_broker_account_grants_what_the_broker_does_as_itself(chart: Chart) -> None:
+    """Whatever the broker code does as itself (TokenReview, impersonation headers) is
+    granted to its ServiceAccount; and once it does any, nothing else is."""
+    needs = broker_own_needs()
+    granted = grants(broker_role(chart.template("broker.enabled=true")))
+    assert needs <= granted, (
+        f"the broker needs {sorted(needs - granted)}: grant it in broker-rbac.yaml"
+    )
+    if needs:
+        # serviceaccounts: impersonating system:serviceaccount:NS:NAME is authorised on it.
+        implied = (
+            {("", "serviceaccounts", "impersonate")}
+            if ("", "users", "impersonate") in needs
+            else set()
+        )
+        assert granted <= needs | implied, (
+            f"granted but unused: {sorted(granted - needs - implied)}"
+        )
