@@ -253,6 +253,11 @@ def test_disruption_budget_only_with_several_replicas(chart: Chart) -> None:
     assert one(docs, "Deployment")["spec"]["replicas"] == 2
     budget = one(docs, "PodDisruptionBudget")["spec"]
     assert budget == {"maxUnavailable": 1, "selector": {"matchLabels": BROKER_SELECTOR}}
+    (spread,) = broker_pod(docs)["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"  # never blocks scheduling
+    assert spread["labelSelector"] == {"matchLabels": BROKER_SELECTOR}
+    assert "topologySpreadConstraints" not in broker_pod(chart.template("broker.enabled=true"))
 
 
 def test_service_monitor_scrapes_the_metrics_port(chart: Chart) -> None:
