@@ -66,12 +66,14 @@ class Chart:
         kube: str | None = None,
         namespace: str = NAMESPACE,
         extra: Sequence[str] = (),
+        release: str = RELEASE,
+        chart_dir: Path = CHART,
     ) -> list[dict[str, Any]]:
         """Render with `helm template`; the manifests parsed, in order. Cached."""
         args = (
             "template",
-            RELEASE,
-            str(CHART),
+            release,
+            str(chart_dir),
             "--namespace",
             namespace,
             *self._value_args(values, sets, kube),

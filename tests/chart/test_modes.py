@@ -29,6 +29,7 @@ AGENT_SELECTOR = {
     "app.kubernetes.io/name": "k8s-gpu-mcp",
     "app.kubernetes.io/component": "agent",
 }
+SELECTOR = {**AGENT_SELECTOR, "app.kubernetes.io/instance": "gpu-mcp"}
 MiB = 2**20
 
 
@@ -242,7 +243,9 @@ def test_network_policy_denies_all_traffic_to_and_from_agent_pods(chart: Chart) 
 @pytest.mark.parametrize("name", sorted(CI), ids=str)
 def test_every_mode_keeps_the_network_policy_and_no_ports(chart: Chart, name: str) -> None:
     docs = render_ci(chart, name)
-    assert one(docs, "NetworkPolicy")
+    policies = by_kind(docs, "NetworkPolicy")
+    agent = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == SELECTOR]
+    assert len(agent) == 1 and agent[0]["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert "ports" not in agent_container(docs)
     assert pod_spec(docs)["hostNetwork"] is False
 

@@ -34,6 +34,17 @@ def test_notes_permission_checks_ask_about_the_exec_subresource(chart: Chart) ->
         assert f"kubectl auth can-i {what}" in checks
 
 
+def test_notes_state_the_pod_read_choice(chart: Chart) -> None:
+    assert "every pod's spec, env values included" in chart.notes()
+    notes = chart.notes("rbac.subjects=null", values=[CI["namespaced-reads-values.yaml"]])
+    checks = [line.strip() for line in notes.splitlines() if "kubectl auth can-i" in line]
+    assert "kubectl auth can-i list pods --all-namespaces" not in checks
+    assert "kubectl auth can-i list pods -n ml-research" in checks
+    assert "kubectl auth can-i list pods -n inference" in checks
+    assert "Pods are readable only in ml-research, inference" in notes
+    assert "-n inference create rolebinding gpu-diag-pod-read --role=" in notes
+
+
 def test_notes_say_how_to_bind_when_nobody_is_bound(chart: Chart) -> None:
     assert "Nobody is bound" in chart.notes()
     assert "Nobody is bound" not in chart.notes(values=[CI["full-values.yaml"]])

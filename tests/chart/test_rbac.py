@@ -51,6 +51,55 @@ def test_cluster_role_is_read_only_and_exact(chart: Chart) -> None:
     }
 
 
+# --- pod reads: cluster-wide (default) or per listed namespace -----------------------
+
+NAMESPACED = next(p for p in CI_FILES if p.name == "namespaced-reads-values.yaml")
+
+
+def test_namespaced_pod_reads_keep_pods_out_of_the_cluster_role(chart: Chart) -> None:
+    docs = chart.template(values=[NAMESPACED])
+    cluster = one(docs, "ClusterRole")
+    assert grants(cluster) == {
+        ("", resource, verb) for resource in ("nodes", "events") for verb in ("get", "list")
+    }
+    exec_role, *readers = sorted(by_kind(docs, "Role"), key=lambda r: r["metadata"]["name"])
+    assert exec_role["metadata"]["namespace"] == NAMESPACE
+    assert grants(exec_role) >= {("", "pods", "get"), ("", "pods", "list")}
+    assert sorted(r["metadata"]["namespace"] for r in readers) == ["inference", "ml-research"]
+    for reader in readers:
+        assert grants(reader) == {("", "pods", "get"), ("", "pods", "list")}
+        assert reader["metadata"]["name"] == f"gpu-mcp-k8s-gpu-mcp-{NAMESPACE}-pod-read"
+
+
+def test_namespaced_pod_reads_are_bound_to_the_subjects_in_each_namespace(
+    chart: Chart,
+) -> None:
+    docs = chart.template(values=[NAMESPACED])
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
+    bindings = by_kind(docs, "RoleBinding")
+    bound = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in bindings}
+    assert bound == roles
+    group = {"kind": "Group", "name": "gpu-sre", "apiGroup": "rbac.authorization.k8s.io"}
+    assert all(b["subjects"] == [group] for b in bindings)
+    unbound = chart.template("rbac.subjects=null", values=[NAMESPACED])
+    assert len(by_kind(unbound, "Role")) == 3 and not by_kind(unbound, "RoleBinding")
+
+
+def test_pod_read_roles_of_two_releases_do_not_collide(chart: Chart) -> None:
+    here = by_kind(chart.template(values=[NAMESPACED]), "Role")
+    there = by_kind(chart.template(values=[NAMESPACED], namespace="other"), "Role")
+    in_ml = [r["metadata"]["name"] for r in [*here, *there]
+             if r["metadata"]["namespace"] == "ml-research"]  # fmt: skip
+    assert len(in_ml) == 2 and len(set(in_ml)) == 2
+
+
+def test_pod_read_namespaces_need_cluster_wide_reads_off(chart: Chart) -> None:
+    error = chart.template_error("rbac.podReadNamespaces={ml-research}")
+    assert "rbac.clusterWidePodReads=false" in error
+    only_here = chart.template("rbac.clusterWidePodReads=false")
+    assert [r["metadata"]["namespace"] for r in by_kind(only_here, "Role")] == [NAMESPACE]
+
+
 def test_cluster_scoped_names_do_not_collide_across_namespaces(chart: Chart) -> None:
     here = chart.template(values=[FULL])
     there = chart.template(values=[FULL], namespace="other")
@@ -133,7 +182,28 @@ NEEDS: dict[str, tuple[str, set[tuple[str, str, str]]]] = {
         {("", "pods/exec", "get"), ("", "pods/exec", "create")},
     ),
     "connect_post_namespaced_pod_exec": ("namespace", {("", "pods/exec", "create")}),
+    # The in-cluster broker's own calls (broker.auth.mode=kubernetes): its ClusterRole.
+    "create_token_review": ("broker", {("authentication.k8s.io", "tokenreviews", "create")}),
+    # Every authenticated user may ask about themselves (system:basic-user): no grant.
+    "create_self_subject_access_review": ("anyone", set()),
+    "create_self_subject_rules_review": ("anyone", set()),
 }
+# Impersonation is headers on ordinary requests, not an API method: found by text.
+IMPERSONATES: dict[str, set[tuple[str, str, str]]] = {
+    "impersonate-user": {("", "users", "impersonate")},
+    "impersonate-group": {("", "groups", "impersonate")},
+    "impersonate-uid": {("authentication.k8s.io", "uids", "impersonate")},
+    "impersonate-extra-": {("authentication.k8s.io", "userextras", "impersonate")},
+}
+
+
+def broker_sources() -> list[str]:
+    """The text of every broker module outside the simulator."""
+    return [
+        path.read_text()
+        for path in sorted(BROKER.rglob("*.py"))
+        if "sim" not in path.relative_to(BROKER).parts
+    ]
 
 
 def broker_api_calls() -> tuple[set[str], set[str]]:
@@ -143,21 +213,35 @@ def broker_api_calls() -> tuple[set[str], set[str]]:
     apis = {n for n in dir(client) if n.endswith("Api") and n[:1].isupper()}
     methods = {m for a in apis for m in dir(getattr(client, a)) if not m.startswith("_")}
     words: set[str] = set()
-    for source in BROKER.rglob("*.py"):
-        if "sim" not in source.relative_to(BROKER).parts:
-            words |= set(re.findall(r"\b[A-Za-z_]\w*\b", source.read_text()))
+    for text in broker_sources():
+        words |= set(re.findall(r"\b[A-Za-z_]\w*\b", text))
     return words & methods, words & apis
+
+
+def broker_own_needs() -> set[tuple[str, str, str]]:
+    """What the in-cluster broker does as itself: TokenReview and impersonation."""
+    calls, _ = broker_api_calls()
+    needs = {g for m in calls if NEEDS.get(m, ("", set()))[0] == "broker" for g in NEEDS[m][1]}
+    text = "\n".join(broker_sources()).lower()
+    if "tokenreviews" in text:  # a TokenReview POSTed without the generated client
+        needs.add(("authentication.k8s.io", "tokenreviews", "create"))
+    for header, grant in IMPERSONATES.items():
+        if header in text:
+            needs |= grant
+    return needs
 
 
 def test_rbac_grants_what_the_broker_reads_and_nothing_it_does_not(chart: Chart) -> None:
     calls, api_classes = broker_api_calls()
     assert calls, "found no Kubernetes API calls in broker/: is the scan broken?"
-    # Only the core API group: events are read as core/v1 Events, not events.k8s.io.
-    assert api_classes <= {"CoreV1Api"}, api_classes
+    # Reads from the core API group only (events are core/v1 Events, not events.k8s.io);
+    # the in-cluster broker also authenticates callers.
+    assert api_classes <= {"CoreV1Api", "AuthenticationV1Api", "AuthorizationV1Api"}, api_classes
     unmapped = calls - NEEDS.keys()
     assert not unmapped, f"broker calls {sorted(unmapped)}: add the RBAC they need"
     docs = chart.template()
     role, cluster = grants(one(docs, "Role")), grants(one(docs, "ClusterRole"))
+    calls = {m for m in calls if NEEDS[m][0] in ("namespace", "cluster")}
     for method in sorted(calls):
         scope, needed = NEEDS[method]
         have = cluster if scope == "cluster" else role | cluster
@@ -166,3 +250,51 @@ def test_rbac_grants_what_the_broker_reads_and_nothing_it_does_not(chart: Chart)
     # Every resource the ClusterRole names is read by the broker; verbs stay get/list.
     assert {r for _, r, _ in cluster} == {r for _, r, _ in used if r != "pods/exec"}
     assert {v for _, _, v in cluster} <= {"get", "list"}
+
+
+def test_namespaced_pod_reads_grant_every_broker_pod_read_in_those_namespaces(
+    chart: Chart,
+) -> None:
+    """With clusterWidePodReads=false, the broker's pod reads work in the listed
+    namespaces; only its all-namespaces pod list is left out (answers say so)."""
+    calls, _ = broker_api_calls()
+    docs = chart.template(values=[NAMESPACED])
+    cluster = grants(one(docs, "ClusterRole"))
+    in_namespace = {r["metadata"]["namespace"]: grants(r) | cluster for r in by_kind(docs, "Role")}
+    cluster_wide_only = {"list_pod_for_all_namespaces"}
+    for method in sorted(calls - cluster_wide_only):
+        needed = NEEDS[method][1]
+        if any(resource == "pods" for _, resource, _ in needed):
+            for namespace, have in in_namespace.items():
+                assert needed <= have, f"{method} in {namespace} needs {needed - have}"
+        else:
+            scope = NEEDS[method][0]
+            have = cluster if scope == "cluster" else in_namespace[NAMESPACE]
+            assert needed <= have, f"{method} needs {sorted(needed - have)}"
+    assert ("", "pods", "list") not in cluster
+
+
+def broker_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    roles = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-broker")]
+    assert len(roles) == 1, [r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")]
+    return roles[0]
+
+
+def test_the_broker_account_grants_what_the_broker_does_as_itself(chart: Chart) -> None:
+    """Whatever the broker code does as itself (TokenReview, impersonation headers) is
+    granted to its ServiceAccount; and once it does any, nothing else is."""
+    needs = broker_own_needs()
+    granted = grants(broker_role(chart.template("broker.enabled=true")))
+    assert needs <= granted, (
+        f"the broker needs {sorted(needs - granted)}: grant it in broker-rbac.yaml"
+    )
+    if needs:
+        # serviceaccounts: impersonating system:serviceaccount:NS:NAME is authorised on it.
+        implied = (
+            {("", "serviceaccounts", "impersonate")}
+            if ("", "users", "impersonate") in needs
+            else set()
+        )
+        assert granted <= needs | implied, (
+            f"granted but unused: {sorted(granted - needs - implied)}"
+        )

@@ -65,6 +65,15 @@ def test_schema_is_valid_and_accepts_the_defaults_and_ci_files() -> None:
         (["--set", "gpuMode=dra"], "additional properties 'gpuMode' not allowed", ""),
         (["--set", "gpu.privileged.acknowledge=true"], "'acknowledge' not allowed", ""),
         (["--set", "agent.nonRoot.uid=0"], "/agent/nonRoot/uid", "minimum"),
+        (["--set-string", "rbac.clusterWidePodReads=no"], "/rbac/clusterWidePodReads", "boolean"),
+        (["--set", "rbac.podReadNamespaces={ML_Team}"], "/rbac/podReadNamespaces/0", "match"),
+        (["--set", "rbac.podReadNamespaces={ml,ml}"], "/rbac/podReadNamespaces", "are equal"),
+        (["--set", "broker.auth.mode=oidc"], "/broker/auth/mode", "one of"),
+        (["--set", "broker.service.port=80"], "/broker/service/port", "minimum"),
+        (["--set", "broker.image.digest=latest"], "/broker/image/digest", "match"),
+        (["--set", "broker.replicas=0"], "/broker/replicas", "minimum"),
+        (["--set", "broker.service.sessionAffinity=Sticky"], "/broker/service/sessionAffinity", ""),
+        (["--set", "broker.metrics.serviceMonitor.interval=soon"], "interval", "match"),
     ],
 )
 def test_schema_rejects_bad_values_clearly(

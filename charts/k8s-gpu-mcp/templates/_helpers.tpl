@@ -46,6 +46,17 @@ app.kubernetes.io/component: agent
 app.kubernetes.io/component: agent
 {{- end -}}
 
+{{/*
+Labels on the agent pod template: the selector labels and part-of, nothing that changes
+with the chart (helm.sh/chart, app.kubernetes.io/version): a new label on the template
+is a new pod template, so a chart upgrade would restart every agent pod for nothing.
+The image itself says which agent runs.
+*/}}
+{{- define "k8s-gpu-mcp.agentPodLabels" -}}
+{{ include "k8s-gpu-mcp.selectorLabels" . }}
+app.kubernetes.io/part-of: k8s-gpu-mcp
+{{- end -}}
+
 {{- define "k8s-gpu-mcp.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "k8s-gpu-mcp.fullname" .) .Values.serviceAccount.name -}}
@@ -140,9 +151,20 @@ what to set instead. Included once, from the DaemonSet.
 {{- if and (eq $mode "dra") (not .Values.gpu.dra.adminAccess) (eq .Values.gpu.dra.allocationMode "All") -}}
 {{- fail "gpu.mode=dra with gpu.dra.adminAccess=false and allocationMode=All would allocate every GPU on every node to the agent and starve all GPU workloads. Keep gpu.dra.adminAccess=true (recommended), or set gpu.dra.allocationMode=ExactCount." -}}
 {{- end -}}
+{{- if and .Values.rbac.clusterWidePodReads .Values.rbac.podReadNamespaces -}}
+{{- fail "rbac.podReadNamespaces is set, but rbac.clusterWidePodReads=true already lets the bound subjects read pods in every namespace. To restrict pod reads to those namespaces, set rbac.clusterWidePodReads=false; otherwise remove rbac.podReadNamespaces." -}}
+{{- end -}}
 {{- if and (eq $mode "dra") (semverCompare "<1.32.0-0" .Capabilities.KubeVersion.Version) -}}
 {{- fail (printf "gpu.mode=dra needs Kubernetes 1.32 or newer (resource.k8s.io DRA); this cluster is %s. Use gpu.mode=runtimeClass." .Capabilities.KubeVersion.Version) -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The per-namespace pod-read Role (rbac.clusterWidePodReads=false). It lives in another
+namespace, so the release namespace is in its name: two releases must not collide.
+*/}}
+{{- define "k8s-gpu-mcp.podReadRoleName" -}}
+{{- printf "%s-%s-pod-read" (include "k8s-gpu-mcp.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* Cluster-scoped names must not collide between releases in different namespaces. */}}
@@ -152,7 +174,8 @@ what to set instead. Included once, from the DaemonSet.
 
 {{/*
 RBAC subjects from rbac.subjects: Users and Groups get the RBAC apiGroup;
-ServiceAccounts default to the release namespace.
+ServiceAccounts default to the release namespace. Plus the broker's own ServiceAccount
+when it runs with a static token (broker.auth.mode=token).
 */}}
 {{- define "k8s-gpu-mcp.subjects" -}}
 {{- range .Values.rbac.subjects }}
@@ -164,4 +187,68 @@ ServiceAccounts default to the release namespace.
   apiGroup: rbac.authorization.k8s.io
   {{- end }}
 {{- end }}
+{{- if include "k8s-gpu-mcp.brokerActsAsItself" . }}
+{{- /* broker.auth.mode=token: the broker calls the API as itself, so it needs the roles. */}}
+- kind: ServiceAccount
+  name: {{ include "k8s-gpu-mcp.brokerName" . | quote }}
+  namespace: {{ .Release.Namespace }}
+{{- end }}
+{{- end -}}
+
+{{/* --- the optional in-cluster broker (broker.enabled) ------------------------------ */}}
+
+{{- define "k8s-gpu-mcp.brokerName" -}}
+{{- printf "%s-broker" (include "k8s-gpu-mcp.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels of the broker pods (immutable in a Deployment: never change them). */}}
+{{- define "k8s-gpu-mcp.brokerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "k8s-gpu-mcp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: broker
+{{- end -}}
+
+{{/* Labels on the broker's objects. */}}
+{{- define "k8s-gpu-mcp.brokerLabels" -}}
+{{ include "k8s-gpu-mcp.labels" . }}
+app.kubernetes.io/component: broker
+{{- end -}}
+
+{{/* Broker pod template labels: nothing that changes with the chart (see agentPodLabels). */}}
+{{- define "k8s-gpu-mcp.brokerPodLabels" -}}
+{{ include "k8s-gpu-mcp.brokerSelectorLabels" . }}
+app.kubernetes.io/part-of: k8s-gpu-mcp
+{{- end -}}
+
+{{- define "k8s-gpu-mcp.brokerImage" -}}
+{{- $image := .Values.broker.image -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the broker acts as its own ServiceAccount (static token, no impersonation). */}}
+{{- define "k8s-gpu-mcp.brokerActsAsItself" -}}
+{{- if and .Values.broker.enabled (eq .Values.broker.auth.mode "token") -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the diagnosis roles have anyone to bind. */}}
+{{- define "k8s-gpu-mcp.hasSubjects" -}}
+{{- if or .Values.rbac.subjects (include "k8s-gpu-mcp.brokerActsAsItself" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Refuse broker settings that cannot work, saying what to set. */}}
+{{- define "k8s-gpu-mcp.validateBroker" -}}
+{{- $b := .Values.broker -}}
+{{- if and (eq $b.auth.mode "token") (not $b.auth.tokenSecret.name) -}}
+{{- fail (printf "broker.auth.mode=token needs broker.auth.tokenSecret.name: a Secret in namespace %s holding the bearer token clients send. Create one, e.g. kubectl -n %s create secret generic gpu-mcp-broker-token --from-literal=token=\"$(openssl rand -hex 32)\", then set broker.auth.tokenSecret.name=gpu-mcp-broker-token. Or use broker.auth.mode=kubernetes (callers send their own Kubernetes token)." .Release.Namespace .Release.Namespace) -}}
+{{- end -}}
+{{- if and $b.metrics.serviceMonitor.enabled (not $b.metrics.enabled) -}}
+{{- fail "broker.metrics.serviceMonitor.enabled=true needs broker.metrics.enabled=true: there is no metrics port to scrape." -}}
+{{- end -}}
+{{- if and $b.metrics.enabled (eq (int $b.metrics.port) (int $b.service.port)) -}}
+{{- fail "broker.metrics.port and broker.service.port must differ: metrics are served on their own port." -}}
+{{- end -}}
 {{- end -}}
