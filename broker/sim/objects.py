@@ -21,10 +21,7 @@ AGENT_LABELS = {
     "app.kubernetes.io/name": "k8s-gpu-mcp",
     "app.kubernetes.io/instance": RELEASE,
     "app.kubernetes.io/component": "agent",
-    "app.kubernetes.io/version": "0.1.0",
-    "app.kubernetes.io/managed-by": "Helm",
     "app.kubernetes.io/part-of": "k8s-gpu-mcp",
-    "helm.sh/chart": "k8s-gpu-mcp-0.1.0",
 }
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what the API server uses for generateName
 
@@ -438,6 +435,7 @@ def agent_pod(
                             },
                         },
                         {"name": "GPU_AGENT_KMSG", "value": "auto"},
+                        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
                     ],  # fmt: skip
                     "resources": {
                         "limits": {"cpu": "500m", "memory": "128Mi"},

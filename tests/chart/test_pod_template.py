@@ -27,7 +27,6 @@ CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
 CONTROLLER_LABELS = {"controller-revision-hash", "pod-template-generation"}
 # The sim still serves the old pod (chart-version labels, no PYTHONDONTWRITEBYTECODE):
 # strict, so the marker must go when broker/sim/objects.py catches up.
-SIM_BEHIND = pytest.mark.xfail(strict=True, reason="broker/sim/objects.py lags the chart")
 
 
 def template_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -113,7 +112,6 @@ def both(chart: Chart) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     return one(docs, "DaemonSet"), template_of(docs), pod
 
 
-@SIM_BEHIND
 def test_sim_agent_pod_has_the_chart_labels_and_annotations(
     both: tuple[dict[str, Any], dict[str, Any], dict[str, Any]],
 ) -> None:
@@ -127,7 +125,6 @@ def test_sim_agent_pod_has_the_chart_labels_and_annotations(
     assert pod["metadata"]["generateName"] == daemonset["metadata"]["name"] + "-"
 
 
-@SIM_BEHIND
 def test_sim_agent_pod_runs_the_chart_container(
     both: tuple[dict[str, Any], dict[str, Any], dict[str, Any]],
 ) -> None:
@@ -139,7 +136,6 @@ def test_sim_agent_pod_runs_the_chart_container(
     assert not served_like(rendered, served, "containers")
 
 
-@SIM_BEHIND
 def test_sim_agent_pod_spec_is_the_chart_pod_spec(
     both: tuple[dict[str, Any], dict[str, Any], dict[str, Any]],
 ) -> None:
