@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.app import serve
+from agent.catalog import TOOL_NAMES
 from agent.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -21,7 +22,6 @@ from agent.protocol import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
 )
-from agent.tools import TOOL_NAMES
 from tests.agent.conftest import AGENT, ROOT, Wire
 
 ERROR_CODES = {PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS}
@@ -183,7 +183,7 @@ def test_serve_skips_oversized_lines_without_holding_them() -> None:
         before = wire.count()
         serve(wire.session, stream)
         got = answers_for(wire, before)
-        assert [a["id"] for a in got] == [None, 2, None]
+        assert [a["id"] for a in got] == [1, 2, None]
         assert got[0]["error"]["code"] == INVALID_REQUEST
         assert f"{len(huge) + 3} bytes exceeds" in got[0]["error"]["message"]
         assert got[2]["error"]["code"] == PARSE_ERROR  # the unterminated tail at EOF
