@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent import __version__, protocol
+from agent.catalog import INSTRUCTIONS
 from agent.errors import AgentError, UsageError
 from agent.protocol import MAX_MESSAGE_BYTES, Session
-from agent.tools import INSTRUCTIONS, Toolbox
+from agent.tools import Toolbox
 
 if TYPE_CHECKING:
     import argparse
@@ -330,13 +331,13 @@ def serve(session: Session, stream: object) -> None:
         if not line:
             return
         if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
-            size = len(line)
+            size = len(line)  # line keeps the first bytes: the id is read from them
             while True:  # drain the rest of this line in bounded pieces
                 rest: bytes = readline(MAX_MESSAGE_BYTES)
                 size += len(rest)
                 if not rest or rest.endswith(b"\n"):
                     break
-            session.refuse_oversized(size)
+            session.refuse_oversized(size, line)
             continue
         session.feed(line)
 

@@ -3,6 +3,17 @@ and what to do next."""
 
 from __future__ import annotations
 
+ECHO_LIMIT = 200  # characters of a client's input an error message may repeat
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` for an error message: a client's input is repeated at most ``limit``
+    characters, then "…(N bytes)" says how long it really was."""
+    if len(text) <= limit:
+        return text
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return f"{text[:limit]}…({size} bytes)"
+
 
 class AgentError(Exception):
     """Base class of every error the agent raises on purpose."""

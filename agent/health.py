@@ -32,12 +32,12 @@ from agent.backend import (
     GpuHealthData,
     NvLinkState,
 )
+from agent.catalog import STATUSES, rank, worst
 
 if TYPE_CHECKING:
     from agent.xid import XidEvent
 
-STATUS_ORDER = ("healthy", "warning", "degraded", "critical")
-_RANK = {s: n for n, s in enumerate(STATUS_ORDER)}
+STATUS_ORDER = STATUSES  # the catalog's vocabulary, best first
 
 # Temperature: warn this close (°C) below the GPU's own slowdown threshold. NVIDIA's
 # "max operating" temperature, where software thermal slowdown starts, sits 2-5 °C under
@@ -155,7 +155,7 @@ def judge_gpu(
         _check_nvlink(v)
     _check_xids(v, mine)
     recovery = _check_recovery_action(v, mine)
-    issues = sorted(v.issues, key=lambda issue: -_RANK[issue["severity"]])
+    issues = sorted(v.issues, key=lambda issue: -rank(issue["severity"]))
     status = issues[0]["severity"] if issues else "healthy"
     return {
         "index": data.index,
@@ -171,10 +171,7 @@ def judge_gpu(
 
 def judge_node(gpus: Sequence[dict[str, Any]]) -> str:
     """The node's status: its worst GPU's ("healthy" when it has none)."""
-    worst = 0
-    for gpu in gpus:
-        worst = max(worst, _RANK.get(gpu.get("status", "healthy"), 0))
-    return STATUS_ORDER[worst]
+    return worst(*(gpu.get("status", "healthy") for gpu in gpus))
 
 
 # ---- checks --------------------------------------------------------------------------

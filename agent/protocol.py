@@ -19,14 +19,16 @@ import heapq
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from agent.errors import AgentError, ToolArgumentError
+from agent.errors import AgentError, ToolArgumentError, clip
+from agent.schema import validate
 
 SUPPORTED_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
@@ -41,6 +43,12 @@ INTERNAL_ERROR = -32603
 MAX_WORKERS = 4  # NVML serialises most calls internally; more threads buy nothing
 MAX_QUEUED = 256  # tool calls waiting for a worker before new ones are refused
 MAX_HUNG = 8  # abandoned (timed-out) calls still running before new calls are refused
+# A queued call with less than this share of its deadline left is answered with a timeout
+# instead of being started (it would most likely be abandoned and cost a thread).
+START_MARGIN = 0.1
+# Threads inside tools never exceed MAX_WORKERS + MAX_HUNG (12): a stuck worker is
+# replaced only while running + stuck threads stay under that; queued calls then wait
+# for their deadline, which counts from receipt, and are answered with a timeout.
 WORKER_IDLE_S = 60.0  # an idle pool thread retires after this long
 # At EOF, in-flight calls get this long to finish before they are answered with an error
 # and abandoned (see Session.close).
@@ -95,110 +103,6 @@ class ToolProvider(Protocol):
     def close(self) -> None: ...
 
 
-# --- a tiny JSON Schema validator: only the keywords our inputSchemas use -----------------
-
-
-def _type_ok(value: Any, kind: str) -> bool:
-    if kind == "object":
-        return isinstance(value, dict)
-    if kind == "array":
-        return isinstance(value, list)
-    if kind == "string":
-        return isinstance(value, str)
-    if kind == "boolean":
-        return isinstance(value, bool)
-    if kind == "null":
-        return value is None
-    if isinstance(value, bool):  # bool is an int in Python, never in JSON
-        return False
-    if kind == "integer":
-        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if kind == "number":
-        return isinstance(value, int | float) and math.isfinite(value)
-    return True  # unknown type names are not ours to reject
-
-
-def validate(value: Any, schema: Mapping[str, Any], path: str = "arguments") -> list[str]:
-    """Check ``value`` against a JSON Schema subset (type, enum, properties, required,
-    additionalProperties, items, minimum/maximum, exclusiveMinimum/Maximum, minLength,
-    maxLength). Returns readable problems; empty means valid."""
-    kinds = schema.get("type")
-    if kinds is not None:
-        allowed = [kinds] if isinstance(kinds, str) else list(kinds)
-        if not any(_type_ok(value, k) for k in allowed):
-            return [f"{path} must be {' or '.join(allowed)}, got {_json_type(value)}"]
-    problems: list[str] = []
-    if "enum" in schema and value not in schema["enum"]:
-        problems.append(f"{path} must be one of {json.dumps(schema['enum'])}")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        for key, word in _BOUNDS:
-            bound = schema.get(key)
-            if not isinstance(bound, int | float):
-                continue
-            if key == "minimum":
-                ok = value >= bound
-            elif key == "maximum":
-                ok = value <= bound
-            elif key == "exclusiveMinimum":
-                ok = value > bound
-            else:
-                ok = value < bound
-            if not ok:
-                problems.append(f"{path} must be {word} {bound}, got {_brief(value)}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            problems.append(f"{path} must have at least {schema['minLength']} characters")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            problems.append(f"{path} must have at most {schema['maxLength']} characters")
-    if isinstance(value, dict):
-        props: Mapping[str, Any] = schema.get("properties", {})
-        for key in schema.get("required", ()):
-            if key not in value:
-                problems.append(f"{path}.{key} is required")
-        extra = schema.get("additionalProperties", True)
-        for key, item in value.items():
-            if key in props:
-                problems.extend(validate(item, props[key], f"{path}.{key}"))
-            elif extra is False:
-                known = ", ".join(props) or "none"
-                problems.append(f"{path} has unknown property {key!r} (known: {known})")
-            elif isinstance(extra, Mapping):
-                problems.extend(validate(item, extra, f"{path}.{key}"))
-    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        for i, item in enumerate(value):
-            problems.extend(validate(item, schema["items"], f"{path}[{i}]"))
-    return problems
-
-
-_BOUNDS = (
-    ("minimum", "≥"),
-    ("maximum", "≤"),
-    ("exclusiveMinimum", ">"),
-    ("exclusiveMaximum", "<"),
-)
-
-
-def _brief(value: Any) -> str:
-    text = (
-        repr(value) if not isinstance(value, int) or value.bit_length() < 200 else "a huge number"
-    )
-    return text if len(text) <= 80 else text[:80] + "..."
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
 # --- protocol-version shaping -------------------------------------------------------------
 
 
@@ -239,6 +143,24 @@ def dumps(value: Any) -> str:
         return json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=False)
 
 
+def encode(message: Json) -> bytes:
+    """One wire line. Strings holding lone UTF-16 surrogates (``json.loads`` accepts
+    "\\ud800") cannot be UTF-8: such a message is sent with \\u escapes instead, which is
+    valid JSON and gives the client back exactly the id it sent."""
+    text = dumps(message)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return _dumps_ascii(message).encode() + b"\n"
+
+
+def _dumps_ascii(value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), separators=(",", ":"))
+
+
 def tool_result(structured: Json, version: str) -> Json:
     """A successful CallToolResult: structuredContent plus the same JSON as text."""
     text = dumps(structured)  # the whole answer goes through dumps() again when sent
@@ -265,6 +187,36 @@ def _valid_id(rid: Any) -> bool:
     return isinstance(rid, str) or (isinstance(rid, int) and not isinstance(rid, bool))
 
 
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_ID_VALUE = re.compile(rb'\s*:\s*(-?(?:0|[1-9][0-9]{0,18})(?![0-9.eE])|"(?:[^"\\]|\\.)*")')
+
+
+def scan_id(head: bytes | str) -> Any:
+    """The top-level "id" of a message too long to parse, read from its first bytes
+    (strings and brackets only, so an "id" inside params is not mistaken for it); None
+    when it cannot be found there."""
+    data = head.encode("utf-8", "surrogatepass") if isinstance(head, str) else head
+    depth = 0
+    for token in _TOKEN.finditer(data):
+        text = token.group()
+        if text in (b"{", b"["):
+            depth += 1
+        elif text in (b"}", b"]"):
+            depth -= 1
+            if depth <= 0:
+                return None
+        elif depth == 1 and text == b'"id"':
+            value = _ID_VALUE.match(data, token.end())
+            if value is None:
+                continue  # "id" as a value, not a key
+            try:
+                rid = json.loads(value.group(1))
+            except ValueError:
+                return None
+            return rid if _valid_id(rid) else None
+    return None
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -272,7 +224,17 @@ def _reject_constant(name: str) -> Any:
 class _Call:
     """One accepted tools/call request, from acceptance to its single answer."""
 
-    __slots__ = ("rid", "name", "arguments", "done", "cancelled", "abandoned", "slot", "started")
+    __slots__ = (
+        "rid",
+        "name",
+        "arguments",
+        "done",
+        "cancelled",
+        "abandoned",
+        "slot",
+        "received",
+        "started",
+    )
 
     def __init__(self, rid: Any, name: str, arguments: Json) -> None:
         self.rid = rid
@@ -282,6 +244,7 @@ class _Call:
         self.cancelled = False
         self.abandoned = False  # settled while its worker is still inside the tool
         self.slot = False  # taken by a worker; False while queued
+        self.received = time.monotonic()  # the deadline counts from here, queue included
         self.started = 0.0
 
 
@@ -405,7 +368,7 @@ class Session:
         if self._closed:
             return
         if len(line) > MAX_MESSAGE_BYTES:
-            self.refuse_oversized(len(line))
+            self.refuse_oversized(len(line), line[:MAX_MESSAGE_BYTES])
             return
         line = line.strip()
         if not line:
@@ -422,12 +385,15 @@ class Session:
             rid = message.get("id") if isinstance(message, dict) else None
             self._send_error(rid if _valid_id(rid) else None, INTERNAL_ERROR, "Internal error")
 
-    def refuse_oversized(self, size: int) -> None:
-        """Answer a message that was too long to read (the reader skipped it)."""
+    def refuse_oversized(self, size: int, head: bytes | str = b"") -> None:
+        """Answer a message that was too long to read (the reader skipped it). ``head``,
+        its first bytes, is scanned for a top-level "id" so the client waiting on that id
+        gets its answer."""
         self._send_error(
-            None,
+            scan_id(head),
             INVALID_REQUEST,
-            f"Invalid Request: message of {size} bytes exceeds the {MAX_MESSAGE_BYTES} byte limit",
+            f"Invalid Request: message of {size} bytes exceeds the agent's "
+            f"{MAX_MESSAGE_BYTES} byte limit per message; send smaller arguments",
         )
 
     def _dispatch(self, message: Any) -> None:
@@ -492,7 +458,7 @@ class Session:
 
     def _request(self, rid: Any, method: str, raw_params: Json | list[Any] | None) -> Json | None:
         if method not in _METHODS:
-            raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+            raise RpcError(METHOD_NOT_FOUND, f"Method not found: {clip(method)}")
         if isinstance(raw_params, list):
             raise RpcError(INVALID_PARAMS, "Invalid params: params must be an object")
         params = raw_params or {}
@@ -508,7 +474,7 @@ class Session:
         if method == "tools/call":
             self._accept_call(rid, params)
             return None  # answered by a worker
-        raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+        raise RpcError(METHOD_NOT_FOUND, f"Method not found: {clip(method)}")
 
     def _initialize(self, params: Json) -> Json:
         requested = params.get("protocolVersion")
@@ -541,7 +507,7 @@ class Session:
         tool = tools.get(name)
         if tool is None:
             known = ", ".join(sorted(tools)) or "none"
-            raise RpcError(INVALID_PARAMS, f"Unknown tool: {name} (this agent has: {known})")
+            raise RpcError(INVALID_PARAMS, f"Unknown tool: {clip(name)} (this agent has: {known})")
         problems = validate(arguments, tool.get("inputSchema", {}))
         if problems:
             raise RpcError(
@@ -554,7 +520,9 @@ class Session:
         spawn = refuse = False
         with self._lock:
             if key in self._inflight:
-                raise RpcError(INVALID_REQUEST, f"Invalid Request: id {rid!r} is already in use")
+                raise RpcError(
+                    INVALID_REQUEST, f"Invalid Request: id {clip(repr(rid))} is already in use"
+                )
             if len(self._queue) >= MAX_QUEUED:
                 raise RpcError(
                     INTERNAL_ERROR,
@@ -567,6 +535,8 @@ class Session:
                 self._inflight[key] = call
                 self._queue.append(call)
                 spawn = self._kick_locked()
+        if not refuse:
+            _WATCHER.add(call.received + self.call_timeout, self, call)
         if refuse:
             message = (
                 f"{self._hung} earlier tool calls are still stuck (each ran past the "
@@ -585,7 +555,11 @@ class Session:
             return False
         if self._idle:
             self._work.notify()
-        if len(self._queue) > self._idle and self._workers < self._max_workers:
+        if (
+            len(self._queue) > self._idle
+            and self._workers < self._max_workers
+            and self._workers + self._hung < self._max_workers + MAX_HUNG
+        ):
             self._workers += 1
             return True
         return False
@@ -615,20 +589,32 @@ class Session:
                     ),
                 )
 
-    def _next_locked(self) -> _Call | None:
+    def _next_locked(self, late: list[_Call]) -> _Call | None:
         """The next queued call for a worker (waiting for one), or None: the worker is
-        retired (idle too long, or the session stopped)."""
-        while not self._queue:
-            if self._stopping:
-                self._workers -= 1
-                return None
-            self._idle += 1
-            woken = self._work.wait(WORKER_IDLE_S)
-            self._idle -= 1
-            if not woken and not self._queue:
-                self._workers -= 1
-                return None
-        call = self._queue.popleft()
+        retired (idle too long, or the session stopped). Calls too close to their deadline
+        to be worth starting are settled into ``late``: the worker answers them, and None
+        with ``late`` filled means "answer those, then come back"."""
+        while True:
+            while not self._queue:
+                if late:
+                    return None
+                if self._stopping:
+                    self._workers -= 1
+                    return None
+                self._idle += 1
+                woken = self._work.wait(WORKER_IDLE_S)
+                self._idle -= 1
+                if not woken and not self._queue:
+                    self._workers -= 1
+                    return None
+            call = self._queue[0]
+            left = call.received + self.call_timeout - time.monotonic()
+            if left >= START_MARGIN * self.call_timeout:
+                break
+            # Started now, it would likely be abandoned inside the tool and cost a thread.
+            if self._abandon_locked(call):
+                late.append(call)
+        self._queue.popleft()
         call.slot = True
         call.started = time.monotonic()
         self._inside += 1
@@ -636,12 +622,20 @@ class Session:
 
     def _worker(self) -> None:
         lock = self._lock
+        late: list[_Call] = []
         while True:
             with lock:
-                call = self._next_locked()
+                call = self._next_locked(late)
+                stuck = self._hung
+            if late:
+                for expired in late:
+                    message = self._timeout_message(expired, False, stuck)
+                    self._answer(expired, error_result(message))
+                late.clear()
+                if call is None:
+                    continue
             if call is None:
                 return
-            _WATCHER.add(call.started + self.call_timeout, self, call)
             result = self._execute(call)
             with lock:
                 self._inside -= 1
@@ -667,10 +661,11 @@ class Session:
             return error_result(f"Invalid arguments: {exc}")
         except AgentError as exc:
             return error_result(str(exc))
-        except Exception as exc:  # a tool bug is reported to the caller, never kills the agent
-            log(f"tool {call.name} failed unexpectedly: {type(exc).__name__}: {exc}", "error")
+        except BaseException as exc:  # a tool bug costs one answer, never the worker thread
+            text = _short(exc)
+            log(f"tool {call.name} failed unexpectedly: {type(exc).__name__}: {text}", "error")
             return error_result(
-                f"Tool {call.name} failed unexpectedly: {type(exc).__name__}: {exc}. "
+                f"Tool {call.name} failed unexpectedly: {type(exc).__name__}: {text}. "
                 "Retry once; if it persists, report it with the agent's stderr."
             )
 
@@ -687,41 +682,55 @@ class Session:
             self._hung += 1
             self._workers -= 1
         else:  # still queued: it never runs
-            self._queue.remove(call)
+            self._queue.remove(call)  # O(queue), but only on a timeout or at close
         return not call.cancelled
 
     def _expire(self, call: _Call) -> None:
-        """The deadline watcher's callback: answer a call that ran too long."""
+        """The deadline watcher's callback: answer a call that ran (or waited) too long."""
         with self._lock:
             if call.done:  # finished, cancelled-and-finished, or closed meanwhile
                 return
+            running = call.slot
             due = self._abandon_locked(call)
             spawn = self._kick_locked()
+            stuck = self._hung
         if spawn:
             self._spawn()
-        log(f"tool {call.name} (id {call.rid!r}) timed out after {self.call_timeout:g} s")
         if due:
-            message = (
+            self._answer(call, error_result(self._timeout_message(call, running, stuck)))
+
+    def _timeout_message(self, call: _Call, running: bool, stuck: int) -> str:
+        state = "timed out" if running else "timed out before it started"
+        log(f"tool {call.name} (id {clip(repr(call.rid))}) {state} after {self.call_timeout:g} s")
+        if running:
+            return (
                 f"Tool {call.name} did not finish within {self.call_timeout:g} s "
                 f"(--call-timeout). {self.provider.timeout_hint} The agent stays responsive; "
                 "the stuck call was abandoned."
             )
-            self._answer(call, error_result(message))
+        return (
+            f"Tool {call.name} did not start within its {self.call_timeout:g} s "
+            f"--call-timeout (counted from receipt): it waited behind other calls, {stuck} "
+            f"of them stuck. {self.provider.timeout_hint} Retry once the stuck calls are "
+            "answered."
+        )
 
     def _answer(self, call: _Call, result: Json) -> None:
         """Send a settled call's answer, then count it as answered."""
-        self._send({"jsonrpc": "2.0", "id": call.rid, "result": result})
-        with self._lock:
-            self._outstanding -= 1
-            if self._outstanding == 0:
-                self._drained.notify_all()
+        try:
+            self._send({"jsonrpc": "2.0", "id": call.rid, "result": result})
+        finally:  # counted even if sending failed, so close() never waits for it
+            with self._lock:
+                self._outstanding -= 1
+                if self._outstanding == 0:
+                    self._drained.notify_all()
 
     def _debug_timing(self, call: _Call, state: str, result: Json) -> None:
         if log_threshold <= 10:
             took = (time.monotonic() - call.started) * 1000 if call.started else 0.0
             if state == "ok" and result.get("isError"):
                 state = "error"
-            log(f"tool {call.name} id={call.rid!r}: {state} in {took:.1f} ms", "debug")
+            log(f"tool {call.name} id={clip(repr(call.rid))}: {state} in {took:.1f} ms", "debug")
 
     def _cancel(self, rid: Any) -> None:
         with self._lock:
@@ -749,7 +758,18 @@ class Session:
         self._send({"jsonrpc": "2.0", "id": rid, "error": error})
 
     def _send(self, message: Json) -> None:
-        data = dumps(message).encode() + b"\n"
+        """Write one message. Never raises: a worker or the reader that cannot answer
+        must not die (an id holding a lone UTF-16 surrogate once killed the agent)."""
+        try:
+            data = encode(message)
+        except Exception as exc:  # a bug: still answer, so the client is not left waiting
+            log(f"cannot encode an answer ({type(exc).__name__}: {_short(exc)})", "error")
+            rid = message.get("id")
+            error = {
+                "code": INTERNAL_ERROR,
+                "message": "Internal error: the answer could not be encoded",
+            }
+            data = encode({"jsonrpc": "2.0", "id": rid if _valid_id(rid) else None, "error": error})
         with self._write_lock:
             if self._write_failed:
                 return
@@ -805,7 +825,10 @@ class Session:
             self._work.notify_all()
         for call in leftover:
             state = "was still running" if call.slot else "had not started"
-            log(f"tool {call.name} (id {call.rid!r}) {state} {wait:g} s after input closed")
+            log(
+                f"tool {call.name} (id {clip(repr(call.rid))}) {state} {wait:g} s after "
+                "input closed"
+            )
             self._answer(
                 call,
                 error_result(

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import anyio
 
-from agent.tools import TOOL_DEFINITIONS
+from agent.catalog import TOOL_DEFINITIONS
 from broker.errors import ToolInputError, UnknownNode
 from broker.fleet.aggregate import DETAILS, Detail, aggregate
 from broker.fleet.context import BrokerContext

@@ -14,8 +14,8 @@ import pytest
 from mcp import types
 from mcp.shared.exceptions import MCPError
 
+from agent.catalog import TOOL_DEFINITIONS, TOOL_NAMES
 from agent.protocol import LATEST_VERSION
-from agent.tools import TOOL_DEFINITIONS, TOOL_NAMES
 from tests.agent.conftest import ROOT, mcp_agent
 
 ARGUMENTS: dict[str, dict[str, Any]] = {

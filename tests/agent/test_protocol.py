@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent.catalog import TOOL_NAMES
 from agent.protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -23,9 +24,9 @@ from agent.protocol import (
     PARSE_ERROR,
     SUPPORTED_VERSIONS,
     Session,
-    validate,
+    scan_id,
 )
-from agent.tools import TOOL_NAMES
+from agent.schema import validate
 from tests.agent.conftest import Wire
 
 SLOW = {"faults": [{"gpu": 0, "kind": "slow_nvml", "seconds": 30}]}
@@ -236,10 +237,55 @@ def test_oversized_message_is_refused_without_parsing(fake_wire: Wire) -> None:
     line = '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + "x" * MAX_MESSAGE_BYTES
     fake_wire.send(line + '"}}')
     answer = fake_wire.last()
-    assert answer["id"] is None
+    assert answer["id"] == 1  # read from the first bytes: the client waiting on 1 is answered
     assert answer["error"]["code"] == INVALID_REQUEST
-    assert str(MAX_MESSAGE_BYTES) in answer["error"]["message"]
+    assert f"{MAX_MESSAGE_BYTES} byte limit" in answer["error"]["message"]
     assert fake_wire.request("ping")["result"] == {}
+
+
+@pytest.mark.parametrize(
+    ("head", "rid"),
+    [
+        (b'{"jsonrpc":"2.0","id":"a\\"b","method":"x","params":{"p":"', 'a"b'),
+        (b'{"params":{"id":3,"s":"\\"id\\":5"},"id":-12,"pad":"', -12),
+        (b'{"method":"id","params":["id",{"id":4}],"id":"z","pad":"', "z"),
+        (b'{"id":1.5,"pad":"', None),  # not a valid JSON-RPC id
+        (b'{"id":true,"pad":"', None),
+        (b'[{"id":1},', None),  # a batch: no top-level id
+        (b'{"pad":"' + b"x" * 1000, None),
+        (b'\xff\xfe{"id":2', 2),
+        (b'{"id": 99999999999999999999', None),  # beyond what we read as a number
+    ],
+)
+def test_scan_id_finds_only_the_top_level_id(head: bytes, rid: Any) -> None:
+    assert scan_id(head) == rid
+
+
+def test_oversized_message_with_an_unreadable_id_is_answered_with_null(
+    fake_wire: Wire,
+) -> None:
+    fake_wire.send('{"jsonrpc":"2.0","params":{"pad":"' + "x" * MAX_MESSAGE_BYTES + '"},"id":4}')
+    answer = fake_wire.last()
+    assert answer["id"] is None and answer["error"]["code"] == INVALID_REQUEST
+
+
+def test_error_messages_echo_input_only_so_far(fake_wire: Wire) -> None:
+    huge = "m" * 300_000
+    answers = [
+        fake_wire.request(huge),
+        fake_wire.request("tools/call", {"name": huge}),
+        fake_wire.request("tools/call", {"name": "get_gpu_health", "arguments": {huge: 1}}),
+        fake_wire.request(
+            "tools/call",
+            {"name": "get_gpu_health", "arguments": {f"k{i}": i for i in range(5000)}},
+        ),
+    ]
+    for answer in answers:
+        size = len(json.dumps(answer))
+        assert size < 4000, (size, json.dumps(answer)[:300])
+    assert "…(300000 bytes)" in answers[0]["error"]["message"]
+    assert "…(300000 bytes)" in answers[1]["error"]["message"]
+    assert "more problem(s)" in answers[3]["error"]["message"]
 
 
 def test_string_and_integer_ids_are_distinct_and_echoed(fake_wire: Wire) -> None:
@@ -310,9 +356,10 @@ def test_too_many_stuck_calls_are_refused_quickly(
     wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
 ) -> None:
     w = wire("--backend", "fake", "--scenario", scenario(SLOW), "--call-timeout", "0.5")
-    stuck = [w.send_request("tools/call", {"name": "get_gpu_processes"}) for _ in range(MAX_HUNG)]
-    for rid in stuck:
-        w.wait_for(rid, timeout=10)
+    for _ in range(MAX_HUNG // 4):  # in waves of four: a queued call would time out unstarted
+        wave = [w.send_request("tools/call", {"name": "get_gpu_processes"}) for _ in range(4)]
+        for rid in wave:
+            w.wait_for(rid, timeout=10)
     assert w.session.hung == MAX_HUNG
     started = time.monotonic()
     result = w.call("get_gpu_health")
@@ -597,6 +644,7 @@ def test_a_stuck_worker_is_replaced_so_other_calls_still_run() -> None:
     provider, out = _Gated(), _Out()
     session = Session(provider, out.write, call_timeout=0.3, max_workers=1)
     _call(session, 1, "block")
+    time.sleep(0.15)  # its deadline (from receipt) leaves room after call 1's expiry
     _call(session, 2, "fast")  # queued behind the stuck call
     stuck = out.wait(1)["result"]
     assert stuck["isError"] is True and "0.3 s" in stuck["content"][0]["text"]
@@ -733,3 +781,95 @@ def test_a_worker_that_cannot_start_fails_its_calls_instead_of_hanging(
     _call(fresh, 2, "fast")
     assert out.wait(2)["result"]["isError"] is False
     fresh.close()
+
+
+# --- hardening (issue 17) ----------------------------------------------------------------
+
+SURROGATE_PING = '{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}'
+
+
+def test_an_id_with_a_lone_surrogate_is_answered_and_the_session_goes_on() -> None:
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write)
+    session.feed(SURROGATE_PING)
+    assert out.wait("\ud800")["result"] == {}  # the same id back, as a \\u escape
+    _call(session, 1, "fast")
+    assert out.wait(1)["result"]["isError"] is False
+    session.close()
+
+
+def test_tool_calls_with_surrogate_ids_do_not_kill_the_workers() -> None:
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write)
+    rids = [f"\\ud8{n:02x}" for n in range(8)]  # more than MAX_WORKERS
+    for rid in rids:
+        session.feed(
+            '{"jsonrpc":"2.0","id":"' + rid + '","method":"tools/call","params":{"name":"fast"}}'
+        )
+    for rid in rids:
+        assert out.wait(json.loads(f'"{rid}"'))["result"]["isError"] is False
+    for n in range(20):  # every worker still serves
+        _call(session, n, "fast")
+    for n in range(20):
+        assert out.wait(n)["result"]["structuredContent"] == {"tool": "fast"}
+    session.close()
+
+
+class _Unencodable(_Gated):
+    """Returns a result the JSON encoder cannot handle (a tool bug)."""
+
+    def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        if name == "block":
+            raise SystemExit(3)  # even this must not end a worker thread
+        return {"tool": object()}
+
+
+def test_a_tool_bug_costs_one_answer_never_a_worker() -> None:
+    provider, out = _Unencodable(), _Out()
+    session = Session(provider, out.write, max_workers=1)
+    for rid in range(6):
+        _call(session, rid, "fast" if rid % 2 else "block")
+    for rid in range(6):
+        result = out.wait(rid)["result"]
+        assert result["isError"] is True
+        assert "failed unexpectedly" in result["content"][0]["text"]
+    assert session.busy == 0
+    session.close()
+
+
+def test_queued_calls_time_out_from_receipt_with_bounded_threads() -> None:
+    """A stalled backend, --call-timeout 1, 60 pipelined calls: every call is answered
+    about 1 s after it was received, and threads stay bounded (MAX_WORKERS + MAX_HUNG)."""
+    provider, out = _Gated(), _Out()
+    session = Session(provider, out.write, call_timeout=1.0)
+    old = _idents()
+    sent: dict[int, float] = {}
+    answered: dict[int, float] = {}
+    for rid in range(60):
+        sent[rid] = time.monotonic()
+        _call(session, rid, "block")
+    peak = 0
+    for rid in range(60):
+        while rid not in answered:
+            peak = max(peak, len(_pool_threads(old)))
+            with out.cond:
+                if rid in out.answers:
+                    answered[rid] = time.monotonic()
+                    break
+                out.cond.wait(0.01)
+    try:
+        lags = [answered[rid] - sent[rid] for rid in range(60)]
+        assert max(lags) < 1.6, lags  # was 15 s: queued calls waited for a worker
+        assert peak <= 4 + MAX_HUNG, peak  # was 62 threads
+        texts = [out.answers[rid][0]["result"]["content"][0]["text"] for rid in range(60)]
+        assert all(out.answers[rid][0]["result"]["isError"] for rid in range(60))
+        assert sum("did not start" in t for t in texts) >= 50
+        assert all("--call-timeout" in t for t in texts)
+    finally:
+        provider.gate.set()
+    deadline = time.monotonic() + 5
+    while session.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _call(session, 100, "fast")  # the stuck threads came back: calls run again
+    assert out.wait(100)["result"]["structuredContent"] == {"tool": "fast"}
+    session.close()

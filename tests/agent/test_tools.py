@@ -16,10 +16,10 @@ from typing import Any
 import jsonschema
 import pytest
 
+from agent.catalog import TOOL_DEFINITIONS, TOOL_NAMES
 from agent.errors import ScenarioError, UsageError
 from agent.kmsg import boot_time
 from agent.protocol import INVALID_PARAMS
-from agent.tools import TOOL_DEFINITIONS, TOOL_NAMES
 from tests.agent.conftest import AGENT, ROOT, Wire
 
 SCHEMAS = {t["name"]: t["outputSchema"] for t in TOOL_DEFINITIONS}
