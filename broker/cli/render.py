@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from agent.catalog import STATUSES
 from broker.kube.discovery import NodeTarget
 from broker.kube.names import COUNT_LABEL, PRODUCT_LABEL
 
@@ -80,7 +81,7 @@ def sweep_summary(answer: Json) -> Text:
     counts = summary.get("status") or {}
     text = Text(f"{nodes.get('total', 0)} GPU node(s): ")
     parts: list[Text] = []
-    for status in ("critical", "degraded", "warning", "healthy"):
+    for status in reversed(STATUSES):  # worst first
         if counts.get(status):
             parts.append(Text(f"{counts[status]} {status}", style=STATUS_STYLE[status]))
     if nodes.get("failed"):

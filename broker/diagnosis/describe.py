@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agent.catalog import worst as worst_status
 from broker.diagnosis.allocation import gpu_assignment, holds_devices, node_resources, pod_summary
 from broker.kube.discovery import NodeTarget
 from broker.kube.names import COUNT_LABEL, GPU_RESOURCE, PRODUCT_LABEL
@@ -17,7 +18,6 @@ from broker.kube.reader import Missing
 
 Obj = dict[str, Any]
 
-STATUS_ORDER = ("healthy", "warning", "degraded", "critical")
 # Taints that GPU health tooling sets (NVIDIA's health checks, NVSentinel, node-problem-
 # detector set-ups, the sim): any nvidia.com/* taint other than the plain "GPU here" one.
 _PRESENT_TAINT = "nvidia.com/gpu"
@@ -31,11 +31,6 @@ _GFD_KEYS = {
     "mig_strategy": "nvidia.com/mig.strategy",
     "sharing_strategy": "nvidia.com/gpu.sharing-strategy",
 }
-
-
-def _worst(a: str, b: str) -> str:
-    rank = {s: i for i, s in enumerate(STATUS_ORDER)}
-    return a if rank.get(a, 0) >= rank.get(b, 0) else b
 
 
 def gpu_labels(labels: Mapping[str, str]) -> Obj:
@@ -224,7 +219,7 @@ def _verdict(
     else:
         parts.append(f"GPU health unknown ({agent.get('reason') or 'agent not reachable'})")
     if ready is False:
-        status = _worst(status if status != "unknown" else "healthy", "critical")
+        status = worst_status(status if status != "unknown" else "healthy", "critical")
         parts.append("node NotReady")
     if spec.get("unschedulable"):
         parts.append("cordoned")
