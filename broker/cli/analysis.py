@@ -7,11 +7,12 @@ from typing import Any
 from rich.table import Table
 
 from broker.cli.commands import CommonOptions, Consoles, _print_json, _run
+from broker.diagnosis.job import explain_job
 from broker.fleet.aggregate import EXIT_OK
 from broker.fleet.analysis import config_drift, stragglers
 from broker.fleet.context import BrokerContext
 
-__all__ = ["EXIT_FOUND", "run_drift", "run_stragglers"]
+__all__ = ["EXIT_FOUND", "run_drift", "run_explain_job", "run_stragglers"]
 
 EXIT_FOUND = 2  # drift or stragglers found: scripts can gate on it
 
@@ -50,6 +51,30 @@ def run_stragglers(
             cons.out.print(stragglers_table(answer))
             _print_unreachable(cons, answer)
         return EXIT_FOUND if answer["stragglers"] else EXIT_OK
+
+    return _run(cons, main)
+
+
+def run_explain_job(
+    opts: CommonOptions, job: str, namespace: str, output: str, consoles: Consoles | None = None
+) -> int:
+    """``broker explain --job NAME -n NS``: why a multi-node job died."""
+    cons = consoles or Consoles()
+
+    async def main() -> int:
+        async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
+            answer = await explain_job(ctx, job, namespace)
+        if output == "json":
+            _print_json(answer)
+            return EXIT_OK
+        cons.out.print(f"{answer['verdict'].upper()} ({answer['confidence']} confidence)",
+                       style="bold", highlight=False)  # fmt: skip
+        for line in answer["chain"]:
+            cons.out.print(f"- {line}", highlight=False, markup=False, soft_wrap=True)
+        steps = ((answer.get("first_failure") or {}).get("explanation") or {}).get("next_steps")
+        for step in steps or []:
+            cons.out.print(f"$ {step['command']}    # {step['why']}", markup=False, soft_wrap=True)
+        return EXIT_OK
 
     return _run(cons, main)
 

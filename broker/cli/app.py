@@ -173,7 +173,7 @@ def diagnose(
 
 
 def explain(
-    pod: Annotated[str, typer.Argument(help="The pod's name.")],
+    pod: Annotated[str | None, typer.Argument(help="The pod's name.")] = None,
     namespace: Annotated[
         str | None,
         typer.Option(
@@ -195,10 +195,26 @@ def explain(
     ] = DEFAULT_NAMESPACE,
     timeout: Timeout = 30.0,
     concurrency: Concurrency = 64,
+    job: Annotated[
+        str | None,
+        typer.Option(
+            "--job",
+            help="Explain a whole job instead (Job, JobSet, PyTorchJob/MPIJob, "
+            "LeaderWorkerSet; with -n): which pod failed first, why, and the cascade.",
+        ),
+    ] = None,
 ) -> None:
     """Explain why a pod failed: hardware, driver, application or infrastructure, with
-    the evidence (exit codes, events, the node's XIDs and GPU health) and next steps."""
+    the evidence (exit codes, events, the node's XIDs and GPU health) and next steps.
+
+    With --job NAME -n NS: why a multi-node job died (the first failure and the rest)."""
     opts = _opts(kubeconfig, context, agent_namespace, timeout, concurrency)
+    if job is not None or pod is None:
+        if job is None or pod is not None or not namespace:
+            raise typer.BadParameter("give a POD, or --job NAME with -n NAMESPACE (not both)")
+        from broker.cli.analysis import run_explain_job
+
+        raise typer.Exit(run_explain_job(opts, job, namespace, output.value))
     from broker.cli.commands import run_explain
 
     raise typer.Exit(run_explain(opts, pod, namespace, output=output.value))

@@ -1,4 +1,5 @@
-"""The fleet-analysis MCP tools: ``find_config_drift`` and ``find_stragglers``."""
+"""The fleet-analysis MCP tools: ``find_config_drift``, ``find_stragglers`` and
+``explain_job`` (the nodes of one job compared, and why a multi-node job died)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from typing import Any
 
 from mcp.server.mcpserver import Context
 
+from broker.diagnosis.job import explain_job
 from broker.fleet.analysis import JOB_PROPERTIES, config_drift, stragglers
 from broker.fleet.context import BrokerContext
 from broker.fleet.operations import TARGETING_PROPERTIES
 from broker.server.app import READ_ONLY, BrokerApp
 
-__all__ = ["DRIFT_TOOL", "STRAGGLERS_TOOL", "register_analysis_tools"]
+__all__ = ["DRIFT_TOOL", "EXPLAIN_JOB_TOOL", "STRAGGLERS_TOOL", "register_analysis_tools"]
 
 Json = dict[str, Any]
 
@@ -73,6 +75,43 @@ STRAGGLERS_TOOL: Json = {
     "annotations": {"title": "Find stragglers", **READ_ONLY},
 }
 
+EXPLAIN_JOB_TOOL: Json = {
+    "name": "explain_job",
+    "title": "Explain why a multi-node job died",
+    "description": (
+        "Why did my distributed job die? For a Job, JobSet, Kubeflow PyTorchJob/MPIJob or "
+        "LeaderWorkerSet: its pods, nodes and ranks; which pod failed first and when; that "
+        "pod's explain_failure verdict (hardware / driver / application / infrastructure) "
+        "with evidence; and the rest of the cascade (ranks that exited afterwards on "
+        "NCCL/collective timeouts). One verdict for the job with the chain of evidence."
+    ),
+    "inputSchema": {
+        "type": "object",
+        "properties": {
+            "job": {"type": "string", "minLength": 1, "description": "The job's name."},
+            "namespace": {"type": "string", "minLength": 1, "description": "Its namespace."},
+        },
+        "required": ["job", "namespace"],
+        "additionalProperties": False,
+    },
+    "outputSchema": {
+        "type": "object",
+        "required": ["job", "verdict", "confidence", "summary", "chain"],
+        "properties": {
+            "job": {"type": "object"},
+            "verdict": {
+                "type": "string",
+                "enum": ["hardware", "driver", "application", "infrastructure", "unknown", "none"],
+            },
+            "confidence": {"type": "string", "enum": ["high", "medium", "low"]},
+            "summary": {"type": "string"},
+            "first_failure": {"type": ["object", "null"]},
+            "chain": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "annotations": {"title": "Explain a job failure", **READ_ONLY},
+}
+
 
 def register_analysis_tools(app: BrokerApp, ctx: BrokerContext) -> None:
     """Add the fleet-analysis tools to ``app``."""
@@ -83,5 +122,9 @@ def register_analysis_tools(app: BrokerApp, ctx: BrokerContext) -> None:
     async def slow(arguments: Json, mctx: Context[Any, Any]) -> Json:
         return await stragglers(ctx, arguments)
 
+    async def job(arguments: Json, mctx: Context[Any, Any]) -> Json:
+        return await explain_job(ctx, str(arguments["job"]), str(arguments["namespace"]))
+
     app.add_schema_tool(DRIFT_TOOL, drift)
     app.add_schema_tool(STRAGGLERS_TOOL, slow)
+    app.add_schema_tool(EXPLAIN_JOB_TOOL, job)

@@ -22,6 +22,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module"), pytest.
 
 JOB = "llm-pretrain-64"
 JOB_NODES = [f"gpu-node-{i:03d}" for i in range(101, 165)]  # 64 nodes, one rank each
+DEAD = "ddp-train"  # 8 ranks; rank 3 dies 40 s after XID 79 on its node, the rest on NCCL
+DEAD_NODES = [f"gpu-node-{i:03d}" for i in range(170, 178)]
 
 
 def scenario() -> dict[str, Any]:
@@ -43,6 +45,29 @@ def scenario() -> dict[str, Any]:
         }
         for rank, node in enumerate(JOB_NODES)
     ]
+    for rank, node in enumerate(DEAD_NODES):
+        first = rank == 3
+        workloads.append(
+            {
+                "name": f"{DEAD}-{rank}",
+                "namespace": "ml-research",
+                "node": node,
+                "gpus": 8,
+                "owner_kind": "Job",
+                "owner_name": DEAD,
+                "labels": {"batch.kubernetes.io/job-name": DEAD,
+                           "batch.kubernetes.io/job-completion-index": str(rank)},
+                "phase": "Failed",
+                "state": "terminated",
+                "exit_code": 1,
+                "reason": "Error",
+                "message": "RuntimeError: CUDA error: unspecified launch failure" if first else
+                f"torch.distributed.DistBackendError: [Rank {rank}] Watchdog caught collective "
+                "operation timeout: WorkNCCL(SeqNum=88, OpType=ALLREDUCE) ran for 600000 ms",
+                "started_ago_s": 3600,
+                "finished_ago_s": 300 if first else 240 - rank,
+            }
+        )  # fmt: skip
     busy = [
         {"gpu": g, "pid": 1000 + g, "name": "python3", "used_memory_mib": 70000} for g in range(8)
     ]
@@ -54,6 +79,9 @@ def scenario() -> dict[str, Any]:
                                             "faults": [{"gpu": 5, "kind": "thermal_throttle"}]}},
     ]  # fmt: skip
     nodes += [{"name": n, "agent": {"processes": busy}} for n in JOB_NODES if n != "gpu-node-130"]
+    nodes += [{"name": n} for n in DEAD_NODES if n != DEAD_NODES[3]]
+    nodes.append({"name": DEAD_NODES[3], "agent": {"faults": [
+        {"gpu": 2, "kind": "fell_off_bus", "ago_s": 340}]}})  # fmt: skip
     return {
         "defaults": {"product": "H100-80GB", "gpu_count": 8},
         "nodes": nodes,
@@ -129,3 +157,23 @@ async def test_job_errors_are_clear(sim: SimServer) -> None:
             "find_stragglers", {"job": "nope", "namespace": "ml-research"}
         )
         assert result.is_error and "no pod in namespace ml-research" in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_explain_job_names_the_first_failure_and_the_cascade(sim: SimServer) -> None:
+    async with broker(sim) as session:
+        answer = await call(session, "explain_job", job=DEAD, namespace="ml-research")
+    assert answer["job"]["kind"] == "Job" and answer["pods"] == {"total": 8, "failed": 8}
+    first = answer["first_failure"]
+    assert first["pod"] == f"{DEAD}-3" and first["rank"] == 3 and first["node"] == DEAD_NODES[3]
+    assert answer["verdict"] == "hardware", answer["chain"]
+    assert "rank 3" in answer["chain"][0] and DEAD_NODES[3] in answer["chain"][0]
+    assert "7 other pod(s) failed afterwards" in answer["chain"][1]
+    assert "7 of them with NCCL/collective timeouts" in answer["chain"][1]
+    assert answer["verdicts"] == {"hardware": 1, "cascade": 7}
+
+
+async def test_explain_job_for_a_running_job_says_none(sim: SimServer) -> None:
+    async with broker(sim) as session:
+        answer = await call(session, "explain_job", job=JOB, namespace="ml-research")
+    assert answer["verdict"] == "none" and answer["first_failure"] is None
+    assert answer["pods"] == {"total": 64, "failed": 0}
