@@ -78,8 +78,12 @@ def test_near_simultaneous_primary_failures_lower_confidence() -> None:
 
 
 def test_collective_timeouts_recognised() -> None:
-    for text in (NCCL, "torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError",
-                 "ncclRemoteError: remote process exited", "Gloo connectFullMesh failed"):  # fmt: skip
+    for text in (
+        NCCL,
+        "torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError",
+        "ncclRemoteError: remote process exited",
+        "Gloo connectFullMesh failed",
+    ):
         assert SECONDARY_PATTERN.search(text), text
     assert not SECONDARY_PATTERN.search("CUDA out of memory. Tried to allocate 2.00 GiB")
 
