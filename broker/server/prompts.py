@@ -1,6 +1,7 @@
-"""MCP prompts for the workflows people run: a node health check, XID triage, and
-failed-pod triage. Each names the tools to call, in order, and what to look for, so an
-LLM client follows the same path an experienced SRE would."""
+"""MCP prompts for the workflows people run: a node health check, XID triage, failed-pod
+triage, finding the slow node, and why a multi-node job died. Each names the tools to call,
+in order, and what to look for, so an LLM client follows the same path an experienced SRE
+would."""
 
 from __future__ import annotations
 
@@ -14,12 +15,20 @@ if TYPE_CHECKING:
 __all__ = [
     "PROMPT_NAMES",
     "failed_pod_triage",
+    "find_slow_node",
+    "job_failure_triage",
     "node_health_check",
     "register_prompts",
     "xid_triage",
 ]
 
-PROMPT_NAMES = ("node_health_check", "xid_triage", "failed_pod_triage")
+PROMPT_NAMES = (
+    "node_health_check",
+    "xid_triage",
+    "failed_pod_triage",
+    "find_slow_node",
+    "job_failure_triage",
+)
 
 _RULES = (
     "Ground rules: every tool is read-only. Quote the evidence lines you rely on. Never "
@@ -100,11 +109,56 @@ and the next steps as commands (from explain_failure's next_steps and NVIDIA's a
 {_RULES}"""
 
 
+def find_slow_node(job: str = "", namespace: str = "") -> str:
+    """My job got slower: which node (and which GPU) is holding it back, and why."""
+    scope = f'job="{job}", namespace="{namespace}"' if job else ""
+    what = f"job {namespace}/{job}" if job else "the cluster's GPU nodes"
+    return f"""Find the node that slows down {what}.
+
+1. find_stragglers({scope}) — nodes whose live readings lag their peers of the same GPU
+   product (SM clock under load, power/thermal throttling, temperature, power draw,
+   utilisation, PCIe replays, NVLink errors), ranked, each with the reading and the GPU.
+2. find_config_drift({"nodes=[...the job's nodes]" if job else ""}) — settings that
+   differ from the majority (driver, VBIOS, power limit, clocks, PCIe link width/generation,
+   NVLink links up, InfiniBand ports): the usual cause of a node that is slow all the time.
+3. For the top straggler: get_gpu_health(node=<node>) for the GPU's issues and actions,
+   and get_nvlink_topology(node=<node>) when NVLink errors showed up.
+
+Answer with the slowest node and GPU, the reading that shows it (value vs the peers'
+median), the likely cause (thermal, power cap, PCIe link, NVLink, configuration drift) and
+what to do (cordon it and re-run the job elsewhere; fix cooling, power cap or the link).
+A fleet-wide condition (every node power-capped) is not a straggler.
+
+{_RULES}"""
+
+
+def job_failure_triage(job: str, namespace: str) -> str:
+    """Why did my multi-node job die: which rank failed first, and was it the hardware?"""
+    return f"""Find out why distributed job {namespace}/{job} died.
+
+1. explain_job(job="{job}", namespace="{namespace}") — the job's pods and ranks in the
+   order they failed, the first failure's verdict (hardware / driver / application /
+   infrastructure) with evidence, and which ranks died afterwards on NCCL/collective
+   timeouts (a consequence, not a cause).
+2. If the first failure is hardware or driver: describe_gpu_node(node=<its node>) and
+   analyze_xid_errors(node=<its node>, since_minutes=<minutes since the failure + 15>).
+3. If the confidence is not high (two ranks failed within seconds, or the first failure
+   has no evidence): explain_failure(pod=<the second pod>, namespace="{namespace}").
+
+Answer with one chain: "rank R on node N died first at T, <cause with evidence>; the
+other ranks exited afterwards with collective timeouts", then the next steps as commands
+(cordon the node before re-submitting when the cause is hardware).
+
+{_RULES}"""
+
+
 def register_prompts(app: MCPServer[Any]) -> None:
-    """Add the three workflow prompts to ``app``."""
+    """Add the workflow prompts to ``app``."""
     for fn, title in (
         (node_health_check, "GPU node health check"),
         (xid_triage, "XID triage"),
         (failed_pod_triage, "Failed-pod triage"),
+        (find_slow_node, "Find the slow node"),
+        (job_failure_triage, "Why did my job die"),
     ):
         app.add_prompt(Prompt.from_function(fn, title=title))

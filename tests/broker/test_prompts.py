@@ -9,12 +9,14 @@ import mcp_types as types
 from mcp.client._memory import InMemoryTransport
 from mcp.client.session import ClientSession
 
-from agent.tools import TOOL_NAMES
+from agent.catalog import TOOL_NAMES
+from broker.server.analysis_tools import DRIFT_TOOL, EXPLAIN_JOB_TOOL, STRAGGLERS_TOOL
 from broker.server.app import BrokerApp
 from broker.server.cluster_schemas import DEFINITIONS
 from broker.server.prompts import PROMPT_NAMES, register_prompts
 
-KNOWN_TOOLS = {"list_gpu_nodes", *TOOL_NAMES, *(d["name"] for d in DEFINITIONS)}
+ANALYSIS = (DRIFT_TOOL, STRAGGLERS_TOOL, EXPLAIN_JOB_TOOL)
+KNOWN_TOOLS = {"list_gpu_nodes", *TOOL_NAMES, *(d["name"] for d in (*DEFINITIONS, *ANALYSIS))}
 CALL = re.compile(r"\b([a-z_]+)\(")
 
 
@@ -44,6 +46,8 @@ async def test_prompts_are_listed_with_their_arguments() -> None:
         "node_health_check": {"node": True},
         "xid_triage": {"node": False, "since_minutes": False},
         "failed_pod_triage": {"pod": True, "namespace": False},
+        "find_slow_node": {"job": False, "namespace": False},
+        "job_failure_triage": {"job": True, "namespace": True},
     }
     assert all(p.title and p.description for p in prompts.values())
 
@@ -84,3 +88,21 @@ async def test_failed_pod_triage_starts_with_explain_failure() -> None:
     assert "kubectl logs llama3-x -n ml --previous" in text
     _, bare = await fetch("failed_pod_triage", {"pod": "llama3-x"})
     assert 'explain_failure(pod="llama3-x")' in bare
+
+
+async def test_find_slow_node_compares_then_drills_down() -> None:
+    _, text = await fetch("find_slow_node", {"job": "llm", "namespace": "ml"})
+    calls = tool_calls(text)
+    assert set(calls) <= KNOWN_TOOLS
+    assert calls[:2] == ["find_stragglers", "find_config_drift"]
+    assert 'find_stragglers(job="llm", namespace="ml")' in text
+    _, fleet = await fetch("find_slow_node", {})
+    assert "find_stragglers()" in fleet and "the cluster's GPU nodes" in fleet
+
+
+async def test_job_failure_triage_starts_with_explain_job() -> None:
+    _, text = await fetch("job_failure_triage", {"job": "ddp", "namespace": "ml"})
+    calls = tool_calls(text)
+    assert set(calls) <= KNOWN_TOOLS
+    assert calls[0] == "explain_job" and 'explain_job(job="ddp", namespace="ml")' in text
+    assert "collective timeouts" in text
