@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from agent.tools import TOOL_DEFINITIONS
+from agent.catalog import TOOL_DEFINITIONS
 from broker.fleet.aggregate import (
     EXIT_CRITICAL,
     EXIT_OK,

@@ -14,7 +14,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.shared.memory import create_client_server_memory_streams
 
-from agent.tools import TOOL_DEFINITIONS
+from agent.catalog import TOOL_DEFINITIONS
 from broker.errors import ConfigError, UnknownNode
 from broker.fleet.context import BrokerContext
 from broker.fleet.pool import NodePool

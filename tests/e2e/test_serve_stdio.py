@@ -9,7 +9,7 @@ from pathlib import Path
 import mcp_types as types
 import pytest
 
-from agent.tools import TOOL_DEFINITIONS
+from agent.catalog import TOOL_DEFINITIONS
 from broker.sim import SimServer
 from tests.e2e.session import broker_session, structured
 
