@@ -6,7 +6,7 @@ import importlib
 import sys
 import time
 
-SECTIONS = ("tests.bench.agent_bench", "tests.bench.broker_bench")
+SECTIONS = ("tests.bench.agent_bench", "tests.bench.broker_bench", "tests.bench.fleet_bench")
 
 
 def main() -> int:
