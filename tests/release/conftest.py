@@ -3,32 +3,16 @@ and helm with a private home."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from tests.agent.conftest import fake_nvml_lib  # noqa: F401  (a fixture, shared)
 from tests.chart.helmchart import Chart
+from tests.release.builder import builder
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_builder() -> ModuleType:
-    # .ci is not a package (and must not become one): load the script by path.
-    spec = importlib.util.spec_from_file_location("build_zipapp", ROOT / ".ci" / "build_zipapp.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_zipapp", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-builder = _load_builder()
-PYZ: Path = builder.OUT
+__all__ = ["fake_nvml_lib"]
 
 
 @pytest.fixture(scope="session")
