@@ -204,7 +204,7 @@ def _zipapp(nvml_env: dict[str, str] | None) -> list[str]:
     """The chart's gpu-agent.pyz under Python 3.13 (its image's), as in a pod: the zipapp
     keeps standard-library bytecode in GPU_AGENT_PYCACHE (the pod's /tmp), so the first
     exec in a pod compiles it (stock images ship none) and later execs reuse it."""
-    from tests.release.builder import PYZ, builder
+    from tests.release.scripts import PYZ, builder
 
     try:
         python = builder.find_python()

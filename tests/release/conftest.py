@@ -10,7 +10,7 @@ import pytest
 
 from tests.agent.conftest import fake_nvml_lib  # noqa: F401  (a fixture, shared)
 from tests.chart.helmchart import Chart
-from tests.release.builder import builder
+from tests.release.scripts import builder
 
 __all__ = ["fake_nvml_lib"]
 

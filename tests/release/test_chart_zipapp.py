@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.chart.helmchart import CHART, Chart, agent_container, by_kind, env_of, one, pod_spec
-from tests.release.builder import PYZ
+from tests.release.scripts import PYZ
 
 pytestmark = pytest.mark.needs_helm
 

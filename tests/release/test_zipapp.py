@@ -19,7 +19,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from agent import __version__
 from agent.tools import TOOL_NAMES
-from tests.release.builder import PYZ, ROOT, builder
+from tests.release.scripts import PYZ, ROOT, builder
 
 
 def test_committed_zipapp_matches_the_sources() -> None:
