@@ -51,6 +51,11 @@ def test_pods_run_it_as_gpu_agent_in_a_stock_python_image(chart: Chart) -> None:
     )
 
 
+def test_pycache_can_be_turned_off(chart: Chart) -> None:
+    env = env_of(agent_container(chart.template("agent.zipapp.pycache=false")))
+    assert "GPU_AGENT_PYCACHE" not in env and env["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
 def test_zipapp_image_digest_wins_over_tag(chart: Chart) -> None:
     digest = "sha256:" + "cd" * 32
     docs = chart.template(f"agent.zipapp.image.digest={digest}")
