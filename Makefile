@@ -7,7 +7,7 @@ TOOLS  := .tools/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv tools lint test bench demo image image-test clean
+.PHONY: help venv tools lint test bench demo image image-test zipapp clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,9 @@ bench: $(STAMP) tools  ## print performance figures against the budgets in ARCHI
 
 demo: $(STAMP) tools  ## run the product on the simulated cluster
 	$(PY) -m broker.cli.demo
+
+zipapp: $(STAMP)  ## rebuild the agent zipapp the chart carries (needs python3.13; commit it)
+	$(PY) .ci/build_zipapp.py
 
 image: $(STAMP)  ## build the agent image with buildah (local Debian base when offline)
 	bash .ci/build-image.sh

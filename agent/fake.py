@@ -240,8 +240,12 @@ def load_scenario(path: str | None) -> FakeBackend:
     """Read a scenario file (None: the packaged default scenario) and build its backend."""
     source = path or DEFAULT_SCENARIO_PATH
     try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
+        if path:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        else:
+            # The module's loader reads beside it on disk and inside a zipapp alike.
+            text = __loader__.get_data(source).decode("utf-8")  # type: ignore[name-defined]
     except OSError as e:
         raise ScenarioError(
             f"cannot read scenario file {source}: {e.strerror or e}; "

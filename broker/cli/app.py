@@ -370,6 +370,25 @@ def _node_arguments(node: list[str] | None, selector: str | None) -> dict[str, o
     return arguments
 
 
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    if value:
+        from broker import __version__
+
+        typer.echo(f"{ctx.find_root().info_name} {__version__}")
+        raise typer.Exit()
+
+
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 def make_app(name: str, *, with_serve: bool = True, with_sim: bool = True) -> typer.Typer:
     """The typer application (``broker``, or ``kubectl mcp`` for the kubectl plugin)."""
     cli = typer.Typer(
@@ -381,6 +400,7 @@ def make_app(name: str, *, with_serve: bool = True, with_sim: bool = True) -> ty
         rich_markup_mode="markdown",
         pretty_exceptions_enable=False,
     )
+    cli.callback()(_options)  # options before the command; the help text stays the Typer's
     if with_serve:
         cli.command()(serve)
     cli.command()(nodes)

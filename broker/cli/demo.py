@@ -8,8 +8,10 @@ the sim. Needs no kubectl, no cluster and no GPU; takes a few seconds.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import anyio
 from rich.console import Console
@@ -117,11 +119,29 @@ def main() -> int:
     except BrokerError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
-    console.print(
-        "Try it yourself: `broker sim` in one terminal, then `broker sweep --kubeconfig "
-        "<its kubeconfig>` or connect an IDE to `broker serve` (README)."
-    )
+    broker = _broker_command()
+    kubeconfig = "/tmp/k8s-gpu-mcp-sim.kubeconfig"
+    console.print("Try it yourself, in two terminals (or an IDE on `broker serve`, README):")
+    console.print(f"  {broker} sim --kubeconfig {kubeconfig}", markup=False)
+    console.print(f"  {broker} sweep --kubeconfig {kubeconfig}", markup=False)
+    activate = Path(broker).with_name("activate")
+    if broker != "broker" and activate.exists():
+        console.print(f"(`source {activate}` puts `broker` on your PATH.)", markup=False)
     return code
+
+
+def _broker_command() -> str:
+    """`broker` as the user can type it after the demo: ``make demo`` runs with the venv on
+    its own PATH only, so name the venv's script unless PATH already resolves to it."""
+    beside = Path(sys.executable).with_name("broker")
+    if not beside.exists():
+        return "broker"
+    try:
+        return str(beside.relative_to(Path.cwd()))  # .venv/bin/broker from the checkout
+    except ValueError:
+        on_path = shutil.which("broker")
+        same = on_path is not None and Path(on_path).resolve() == beside.resolve()
+        return "broker" if same else str(beside)
 
 
 if __name__ == "__main__":

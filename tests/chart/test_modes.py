@@ -84,7 +84,10 @@ def test_agent_pod_idles_and_listens_nowhere(chart: Chart) -> None:
     assert container["command"] == ["sleep", "infinity"]
     assert "ports" not in container and "args" not in container
     assert not by_kind(docs, "Service") and not by_kind(docs, "Ingress")
-    assert container["image"] == "ghcr.io/k8s-gpu-mcp/agent:0.1.0"  # appVersion by default
+    # The chart's own agent (zipapp) in a stock image by default: no registry push needed.
+    assert container["image"] == "docker.io/library/python:3.13-slim-trixie"
+    image_docs = chart.template("agent.source=image")
+    assert agent_container(image_docs)["image"] == "ghcr.io/k8s-gpu-mcp/agent:0.1.0"  # appVersion
 
 
 def test_nvidia_environment_reaches_exec_sessions(chart: Chart) -> None:
@@ -117,7 +120,7 @@ def test_default_reads_xids_through_syslog_without_any_host_mount(chart: Chart) 
     # auto: the agent tries /dev/kmsg, then syslog(2), which needs only CAP_SYSLOG.
     assert xid_setup(docs) == ("auto", ["SYSLOG"], False, "auto")
     assert not [n for n, v in volumes(docs).items() if "hostPath" in v]
-    assert list(mounts(docs)) == ["tmp"]
+    assert list(mounts(docs)) == ["tmp", "agent-zipapp"]  # the zipapp: a ConfigMap, no host path
 
 
 @pytest.mark.parametrize(
@@ -172,6 +175,7 @@ def test_scheduling_and_image_are_overridable(chart: Chart) -> None:
         "nodeSelector.gpu=yes",
         "priorityClassName=system-node-critical",
         "image.tag=9.9.9",
+        "agent.source=image",
         "gpu.runtimeClass.name=nvidia-cdi",
         "rollingUpdate.maxUnavailable=3",
     )
@@ -186,7 +190,7 @@ def test_scheduling_and_image_are_overridable(chart: Chart) -> None:
 
 def test_image_digest_wins_over_tag(chart: Chart) -> None:
     digest = "sha256:" + "ab" * 32
-    docs = chart.template("image.tag=1.0", f"image.digest={digest}")
+    docs = chart.template("image.tag=1.0", f"image.digest={digest}", "agent.source=image")
     assert agent_container(docs)["image"] == f"ghcr.io/k8s-gpu-mcp/agent@{digest}"
 
 
