@@ -672,9 +672,14 @@ def workload_pod(
                 "blockOwnerDeletion": True,
             }
         ]
-        if w.owner_kind == "Job":
+        if w.owner_kind == "Job":  # what the Job controller stamps on its pods
+            job_uid = uid("Job", w.namespace, owner)
+            labels.setdefault("batch.kubernetes.io/controller-uid", job_uid)
             labels.setdefault("batch.kubernetes.io/job-name", owner)
+            labels.setdefault("controller-uid", job_uid)
             labels.setdefault("job-name", owner)
+        elif w.owner_kind == "StatefulSet":
+            labels.setdefault("statefulset.kubernetes.io/pod-name", w.name)
     spec: Obj = {
         "containers": [
             {

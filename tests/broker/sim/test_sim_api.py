@@ -24,7 +24,15 @@ async def test_discovery_documents(api: Api) -> None:
     assert names["pods/exec"]["verbs"] == ["create", "get"]
     assert names["nodes"]["namespaced"] is False and names["pods"]["namespaced"] is True
     _, groups, _ = await api.get("/apis")
-    assert [g["name"] for g in groups["groups"]] == ["authorization.k8s.io", "coordination.k8s.io"]
+    assert [g["name"] for g in groups["groups"]] == [
+        "apps",
+        "events.k8s.io",
+        "authorization.k8s.io",
+        "batch",
+        "coordination.k8s.io",
+        "node.k8s.io",
+    ]
+    assert "metrics.k8s.io" not in {g["name"] for g in groups["groups"]}  # no metrics-server
     status, body, _ = await api.get("/openapi/v3")
     assert status == 404 and body["reason"] == "NotFound"
 
@@ -191,7 +199,7 @@ async def test_bad_requests_get_real_status_bodies(api: Api) -> None:
     }
     status, body, _ = await api.get("/api/v1/nodes", token="not-a-token")
     assert status == 401
-    status, body, _ = await api.get("/apis/apps/v1/daemonsets")
+    status, body, _ = await api.get("/apis/apps/v1/controllerrevisions")
     assert status == 404 and body["message"] == "the server could not find the requested resource"
     status, body, _ = await api.request("DELETE", "/api/v1/nodes/gpu-node-001")
     assert status == 405 and body["reason"] == "MethodNotAllowed"
