@@ -25,7 +25,7 @@ from .agent_runner import AgentRun, InProcessRun, SubprocessRun, write_scenario
 from .auth import Attributes, Identity
 from .cluster import SimCluster
 from .exec import serve_exec
-from .kinds import Kind, lookup
+from .kinds import GROUPS, Kind, lookup
 from .selectors import SelectorError, fields_for, parse_field_selector, parse_label_selector
 from .status import (
     StatusError,
@@ -337,14 +337,14 @@ async def apis(request: web.Request) -> web.StreamResponse:
 
 async def group(request: web.Request) -> web.StreamResponse:
     name = request.match_info["group"]
-    if name not in discovery.GROUPS:
+    if name not in GROUPS:
         raise path_not_found()
     return json_response(discovery.group_document(name))
 
 
 async def group_version(request: web.Request) -> web.StreamResponse:
     name, version = request.match_info["group"], request.match_info["version"]
-    if name not in discovery.GROUPS or version != "v1":
+    if name not in GROUPS or version != "v1":
         raise path_not_found()
     return json_response(discovery.resource_list(name))
 
@@ -475,9 +475,11 @@ async def pod_exec(request: web.Request) -> web.StreamResponse:
     async def make_run(args: list[str]) -> AgentRun:
         assert node is not None
         path = write_scenario(ctx.workdir, node, cluster.agent_scenario(node))
+        # In-process serves the MCP loop only; any other mode (--version, a one-shot
+        # call) is the real command line in a subprocess.
         run: AgentRun = (
             InProcessRun(args, path)
-            if ctx.in_process
+            if ctx.in_process and not args
             else SubprocessRun(args, path, ctx.workdir, node)
         )
         started.append(run)
@@ -486,7 +488,7 @@ async def pod_exec(request: web.Request) -> web.StreamResponse:
 
     faults = cluster.faults(node) if node in cluster.specs else cluster.cluster_faults
     try:
-        # Only agent pods run the agent; other pods' images lack it (as in a real cluster).
+        # Only agent pods have the agent; what else runs is decided in commands.py.
         return await serve_exec(request, pod, faults, make_run, runnable, agent_image=is_agent)
     finally:
         for run in started:

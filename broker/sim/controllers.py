@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .objects import AGENT_LABELS, RELEASE, EventSpec, event_object, iso, uid
-from .scenario import WorkloadSpec
+from .objects import AGENT_LABELS, RELEASE, event_object, iso, uid
+from .scenario import EventSpec, WorkloadSpec
 
 Obj = dict[str, Any]
 _CRON_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<stamp>\d{8,})$")  # CronJob-made Job names

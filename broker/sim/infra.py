@@ -120,7 +120,7 @@ def service_accounts(
         }
         for ns in namespaces
     ]
-    extra = [("gpu-operator", "nvidia-device-plugin", {})]
+    extra: list[tuple[str, str, Obj]] = [("gpu-operator", "nvidia-device-plugin", {})]
     if agent_ns is not None:
         extra.append((agent_ns, RELEASE, dict(AGENT_LABELS)))
     for ns, name, labels in extra:
