@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from . import infra
+from . import infra, scheduling
 from .auth import ADMIN_RULES, MASTERS, Authorizer, Rule, User
 from .controllers import (
     agent_daemonset,
@@ -111,9 +111,11 @@ class SimCluster:
         self._static_events: list[Obj] = []
         self._workload_specs = {}
         owned: list[tuple[Any, Obj]] = []
+        unschedulable = scheduling.plan(self.scenario, list(self.specs.values()))
         for w in self.scenario.workloads:
             index = self._index.get(w.node) if w.node else None
-            pod = workload_pod(w, index, start, self.rv(), len(self.specs))
+            message = unschedulable.get((w.namespace, w.name), "")
+            pod = workload_pod(w, index, start, self.rv(), message)
             self._static_pods.append(pod)
             owned.append((w, pod))
             self._workload_specs[(w.namespace, w.name)] = w

@@ -103,6 +103,7 @@ class WorkloadSpec:
     owner_kind: str | None = "Job"
     owner_name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)  # spec.nodeSelector
     cpu: str = "16"
     memory: str = "128Gi"
     created_ago_s: float = 3600.0
