@@ -150,9 +150,9 @@ class SimCluster:
             ds["status"] = daemonset_status(len(plugin_pods), len(plugin_pods), len(plugin_pods))
             extra.setdefault("daemonsets", []).append(ds)
         apps = {
-            (w.namespace, w.labels["app"]): {"app": w.labels["app"]}
+            (w.namespace, w.labels["app"]): list(w.service_ports)
             for w in self.scenario.workloads
-            if w.owner_kind == "ReplicaSet" and "app" in w.labels
+            if w.service_ports
         }
         extra["services"] = infra.services(apps, born, rv)
         extra["serviceaccounts"] = infra.service_accounts(

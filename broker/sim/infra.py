@@ -64,8 +64,8 @@ def _service(
     }
 
 
-def services(workload_labels: dict[tuple[str, str], Obj], created: float, rv: str) -> list[Obj]:
-    """``kubernetes``, ``kube-dns``, and one Service per ReplicaSet-run app (label ``app``)."""
+def services(apps: dict[tuple[str, str], list[int]], created: float, rv: str) -> list[Obj]:
+    """``kubernetes``, ``kube-dns``, and one Service per workload app with service ports."""
     out = [
         _service(
             "default",
@@ -92,20 +92,10 @@ def services(workload_labels: dict[tuple[str, str], Obj], created: float, rv: st
             rv,
         ),
     ]
-    for i, ((ns, app), labels) in enumerate(sorted(workload_labels.items())):
-        ports = [_port("http", 8000), _port("grpc", 8001), _port("metrics", 8002)]
-        out.append(
-            _service(
-                ns,
-                app,
-                f"10.96.{100 + i // 250}.{i % 250 + 10}",
-                ports,
-                {"app": app},
-                dict(labels),
-                created,
-                rv,
-            )
-        )
+    for i, ((ns, app), numbers) in enumerate(sorted(apps.items())):
+        ports = [_port(f"port-{n}", n) for n in numbers]
+        ip = f"10.96.{100 + i // 250}.{i % 250 + 10}"
+        out.append(_service(ns, app, ip, ports, {"app": app}, {"app": app}, created, rv))
     return out
 
 
