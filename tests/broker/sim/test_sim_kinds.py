@@ -174,12 +174,8 @@ def test_nodes_proxy_serves_the_kubelet(run_kubectl: Kubectl) -> None:
     assert denied.returncode == 1 and 'cannot get resource "nodes/proxy"' in denied.stderr
 
 
-def test_helm_lists_the_charts_release(
-    threaded_sim: SimServer, tmp_path: Path, kubectl: Path
-) -> None:
-    helm = kubectl.parent / "helm"
-    if not helm.exists():
-        pytest.skip(f"no helm at {helm} (make tools fetches it)")
+@pytest.mark.needs_helm
+def test_helm_lists_the_charts_release(threaded_sim: SimServer, tmp_path: Path, helm: Path) -> None:
     env = {
         **os.environ,
         "HOME": str(tmp_path),
