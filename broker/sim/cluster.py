@@ -73,7 +73,10 @@ class SimCluster:
         self.cluster_faults: NodeFaults = scenario.cluster_faults
         self._lock = threading.RLock()
         self._rv = itertools.count(4711)
-        self._agent_state = {s.name: s.agent_pod for s in specs if s.gpu}
+        self.chart_installed = scenario.chart_installed
+        self._agent_state = {
+            s.name: s.agent_pod if self.chart_installed else "missing" for s in specs if s.gpu
+        }
         self._agent_since = {name: self.start - 1800 for name in self._agent_state}
         self._agent_extra: dict[str, dict[str, Any]] = {}
         self._agent_cache: dict[str, tuple[Obj | None, list[Obj]]] = {}
@@ -155,12 +158,17 @@ class SimCluster:
             if w.service_ports
         }
         extra["services"] = infra.services(apps, born, rv)
+        chart_ns = self.namespace if self.chart_installed else None
         extra["serviceaccounts"] = infra.service_accounts(
-            list(self._namespaces), self.namespace, born, rv
+            list(self._namespaces), chart_ns, born, rv
         )
         installed = start - 7 * 86400.0
-        extra["secrets"] = [infra.helm_release_secret(self.namespace, installed, rv)]
-        extra["runtimeclasses"] = [infra.runtime_class(born, rv)]
+        extra["secrets"] = (
+            [infra.helm_release_secret(self.namespace, installed, rv)] if chart_ns else []
+        )
+        extra["runtimeclasses"] = [
+            infra.runtime_class(name, born, rv) for name in self.scenario.runtime_classes
+        ]
         for items in extra.values():
             items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
         self._extra = extra
@@ -266,7 +274,8 @@ class SimCluster:
             )
         items = list(self._extra.get(plural, []))
         if plural == "daemonsets":
-            items.append(self.agent_daemonset())
+            if self.chart_installed:
+                items.append(self.agent_daemonset())
             items.sort(key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
         if namespace:
             return [o for o in items if o["metadata"].get("namespace") == namespace]

@@ -141,13 +141,13 @@ def root_ca_configmaps(namespaces: list[str], ca_pem: str, created: float, rv: s
     return out
 
 
-def runtime_class(created: float, rv: str) -> Obj:
-    """The NVIDIA container toolkit's RuntimeClass (the GPU Operator creates it)."""
+def runtime_class(name: str, created: float, rv: str) -> Obj:
+    """A RuntimeClass; ``nvidia`` is the one the GPU Operator creates for its toolkit."""
     return {
         "kind": "RuntimeClass",
         "apiVersion": "node.k8s.io/v1",
-        "metadata": _meta("runtimeclass", None, "nvidia", created, rv),
-        "handler": "nvidia",
+        "metadata": _meta("runtimeclass", None, name, created, rv),
+        "handler": name,
     }
 
 

@@ -146,6 +146,8 @@ class Scenario:
     namespace: str = "gpu-diagnostics"
     kubernetes_version: str = "v1.33.1"
     cluster_faults: NodeFaults = field(default_factory=NodeFaults)  # requests about no node
+    chart_installed: bool = True  # false: no DaemonSet, agent pods, release or ServiceAccount
+    runtime_classes: list[str] = field(default_factory=lambda: ["nvidia"])  # RuntimeClass names
 
 
 # Generic checked construction ------------------------------------------------------

@@ -235,3 +235,19 @@ def test_the_demo_pending_pod_is_unschedulable_at_any_size(gpu_nodes: int) -> No
     )  # fmt: skip
     events = [e for e in cluster.events("ml-research") if e["reason"] == "FailedScheduling"]
     assert [e["message"] for e in events] == [message]
+
+
+def test_a_cluster_without_the_chart_or_the_nvidia_runtime() -> None:
+    """What the doctor must diagnose: no DaemonSet, agent pods, release, RuntimeClass."""
+    cluster = _cluster({"chart_installed": False, "runtime_classes": []}, gpu_nodes=3)
+    assert cluster.agent_pod_name("gpu-node-001") is None
+    assert not any(p["metadata"]["namespace"] == "gpu-diagnostics" for p in cluster.pods())
+    assert [d["metadata"]["name"] for d in cluster.objects("daemonsets", "apps")] == [
+        "nvidia-device-plugin-daemonset"
+    ]
+    assert cluster.objects("secrets", "") == []
+    assert cluster.objects("runtimeclasses", "node.k8s.io") == []
+    names = {
+        sa["metadata"]["name"] for sa in cluster.objects("serviceaccounts", "", "gpu-diagnostics")
+    }
+    assert names == {"default"}
