@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv with the agent, broker and dev extras
 
-$(TOOLS)/kubectl $(TOOLS)/helm: .ci/fetch_tools.py | $(STAMP)
+$(TOOLS)/kubectl $(TOOLS)/helm $(TOOLS)/kubernetes-mcp-server: .ci/fetch_tools.py | $(STAMP)
 	$(PY) .ci/fetch_tools.py $(TOOLS)
 
-tools: $(STAMP) $(TOOLS)/kubectl  ## fetch real kubectl and helm into .tools/bin
+tools: $(STAMP) $(TOOLS)/kubectl $(TOOLS)/kubernetes-mcp-server  ## fetch real kubectl, helm, kubernetes-mcp-server into .tools/bin
 
 lint: $(STAMP)  ## ruff + mypy --strict on agent/ and broker/
 	$(BIN)/ruff check agent broker tests .ci

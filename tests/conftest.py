@@ -45,3 +45,9 @@ def kubectl() -> Path:
 def helm() -> Path:
     """The real helm binary (fetched by `make tools`)."""
     return _require("helm")
+
+
+@pytest.fixture(scope="session")
+def kubernetes_mcp_server() -> Path:
+    """The Go kubernetes-mcp-server binary (fetched from npm by `make tools`)."""
+    return _require("kubernetes-mcp-server")

@@ -20,13 +20,13 @@ from typing import Any
 
 from aiohttp import web
 
-from . import discovery, protobuf
+from . import discovery, kubelet, protobuf
 from .agent_runner import AgentRun, InProcessRun, SubprocessRun, write_scenario
 from .auth import Attributes, Identity
 from .cluster import SimCluster
 from .exec import serve_exec
-from .objects import node_lease
-from .selectors import FIELDS, SelectorError, parse_field_selector, parse_label_selector
+from .kinds import GROUPS, Kind, lookup
+from .selectors import SelectorError, fields_for, parse_field_selector, parse_label_selector
 from .status import (
     StatusError,
     bad_request,
@@ -48,8 +48,7 @@ Obj = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _WATCH_MAX_S = 1800.0
 _PUBLIC = frozenset({"/healthz", "/livez", "/readyz"})
-_LIST_KINDS = {"nodes": "NodeList", "pods": "PodList", "events": "EventList",
-               "namespaces": "NamespaceList"}  # fmt: skip
+_SPECIFIC = frozenset({"nodes", "pods", "events", "namespaces"})  # core kinds with own handlers
 
 
 @dataclass
@@ -209,14 +208,29 @@ def _page(request: web.Request, items: list[Obj]) -> tuple[list[Obj], Obj]:
     return items, meta
 
 
+def _kind(resource: str | Kind) -> Kind:
+    if isinstance(resource, Kind):
+        return resource
+    kind = lookup("", "v1", resource)
+    assert kind is not None, resource
+    return kind
+
+
+def _printer(kind: Kind) -> str:
+    return kind.plural if not kind.group or kind.plural != "events" else "events.events.k8s.io"
+
+
 async def _list(
-    request: web.Request, resource: str, objects: list[Obj], namespace: str = ""
+    request: web.Request, resource: str | Kind, objects: list[Obj], namespace: str = ""
 ) -> web.StreamResponse:
+    kind = _kind(resource)
     q = request.query
     watching = q.get("watch", "").lower() in ("1", "true")
-    attrs = Attributes("watch" if watching else "list", resource, namespace=namespace)
-    await gate(request, attrs, _selected_node(resource, q.get("fieldSelector")))
-    fields, getter = FIELDS[resource]
+    attrs = Attributes(
+        "watch" if watching else "list", kind.plural, api_group=kind.group, namespace=namespace
+    )
+    await gate(request, attrs, _selected_node(kind.plural, q.get("fieldSelector")))
+    fields, getter = fields_for(kind.plural, kind.group)
     try:
         labels = parse_label_selector(q.get("labelSelector"))
         fsel = parse_field_selector(q.get("fieldSelector"), fields)
@@ -232,17 +246,17 @@ async def _list(
         raise not_acceptable("only the following media types are accepted: application/json")
     rv = _ctx(request).cluster.rv()
     if watching:
-        return await _watch(request, resource, items, table, rv)
+        return await _watch(request, _printer(kind), items, table, rv)
     items, page = _page(request, items)
     include = q.get("includeObject", "Metadata")
     if table:
-        body = to_table(resource, items, time.time(), rv, include)
+        body = to_table(_printer(kind), items, time.time(), rv, include)
         body["metadata"].update(page)
         return json_response(body)
     return json_response(
         {
-            "kind": _LIST_KINDS[resource],
-            "apiVersion": "v1",
+            "kind": kind.list_kind,
+            "apiVersion": kind.api_version,
             "metadata": {"resourceVersion": rv, **page},
             "items": [_strip(o) for o in items],
         }
@@ -272,23 +286,29 @@ async def _watch(
 
 
 async def _get(
-    request: web.Request, resource: str, obj: Obj | None, name: str, namespace: str = ""
+    request: web.Request,
+    resource: str | Kind,
+    obj: Obj | None,
+    name: str,
+    namespace: str = "",
+    node: str | None = None,
 ) -> web.StreamResponse:
-    node = None
-    if obj is not None and resource == "pods":
+    kind = _kind(resource)
+    if obj is not None and kind.plural == "pods" and not kind.group:
         node = obj["spec"].get("nodeName")
-    elif resource == "nodes":
+    elif kind.plural == "nodes":
         node = name
-    await gate(request, Attributes("get", resource, namespace=namespace, name=name), node)
+    attrs = Attributes("get", kind.plural, api_group=kind.group, namespace=namespace, name=name)
+    await gate(request, attrs, node)
     if obj is None:
-        raise not_found(resource, name)
+        raise not_found(kind.plural, name, kind.group)
     table, json_ok = _accept(request)
     if not json_ok:
         raise not_acceptable("only the following media types are accepted: application/json")
     if table:
         rv = obj["metadata"].get("resourceVersion", "")
         include = request.query.get("includeObject", "Metadata")
-        return json_response(to_table(resource, [obj], time.time(), rv, include))
+        return json_response(to_table(_printer(kind), [obj], time.time(), rv, include))
     return json_response(obj)
 
 
@@ -308,7 +328,7 @@ async def api(request: web.Request) -> web.StreamResponse:
 
 
 async def api_v1(request: web.Request) -> web.StreamResponse:
-    return json_response(discovery.core_v1())
+    return json_response(discovery.resource_list(""))
 
 
 async def apis(request: web.Request) -> web.StreamResponse:
@@ -317,29 +337,43 @@ async def apis(request: web.Request) -> web.StreamResponse:
 
 async def group(request: web.Request) -> web.StreamResponse:
     name = request.match_info["group"]
-    if name not in discovery.GROUPS:
+    if name not in GROUPS:
         raise path_not_found()
     return json_response(discovery.group_document(name))
 
 
-async def coordination_v1(request: web.Request) -> web.StreamResponse:
-    return json_response(discovery.coordination_v1())
+async def group_version(request: web.Request) -> web.StreamResponse:
+    name, version = request.match_info["group"], request.match_info["version"]
+    if name not in GROUPS or version != "v1":
+        raise path_not_found()
+    return json_response(discovery.resource_list(name))
 
 
-async def get_lease(request: web.Request) -> web.StreamResponse:
-    ns, name = request.match_info["ns"], request.match_info["name"]
+def _generic_kind(request: web.Request) -> Kind:
+    info = request.match_info
+    kind = lookup(info.get("group", ""), info.get("version", "v1"), info["plural"])
+    if kind is None or "create" in kind.verbs or (not kind.group and kind.plural in _SPECIFIC):
+        raise path_not_found()
+    if ("ns" in info) != kind.namespaced and not ("ns" not in info and "name" not in info):
+        raise path_not_found()  # a namespaced path to a cluster-scoped kind, or the reverse
+    return kind
+
+
+async def list_generic(request: web.Request) -> web.StreamResponse:
+    """List (or watch) any kind in kinds.KINDS served from SimCluster.objects."""
+    kind = _generic_kind(request)
+    ns = request.match_info.get("ns", "")
+    objects = _ctx(request).cluster.objects(kind.plural, kind.group, ns or None)
+    return await _list(request, kind, objects, ns)
+
+
+async def get_generic(request: web.Request) -> web.StreamResponse:
+    kind = _generic_kind(request)
+    ns, name = request.match_info.get("ns", ""), request.match_info["name"]
     cluster = _ctx(request).cluster
-    node = cluster.node(name) if ns == "kube-node-lease" else None
-    attrs = Attributes("get", "leases", api_group=discovery.COORDINATION, namespace=ns, name=name)
-    await gate(request, attrs, name if node else None)
-    if node is None:
-        raise not_found("leases", name, discovery.COORDINATION)
-    ready = cluster.specs[name].ready
-    return json_response(node_lease(node, ready, time.time(), cluster.start))
-
-
-async def authz_v1(request: web.Request) -> web.StreamResponse:
-    return json_response(discovery.authorization_v1())
+    obj = cluster.object(kind.plural, kind.group, ns, name)
+    node = name if kind.plural == "leases" and name in cluster.specs else None
+    return await _get(request, kind, obj, name, ns, node)
 
 
 async def list_nodes(request: web.Request) -> web.StreamResponse:
@@ -349,6 +383,15 @@ async def list_nodes(request: web.Request) -> web.StreamResponse:
 async def get_node(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     return await _get(request, "nodes", _ctx(request).cluster.node(name), name)
+
+
+async def node_proxy(request: web.Request) -> web.StreamResponse:
+    """``nodes/proxy``: the kubelet's answers (authorised as ``get nodes/proxy``)."""
+    cluster = _ctx(request).cluster
+    name = request.match_info["name"]
+    known = name if cluster.node(name) is not None else None
+    await gate(request, Attributes("get", "nodes", "proxy", name=name), known)
+    return kubelet.answer(cluster, name, request.match_info["path"], request.query)
 
 
 async def list_namespaces(request: web.Request) -> web.StreamResponse:
@@ -432,9 +475,11 @@ async def pod_exec(request: web.Request) -> web.StreamResponse:
     async def make_run(args: list[str]) -> AgentRun:
         assert node is not None
         path = write_scenario(ctx.workdir, node, cluster.agent_scenario(node))
+        # In-process serves the MCP loop only; any other mode (--version, a one-shot
+        # call) is the real command line in a subprocess.
         run: AgentRun = (
             InProcessRun(args, path)
-            if ctx.in_process
+            if ctx.in_process and not args
             else SubprocessRun(args, path, ctx.workdir, node)
         )
         started.append(run)
@@ -443,7 +488,7 @@ async def pod_exec(request: web.Request) -> web.StreamResponse:
 
     faults = cluster.faults(node) if node in cluster.specs else cluster.cluster_faults
     try:
-        # Only agent pods run the agent; other pods' images lack it (as in a real cluster).
+        # Only agent pods have the agent; what else runs is decided in commands.py.
         return await serve_exec(request, pod, faults, make_run, runnable, agent_image=is_agent)
     finally:
         for run in started:
@@ -590,13 +635,12 @@ def create_app(ctx: SimContext) -> web.Application:
     r.add_get("/api/v1", api_v1)
     r.add_get("/apis", apis)
     r.add_get("/apis/{group}", group)
-    r.add_get("/apis/authorization.k8s.io/v1", authz_v1)
-    r.add_get("/apis/coordination.k8s.io/v1", coordination_v1)
-    r.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", get_lease)
+    r.add_get("/apis/{group}/{version}", group_version)
     # No OpenAPI documents: clients treat 404 as "not served" and carry on.
     r.add_get("/openapi/{tail:.*}", not_found_path)
     r.add_get("/api/v1/nodes", list_nodes)
     r.add_get("/api/v1/nodes/{name}", get_node)
+    r.add_get("/api/v1/nodes/{name}/proxy/{path:.*}", node_proxy)
     r.add_get("/api/v1/namespaces", list_namespaces)
     r.add_get("/api/v1/namespaces/{name}", get_namespace)
     r.add_get("/api/v1/pods", list_pods)
@@ -608,6 +652,12 @@ def create_app(ctx: SimContext) -> web.Application:
     r.add_get("/api/v1/events", list_events)
     r.add_get("/api/v1/namespaces/{ns}/events", list_events)
     r.add_get("/api/v1/namespaces/{ns}/events/{name}", get_event)
+    # Every other kind in kinds.KINDS, core and grouped, through the generic handlers.
+    for prefix in ("/api/{version:v1}", "/apis/{group}/{version}"):
+        r.add_get(prefix + "/{plural}", list_generic)
+        r.add_get(prefix + "/{plural}/{name}", get_generic)
+        r.add_get(prefix + "/namespaces/{ns}/{plural}", list_generic)
+        r.add_get(prefix + "/namespaces/{ns}/{plural}/{name}", get_generic)
     authz = "/apis/authorization.k8s.io/v1"
     r.add_post(f"{authz}/selfsubjectaccessreviews", self_subject_access_review)
     r.add_post(f"{authz}/selfsubjectrulesreviews", self_subject_rules_review)

@@ -13,15 +13,24 @@ import threading
 import time
 from typing import Any
 
+from . import infra, scheduling
 from .auth import ADMIN_RULES, MASTERS, Authorizer, Rule, User
+from .controllers import (
+    agent_daemonset,
+    daemonset_status,
+    device_plugin_daemonset,
+    workload_controllers,
+)
 from .errors import SimError
 from .objects import (
     agent_pod,
     agent_pod_events,
     agent_pod_name,
     event_object,
+    iso,
     lifecycle_events,
     namespace_object,
+    node_lease,
     node_object,
     system_pods,
     workload_pod,
@@ -30,6 +39,17 @@ from .scenario import AGENT_POD_STATES, NodeFaults, NodeSpec, Scenario, expand_n
 
 Obj = dict[str, Any]
 ADMIN = "sim-admin"
+_PLURALS = {
+    "CronJob": "cronjobs",
+    "Deployment": "deployments",
+    "Job": "jobs",
+    "ReplicaSet": "replicasets",
+    "StatefulSet": "statefulsets",
+}
+
+
+def _plural(kind: str) -> str:
+    return _PLURALS[kind]
 
 
 class SimCluster:
@@ -53,12 +73,17 @@ class SimCluster:
         self.cluster_faults: NodeFaults = scenario.cluster_faults
         self._lock = threading.RLock()
         self._rv = itertools.count(4711)
-        self._agent_state = {s.name: s.agent_pod for s in specs if s.gpu}
+        self.chart_installed = scenario.chart_installed
+        self._agent_state = {
+            s.name: s.agent_pod if self.chart_installed else "missing" for s in specs if s.gpu
+        }
         self._agent_since = {name: self.start - 1800 for name in self._agent_state}
         self._agent_extra: dict[str, dict[str, Any]] = {}
         self._agent_cache: dict[str, tuple[Obj | None, list[Obj]]] = {}
         self._pods_sorted: list[Obj] | None = None
         self._events_sorted: list[Obj] | None = None
+        self._agent_ds: Obj | None = None
+        self.ca_pem = ""  # the server's CA, published in every kube-root-ca.crt ConfigMap
         self.auth = Authorizer()
         self.admin = self.auth.add(User(ADMIN, [MASTERS], list(ADMIN_RULES)))
         if admin_token:
@@ -88,10 +113,14 @@ class SimCluster:
                 self._static_pods.extend(system_pods(spec, self._index[name], start, self.rv()))
         self._static_events: list[Obj] = []
         self._workload_specs = {}
+        owned: list[tuple[Any, Obj]] = []
+        unschedulable = scheduling.plan(self.scenario, list(self.specs.values()))
         for w in self.scenario.workloads:
             index = self._index.get(w.node) if w.node else None
-            pod = workload_pod(w, index, start, self.rv(), len(self.specs))
+            message = unschedulable.get((w.namespace, w.name), "")
+            pod = workload_pod(w, index, start, self.rv(), message)
             self._static_pods.append(pod)
+            owned.append((w, pod))
             self._workload_specs[(w.namespace, w.name)] = w
             self._static_events.extend(lifecycle_events(w, pod, start, self.rv()))
             for ev in w.events:
@@ -104,9 +133,46 @@ class SimCluster:
         names = {"default", "kube-system", "kube-public", "kube-node-lease", "gpu-operator"}
         names |= {self.namespace} | {w.namespace for w in self.scenario.workloads}
         oldest = max((s.age_s for s in self.specs.values()), default=86400.0)
-        self._namespaces = {
-            n: namespace_object(n, start - oldest - 600, self.rv()) for n in sorted(names)
+        born = start - oldest - 600
+        self._namespaces = {n: namespace_object(n, born, self.rv()) for n in sorted(names)}
+        self._build_controllers(born, owned)
+
+    def _build_controllers(self, born: float, owned: list[tuple[Any, Obj]]) -> None:
+        """Owners of the pods (DaemonSets, Jobs, ...), and the cluster's fixed objects."""
+        start, rv = self.start, self.rv()
+        controllers, events = workload_controllers(owned, start, rv)
+        self._static_events.extend(events)
+        extra: dict[str, list[Obj]] = {}
+        for obj in controllers:
+            extra.setdefault(_plural(obj["kind"]), []).append(obj)
+        plugin_pods = [p for p in self._static_pods if p["metadata"]["namespace"] == "gpu-operator"]
+        if plugin_pods:
+            ds = device_plugin_daemonset(
+                plugin_pods[0], plugin_pods[0]["metadata"]["creationTimestamp"], rv
+            )
+            ds["status"] = daemonset_status(len(plugin_pods), len(plugin_pods), len(plugin_pods))
+            extra.setdefault("daemonsets", []).append(ds)
+        apps = {
+            (w.namespace, w.labels["app"]): list(w.service_ports)
+            for w in self.scenario.workloads
+            if w.service_ports
         }
+        extra["services"] = infra.services(apps, born, rv)
+        chart_ns = self.namespace if self.chart_installed else None
+        extra["serviceaccounts"] = infra.service_accounts(
+            list(self._namespaces), chart_ns, born, rv
+        )
+        installed = start - 7 * 86400.0
+        extra["secrets"] = (
+            [infra.helm_release_secret(self.namespace, installed, rv)] if chart_ns else []
+        )
+        extra["runtimeclasses"] = [
+            infra.runtime_class(name, born, rv) for name in self.scenario.runtime_classes
+        ]
+        for items in extra.values():
+            items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+        self._extra = extra
+        self._ds_created = installed
 
     def _agent(self, node: str) -> tuple[Obj | None, list[Obj]]:
         with self._lock:
@@ -119,9 +185,14 @@ class SimCluster:
             else:
                 since = self._agent_since[node]
                 pod = agent_pod(
-                    self.specs[node], self._index[node], self.namespace, state, since,
-                    self.start, self.rv(),
-                )  # fmt: skip
+                    self.specs[node],
+                    self._index[node],
+                    self.namespace,
+                    state,
+                    since,
+                    self.start,
+                    self.rv(),
+                )
                 built = (pod, agent_pod_events(pod, node, state, since, self.rv()))
             self._agent_cache[node] = built
             return built
@@ -179,6 +250,66 @@ class SimCluster:
         if namespace:
             return [e for e in events if e["metadata"]["namespace"] == namespace]
         return events
+
+    def objects(self, plural: str, group: str, namespace: str | None = None) -> list[Obj]:
+        """Every object of a kind served by the generic handlers (not nodes, pods, core
+        events or namespaces), in one namespace or all."""
+        if group == "events.k8s.io":
+            return [infra.new_event(e) for e in self.events(namespace)]
+        if plural == "leases":
+            if namespace not in (None, "kube-node-lease"):
+                return []
+            now = time.time()
+            return [
+                node_lease(self._nodes[n], self.specs[n].ready, now, self.start)
+                for n in sorted(self._nodes)
+            ]
+        if plural == "configmaps":
+            names = [namespace] if namespace else list(self._namespaces)
+            return infra.root_ca_configmaps(
+                [n for n in names if n in self._namespaces],
+                self.ca_pem,
+                self.start - 86400,
+                "1",
+            )
+        items = list(self._extra.get(plural, []))
+        if plural == "daemonsets":
+            if self.chart_installed:
+                items.append(self.agent_daemonset())
+            items.sort(key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+        if namespace:
+            return [o for o in items if o["metadata"].get("namespace") == namespace]
+        return items
+
+    def object(self, plural: str, group: str, namespace: str, name: str) -> Obj | None:
+        if plural == "leases":
+            node = self._nodes.get(name) if namespace == "kube-node-lease" else None
+            if node is None:
+                return None
+            return node_lease(node, self.specs[name].ready, time.time(), self.start)
+        for obj in self.objects(plural, group, namespace or None):
+            if obj["metadata"]["name"] == name:
+                return obj
+        return None
+
+    def agent_daemonset(self) -> Obj:
+        """The chart's DaemonSet with status counted from the agent pods (cached until an
+        agent pod changes state)."""
+        with self._lock:
+            if self._agent_ds is not None:
+                return self._agent_ds
+            scheduled = ready = 0
+            for state in self._agent_state.values():
+                if state != "missing":
+                    scheduled += 1
+                    ready += state == "ready"
+            template = agent_pod(
+                NodeSpec(name="template"), 0, self.namespace, "ready", self.start, self.start, "0"
+            )
+            ds = agent_daemonset(self.namespace, template, iso(self._ds_created), self.rv())
+            ds["status"] = daemonset_status(scheduled, scheduled, ready)
+            self._agent_ds = ds
+            return ds
 
     def namespaces(self) -> list[Obj]:
         return list(self._namespaces.values())
@@ -251,6 +382,7 @@ class SimCluster:
             self._agent_since[node] = time.time()
             self._agent_cache.pop(node, None)
             self._pods_sorted = self._events_sorted = None
+            self._agent_ds = None
 
     def update_agent(self, node: str, **keys: Any) -> None:
         """Set agent scenario keys for *node* (e.g. ``disabled_tools=[...]``, ``faults=[...]``);

@@ -1,17 +1,16 @@
-"""API discovery documents: /version, /api, /api/v1, /apis and the authorization group.
-
-Only what the sim serves is advertised (read verbs plus exec/log subresources), so
-kubectl's RESTMapper resolves ``pods``, ``nodes``, ``events``, ``namespaces`` and
-``pods/exec`` exactly as on a real cluster. Aggregated discovery is not offered: the
-client falls back to these legacy documents, as with any pre-1.26 server.
-"""
+"""API discovery documents: /version, /api, /api/v1, /apis and one per group, all
+generated from ``kinds.KINDS`` so kubectl's RESTMapper resolves exactly what is served.
+Aggregated discovery is not offered: clients fall back to these legacy documents, as
+with any pre-1.26 server. ``metrics.k8s.io`` is absent, as on a cluster without
+metrics-server."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .kinds import GROUPS, SUBRESOURCES, Kind, in_group
+
 Obj = dict[str, Any]
-_READ = ["get", "list", "watch"]
 
 
 def version_info(git_version: str) -> Obj:
@@ -43,48 +42,42 @@ def api_versions(server_address: str) -> Obj:
     }
 
 
-def _res(
-    name: str,
-    kind: str,
-    namespaced: bool,
-    verbs: list[str],
-    singular: str = "",
-    short: list[str] | None = None,
-    categories: list[str] | None = None,
-    group: str | None = None,
-    version: str | None = None,
-) -> Obj:
-    out: Obj = {"name": name, "singularName": singular, "namespaced": namespaced}
-    if group is not None:
-        out["group"] = group
-        out["version"] = version
-    out["kind"] = kind
-    out["verbs"] = verbs
-    if short:
-        out["shortNames"] = short
-    if categories:
-        out["categories"] = categories
+def _resource(kind: Kind) -> Obj:
+    out: Obj = {
+        "name": kind.plural,
+        "singularName": kind.singular,
+        "namespaced": kind.namespaced,
+        "kind": kind.kind,
+        "verbs": list(kind.verbs),
+    }
+    if kind.short:
+        out["shortNames"] = list(kind.short)
+    if kind.categories:
+        out["categories"] = list(kind.categories)
     return out
 
 
-def core_v1() -> Obj:
-    return {
-        "kind": "APIResourceList",
-        "groupVersion": "v1",
-        "resources": [
-            _res("events", "Event", True, _READ, "event", ["ev"]),
-            _res("namespaces", "Namespace", False, _READ, "namespace", ["ns"]),
-            _res("nodes", "Node", False, _READ, "node", ["no"]),
-            _res("pods", "Pod", True, _READ, "pod", ["po"], ["all"]),
-            _res("pods/exec", "PodExecOptions", True, ["create", "get"]),
-            _res("pods/log", "Pod", True, ["get"]),
-        ],
-    }
-
-
-AUTHZ = "authorization.k8s.io"
-COORDINATION = "coordination.k8s.io"
-GROUPS = (AUTHZ, COORDINATION)
+def resource_list(group: str) -> Obj:
+    """The APIResourceList of *group* ("" for core v1), subresources included."""
+    resources = [_resource(k) for k in in_group(group)]
+    for sub in SUBRESOURCES:
+        if sub.group == group:
+            resources.append(
+                {
+                    "name": f"{sub.parent}/{sub.name}",
+                    "singularName": "",
+                    "namespaced": sub.namespaced,
+                    "kind": sub.kind,
+                    "verbs": list(sub.verbs),
+                }
+            )
+    resources.sort(key=lambda r: r["name"])
+    doc: Obj = {"kind": "APIResourceList"}
+    if group:
+        doc["apiVersion"] = "v1"
+    doc["groupVersion"] = f"{group}/v1" if group else "v1"
+    doc["resources"] = resources
+    return doc
 
 
 def api_group(name: str) -> Obj:
@@ -98,24 +91,3 @@ def api_groups() -> Obj:
 
 def group_document(name: str) -> Obj:
     return {"kind": "APIGroup", "apiVersion": "v1", **api_group(name)}
-
-
-def coordination_v1() -> Obj:
-    return {
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": f"{COORDINATION}/v1",
-        "resources": [_res("leases", "Lease", True, _READ, "lease")],
-    }
-
-
-def authorization_v1() -> Obj:
-    return {
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": f"{AUTHZ}/v1",
-        "resources": [
-            _res("selfsubjectaccessreviews", "SelfSubjectAccessReview", False, ["create"]),
-            _res("selfsubjectrulesreviews", "SelfSubjectRulesReview", False, ["create"]),
-        ],
-    }

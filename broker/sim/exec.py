@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from . import commands
 from .agent_runner import AgentRun
 from .scenario import NodeFaults
 from .status import bad_request
@@ -33,7 +34,6 @@ BASE64 = "base64.channel.k8s.io"
 V1 = "channel.k8s.io"
 SUPPORTED = (V5, V4, V4_BASE64, BASE64, V1)
 STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
-AGENT_BINARIES = ("gpu-agent", "/usr/local/bin/gpu-agent")
 GARBAGE = (
     b"\x1b[1;33mgpu-agent: probing GPUs...\x1b[0m\n",
     b"\x00\xff\xfe not json {{{ \x80\x81\n",
@@ -422,8 +422,9 @@ async def serve_exec(
             framer, ws, f'unable to upgrade connection: container not found ("{opts.container}")'
         )
         return ws
-    if not agent_image or opts.command[0] not in AGENT_BINARIES:
-        await refuse(framer, ws, not_found_in_container(opts.command[0]))
+    plan = commands.resolve(opts.command, agent_image)
+    if isinstance(plan, commands.NotFound):
+        await refuse(framer, ws, not_found_in_container(plan.binary))
         return ws
     transport = request.transport
 
@@ -432,6 +433,9 @@ async def serve_exec(
             transport.abort()
 
     session = ExecSession(ws, framer, opts, faults, abort)
-    run = await make_run(opts.command[1:])
+    if isinstance(plan, commands.Builtin):
+        run: AgentRun = commands.BuiltinRun(plan)
+    else:
+        run = await make_run(plan.args)
     await session.serve(run)
     return ws

@@ -133,10 +133,10 @@ def gpu_resources(spec: NodeSpec) -> tuple[dict[str, str], dict[str, str]]:
     return cap, alloc
 
 
-def node_object(spec: NodeSpec, index: int, start: float, version: str, rv: str) -> Obj:
+def node_labels(spec: NodeSpec, index: int) -> dict[str, str]:
+    """Every label the node carries (cloud, kubelet, GPU feature discovery, scenario)."""
     p = product(spec.product)
     zone = "us-east-1" + "abc"[index % 3]
-    cpus, mem_gib = (p.cpus, p.memory_gib) if spec.gpu else (16, 64)
     instance = p.instance_type if spec.gpu else "m6i.4xlarge"
     labels = {
         "beta.kubernetes.io/arch": "amd64",
@@ -152,6 +152,14 @@ def node_object(spec: NodeSpec, index: int, start: float, version: str, rv: str)
     if spec.gpu:
         labels.update(_gfd_labels(spec))
     labels.update(spec.labels)
+    return labels
+
+
+def node_object(spec: NodeSpec, index: int, start: float, version: str, rv: str) -> Obj:
+    p = product(spec.product)
+    zone = "us-east-1" + "abc"[index % 3]
+    cpus, mem_gib = (p.cpus, p.memory_gib) if spec.gpu else (16, 64)
+    labels = node_labels(spec, index)
     created = start - spec.age_s
     boot = start - spec.uptime_s
     cap_gpu, alloc_gpu = gpu_resources(spec)
@@ -597,8 +605,9 @@ def system_pods(node: NodeSpec, index: int, start: float, rv: str) -> list[Obj]:
 
 
 def workload_pod(
-    w: WorkloadSpec, node_index: int | None, start: float, rv: str, total_nodes: int = 1
+    w: WorkloadSpec, node_index: int | None, start: float, rv: str, unschedulable: str = ""
 ) -> Obj:
+    """A workload's pod; *unschedulable* is the scheduler's message for an unplaced one."""
     created = start - w.created_ago_s
     started_at = start - (w.started_ago_s if w.started_ago_s is not None else w.created_ago_s - 9)
     ts_created = iso(created)
@@ -670,9 +679,14 @@ def workload_pod(
                 "blockOwnerDeletion": True,
             }
         ]
-        if w.owner_kind == "Job":
+        if w.owner_kind == "Job":  # what the Job controller stamps on its pods
+            job_uid = uid("Job", w.namespace, owner)
+            labels.setdefault("batch.kubernetes.io/controller-uid", job_uid)
             labels.setdefault("batch.kubernetes.io/job-name", owner)
+            labels.setdefault("controller-uid", job_uid)
             labels.setdefault("job-name", owner)
+        elif w.owner_kind == "StatefulSet":
+            labels.setdefault("statefulset.kubernetes.io/pod-name", w.name)
     spec: Obj = {
         "containers": [
             {
@@ -709,6 +723,8 @@ def workload_pod(
         "enableServiceLinks": True,
         "preemptionPolicy": "PreemptLowerPriority",
     }
+    if w.node_selector:
+        spec["nodeSelector"] = dict(w.node_selector)
     status: Obj = {"phase": w.phase, "qosClass": "Guaranteed"}
     if w.node is None:
         status["conditions"] = [
@@ -718,9 +734,7 @@ def workload_pod(
                 "lastProbeTime": None,
                 "lastTransitionTime": ts_created,
                 "reason": "Unschedulable",
-                "message": f"0/{total_nodes} nodes are available: {total_nodes} Insufficient "
-                f"nvidia.com/gpu. preemption: 0/{total_nodes} nodes are available: "
-                f"{total_nodes} No preemption victims found for incoming pod.",
+                "message": unschedulable,
             }
         ]
     else:

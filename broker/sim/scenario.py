@@ -103,6 +103,8 @@ class WorkloadSpec:
     owner_kind: str | None = "Job"
     owner_name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)  # spec.nodeSelector
+    service_ports: list[int] = field(default_factory=list)  # a Service named by label "app"
     cpu: str = "16"
     memory: str = "128Gi"
     created_ago_s: float = 3600.0
@@ -144,6 +146,8 @@ class Scenario:
     namespace: str = "gpu-diagnostics"
     kubernetes_version: str = "v1.33.1"
     cluster_faults: NodeFaults = field(default_factory=NodeFaults)  # requests about no node
+    chart_installed: bool = True  # false: no DaemonSet, agent pods, release or ServiceAccount
+    runtime_classes: list[str] = field(default_factory=lambda: ["nvidia"])  # RuntimeClass names
 
 
 # Generic checked construction ------------------------------------------------------
@@ -294,6 +298,8 @@ def _check(sc: Scenario) -> None:
             raise SimScenarioError(f"{where}.exit_code: required when state is terminated")
         if w.restart_policy not in ("Always", "OnFailure", "Never"):
             raise SimScenarioError(f"{where}.restart_policy: Always, OnFailure or Never")
+        if w.service_ports and "app" not in w.labels:
+            raise SimScenarioError(f"{where}.service_ports: needs labels.app (the selector)")
     for i, u in enumerate(sc.users):
         from .auth import Rule  # local: auth has no scenario dependency
 

@@ -384,3 +384,30 @@ FIELDS: dict[str, tuple[frozenset[str], FieldGetter]] = {
     ),
     "namespaces": (frozenset(["metadata.name", "status.phase"]), namespace_fields),
 }
+
+
+def secret_fields(obj: dict[str, Any]) -> dict[str, str]:
+    out = _meta(obj)
+    out["type"] = obj.get("type", "")
+    return out
+
+
+def job_fields(obj: dict[str, Any]) -> dict[str, str]:
+    out = _meta(obj)
+    out["status.successful"] = str(obj.get("status", {}).get("succeeded", 0))
+    return out
+
+
+_META_FIELDS = (frozenset(["metadata.name", "metadata.namespace"]), _meta)
+_GROUP_FIELDS: dict[str, tuple[frozenset[str], FieldGetter]] = {
+    "secrets": (frozenset(["metadata.name", "metadata.namespace", "type"]), secret_fields),
+    "jobs": (frozenset(["metadata.name", "metadata.namespace", "status.successful"]), job_fields),
+}
+
+
+def fields_for(plural: str, group: str) -> tuple[frozenset[str], FieldGetter]:
+    """The field selectors *plural* in *group* supports (every kind: metadata.name and
+    metadata.namespace), and how to read them."""
+    if not group and plural in FIELDS:
+        return FIELDS[plural]
+    return _GROUP_FIELDS.get(plural, _META_FIELDS)

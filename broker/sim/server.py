@@ -151,6 +151,7 @@ async def start_sim(
         agents.mkdir(parents=True, exist_ok=True)
         cluster = SimCluster(sc, nodes, admin_token=token)
         ca = CertificateAuthority() if tls else None
+        cluster.ca_pem = ca.cert_pem.decode() if ca is not None else ""
         ssl_ctx = server_context(ca, ca.server_pair(host), base) if ca is not None else None
         ctx = SimContext(cluster, agents, in_process)
         runner = web.AppRunner(create_app(ctx), access_log=None, shutdown_timeout=1.0)

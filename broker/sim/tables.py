@@ -1,7 +1,8 @@
 """Server-side printing: the meta.k8s.io/v1 Table kubectl asks for (``as=Table``).
 
-Columns and cell logic follow the API server's printers for nodes, pods, events and
-namespaces, so ``kubectl get`` prints the columns (and ``-o wide`` extras) users know.
+Columns and cell logic follow the API server's printers (pkg/printers/internalversion)
+for every kind the sim serves, so ``kubectl get`` prints the columns (and ``-o wide``
+extras) users know.
 """
 
 from __future__ import annotations
@@ -239,11 +240,293 @@ def _namespace_cells(obj: Obj, now: float) -> list[Any]:
     ]
 
 
+def _int(name: str, description: str, priority: int = 0) -> dict[str, Any]:
+    return _col(name, description, priority, typ="integer")
+
+
+_WIDE_POD = [
+    _col("Containers", "Names of each container in the template.", 1),
+    _col("Images", "Images referenced by each container in the template.", 1),
+    _col("Selector", "Label query over pods that should match the replicas count.", 1),
+]
+
+
+def _labels(labels: dict[str, str] | None) -> str:
+    """labels.FormatLabels / FormatLabelSelector of matchLabels: sorted key=value."""
+    if not labels:
+        return "<none>"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _pod_template(obj: Obj) -> list[Any]:
+    containers = obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+    return [
+        ",".join(c["name"] for c in containers),
+        ",".join(c.get("image", "") for c in containers),
+        _labels(obj.get("spec", {}).get("selector", {}).get("matchLabels")),
+    ]
+
+
+def _age(obj: Obj, now: float) -> str:
+    return _since(obj["metadata"].get("creationTimestamp"), now)
+
+
+DAEMONSET_COLUMNS = [
+    _NAME,
+    _int("Desired", "The desired number of nodes that should run the daemon pod."),
+    _int("Current", "The number of nodes running at least one daemon pod."),
+    _int("Ready", "The number of nodes that should run the daemon pod and are ready."),
+    _int("Up-to-date", "The number of nodes running the updated daemon pod."),
+    _int("Available", "The number of nodes running an available daemon pod."),
+    _col("Node Selector", "NodeSelector the daemon pod's nodes must match."),
+    _AGE,
+    *_WIDE_POD,
+]
+
+
+def _daemonset_cells(obj: Obj, now: float) -> list[Any]:
+    st = obj.get("status", {})
+    selector = obj["spec"]["template"]["spec"].get("nodeSelector")
+    return [
+        obj["metadata"]["name"],
+        st.get("desiredNumberScheduled", 0),
+        st.get("currentNumberScheduled", 0),
+        st.get("numberReady", 0),
+        st.get("updatedNumberScheduled", 0),
+        st.get("numberAvailable", 0),
+        _labels(selector),
+        _age(obj, now),
+        *_pod_template(obj),
+    ]
+
+
+REPLICASET_COLUMNS = [
+    _NAME,
+    _int("Desired", "Number of desired pods."),
+    _int("Current", "Number of actual replicas."),
+    _int("Ready", "The number of ready replicas for this replica set."),
+    _AGE,
+    *_WIDE_POD,
+]
+
+
+def _replicaset_cells(obj: Obj, now: float) -> list[Any]:
+    st = obj.get("status", {})
+    return [
+        obj["metadata"]["name"],
+        obj["spec"].get("replicas", 0),
+        st.get("replicas", 0),
+        st.get("readyReplicas", 0),
+        _age(obj, now),
+        *_pod_template(obj),
+    ]
+
+
+DEPLOYMENT_COLUMNS = [
+    _NAME,
+    _col("Ready", "Number of the pod with ready state"),
+    _int("Up-to-date", "Total number of non-terminated pods that have the desired template."),
+    _int("Available", "Number of available replicas (ready for at least minReadySeconds)."),
+    _AGE,
+    *_WIDE_POD,
+]
+
+
+def _deployment_cells(obj: Obj, now: float) -> list[Any]:
+    st = obj.get("status", {})
+    ready = f"{st.get('readyReplicas', 0)}/{obj['spec'].get('replicas', 0)}"
+    return [
+        obj["metadata"]["name"],
+        ready,
+        st.get("updatedReplicas", 0),
+        st.get("availableReplicas", 0),
+        _age(obj, now),
+        *_pod_template(obj),
+    ]
+
+
+STATEFULSET_COLUMNS = [
+    _NAME,
+    _col("Ready", "Number of the pod with ready state"),
+    _AGE,
+    *_WIDE_POD[:2],
+]
+
+
+def _statefulset_cells(obj: Obj, now: float) -> list[Any]:
+    st = obj.get("status", {})
+    ready = f"{st.get('readyReplicas', 0)}/{obj['spec'].get('replicas', 0)}"
+    return [obj["metadata"]["name"], ready, _age(obj, now), *_pod_template(obj)[:2]]
+
+
+JOB_COLUMNS = [
+    _NAME,
+    _col("Status", "Status of the job."),
+    _col("Completions", "The completion status of the job."),
+    _col("Duration", "Time required to complete the job."),
+    _AGE,
+    *_WIDE_POD,
+]
+
+
+def _job_cells(obj: Obj, now: float) -> list[Any]:
+    st = obj.get("status", {})
+    true = {c["type"] for c in st.get("conditions", []) if c.get("status") == "True"}
+    status = "Running"
+    for cond, shown in (
+        ("Complete", "Complete"),
+        ("Failed", "Failed"),
+        ("Suspended", "Suspended"),
+        ("FailureTarget", "FailureTarget"),
+        ("SuccessCriteriaMet", "SuccessCriteriaMet"),
+    ):
+        if cond in true:
+            status = shown
+            break
+    started, done = parse_time(st.get("startTime")), parse_time(st.get("completionTime"))
+    took = "" if started is None else human_duration((done or now) - started)
+    completions = obj["spec"].get("completions")
+    shown_completions = (
+        f"{st.get('succeeded', 0)}/{completions}"
+        if completions
+        else (f"{st.get('succeeded', 0)}/1 of {obj['spec'].get('parallelism', 1)}")
+    )
+    return [
+        obj["metadata"]["name"],
+        status,
+        shown_completions,
+        took,
+        _age(obj, now),
+        *_pod_template(obj),
+    ]
+
+
+CRONJOB_COLUMNS = [
+    _NAME,
+    _col("Schedule", "The schedule in Cron format."),
+    _col("Timezone", "The time zone name for the given schedule."),
+    _col("Suspend", "Whether subsequent executions are suspended.", typ="boolean"),
+    _int("Active", "A list of pointers to currently running jobs."),
+    _col("Last Schedule", "Information when was the last time the job was successfully scheduled."),
+    _AGE,
+    *_WIDE_POD,
+]
+
+
+def _cronjob_cells(obj: Obj, now: float) -> list[Any]:
+    spec, st = obj["spec"], obj.get("status", {})
+    tmpl = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return [
+        obj["metadata"]["name"],
+        spec["schedule"],
+        spec.get("timeZone") or "<none>",
+        bool(spec.get("suspend")),
+        len(st.get("active", [])),
+        _since(st.get("lastScheduleTime"), now) if st.get("lastScheduleTime") else "<none>",
+        _age(obj, now),
+        ",".join(c["name"] for c in tmpl),
+        ",".join(c.get("image", "") for c in tmpl),
+        "<none>",
+    ]
+
+
+SERVICE_COLUMNS = [
+    _NAME,
+    _col("Type", "Type determines how the Service is exposed."),
+    _col("Cluster-IP", "The IP address of the service, usually assigned by the master."),
+    _col("External-IP", "List of IP addresses for which nodes in the cluster accept traffic."),
+    _col("Port(s)", "The list of ports that are exposed by this service."),
+    _AGE,
+    _col(
+        "Selector",
+        "Route service traffic to pods with label keys and values matching this selector.",
+        1,
+    ),
+]
+
+
+def _service_cells(obj: Obj, now: float) -> list[Any]:
+    spec = obj["spec"]
+    ports = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
+    return [
+        obj["metadata"]["name"],
+        spec.get("type", "ClusterIP"),
+        spec.get("clusterIP", ""),
+        "<none>",
+        ports or "<none>",
+        _age(obj, now),
+        _labels(spec.get("selector")),
+    ]
+
+
+SECRET_COLUMNS = [
+    _NAME,
+    _col("Type", "The type of the secret"),
+    _int("Data", "The number of items in the secret"),
+    _AGE,
+]
+CONFIGMAP_COLUMNS = [_NAME, _int("Data", "Number of data in configmap"), _AGE]
+SERVICEACCOUNT_COLUMNS = [_NAME, _int("Secrets", "Number of secrets"), _AGE]
+LEASE_COLUMNS = [_NAME, _col("Holder", "The holder of the lease"), _AGE]
+RUNTIMECLASS_COLUMNS = [
+    _NAME,
+    _col("Handler", "The underlying runtime and configuration that this RuntimeClass uses."),
+    _AGE,
+]
+
+
+def _count(field: str) -> Callable[[Obj, float], list[Any]]:
+    def cells(obj: Obj, now: float) -> list[Any]:
+        n = len(obj.get(field) or {})
+        if obj.get("kind") == "Secret":
+            return [obj["metadata"]["name"], obj.get("type", "Opaque"), n, _age(obj, now)]
+        return [obj["metadata"]["name"], n, _age(obj, now)]
+
+    return cells
+
+
+def _lease_cells(obj: Obj, now: float) -> list[Any]:
+    return [obj["metadata"]["name"], obj["spec"].get("holderIdentity", ""), _age(obj, now)]
+
+
+def _runtimeclass_cells(obj: Obj, now: float) -> list[Any]:
+    return [obj["metadata"]["name"], obj.get("handler", ""), _age(obj, now)]
+
+
+def _new_event_cells(obj: Obj, now: float) -> list[Any]:
+    """events.k8s.io/v1 Events print as core Events do (the server converts first)."""
+    core = {
+        "metadata": obj["metadata"],
+        "involvedObject": obj.get("regarding", {}),
+        "source": obj.get("deprecatedSource", {}),
+        "message": obj.get("note", ""),
+        "reason": obj.get("reason", ""),
+        "type": obj.get("type", ""),
+        "firstTimestamp": obj.get("deprecatedFirstTimestamp"),
+        "lastTimestamp": obj.get("deprecatedLastTimestamp"),
+        "count": obj.get("deprecatedCount", 1),
+    }
+    return _event_cells(core, now)
+
+
 PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, float], list[Any]]]] = {
     "nodes": (NODE_COLUMNS, _node_cells),
     "pods": (POD_COLUMNS, _pod_cells),
     "events": (EVENT_COLUMNS, _event_cells),
+    "events.events.k8s.io": (EVENT_COLUMNS, _new_event_cells),
     "namespaces": (NAMESPACE_COLUMNS, _namespace_cells),
+    "daemonsets": (DAEMONSET_COLUMNS, _daemonset_cells),
+    "replicasets": (REPLICASET_COLUMNS, _replicaset_cells),
+    "deployments": (DEPLOYMENT_COLUMNS, _deployment_cells),
+    "statefulsets": (STATEFULSET_COLUMNS, _statefulset_cells),
+    "jobs": (JOB_COLUMNS, _job_cells),
+    "cronjobs": (CRONJOB_COLUMNS, _cronjob_cells),
+    "services": (SERVICE_COLUMNS, _service_cells),
+    "secrets": (SECRET_COLUMNS, _count("data")),
+    "configmaps": (CONFIGMAP_COLUMNS, _count("data")),
+    "serviceaccounts": (SERVICEACCOUNT_COLUMNS, _count("secrets")),
+    "leases": (LEASE_COLUMNS, _lease_cells),
+    "runtimeclasses": (RUNTIMECLASS_COLUMNS, _runtimeclass_cells),
 }
 
 

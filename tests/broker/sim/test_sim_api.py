@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import json
 import time
 
 from broker.sim import Rule, SimServer
@@ -24,7 +25,15 @@ async def test_discovery_documents(api: Api) -> None:
     assert names["pods/exec"]["verbs"] == ["create", "get"]
     assert names["nodes"]["namespaced"] is False and names["pods"]["namespaced"] is True
     _, groups, _ = await api.get("/apis")
-    assert [g["name"] for g in groups["groups"]] == ["authorization.k8s.io", "coordination.k8s.io"]
+    assert [g["name"] for g in groups["groups"]] == [
+        "apps",
+        "events.k8s.io",
+        "authorization.k8s.io",
+        "batch",
+        "coordination.k8s.io",
+        "node.k8s.io",
+    ]
+    assert "metrics.k8s.io" not in {g["name"] for g in groups["groups"]}  # no metrics-server
     status, body, _ = await api.get("/openapi/v3")
     assert status == 404 and body["reason"] == "NotFound"
 
@@ -191,7 +200,7 @@ async def test_bad_requests_get_real_status_bodies(api: Api) -> None:
     }
     status, body, _ = await api.get("/api/v1/nodes", token="not-a-token")
     assert status == 401
-    status, body, _ = await api.get("/apis/apps/v1/daemonsets")
+    status, body, _ = await api.get("/apis/apps/v1/controllerrevisions")
     assert status == 404 and body["message"] == "the server could not find the requested resource"
     status, body, _ = await api.request("DELETE", "/api/v1/nodes/gpu-node-001")
     assert status == 405 and body["reason"] == "MethodNotAllowed"
@@ -300,3 +309,30 @@ async def test_watch_streams_current_objects_then_times_out(api: Api) -> None:
     assert status == 200 and time.monotonic() - t0 >= 1
     events = [line for line in body.splitlines() if line] if isinstance(body, str) else [body]
     assert len(events) == 12 and all('"type":"ADDED"' in e for e in events)
+
+
+async def test_grouped_kinds_list_get_watch_and_refuse_like_the_api_server(api: Api) -> None:
+    status, body, _ = await api.get("/apis/apps/v1/namespaces/gpu-diagnostics/daemonsets")
+    assert status == 200 and body["kind"] == "DaemonSetList" and body["apiVersion"] == "apps/v1"
+    (ds,) = body["items"]
+    assert ds["status"]["desiredNumberScheduled"] == 9 and ds["status"]["numberReady"] == 8
+    status, body, _ = await api.get("/apis/batch/v1/namespaces/ml-research/jobs/nope")
+    assert status == 404 and body["message"] == 'jobs.batch "nope" not found'
+    assert body["details"] == {"name": "nope", "group": "batch", "kind": "jobs"}
+    status, _, _ = await api.get("/apis/node.k8s.io/v1/namespaces/default/runtimeclasses")
+    assert status == 404  # a cluster-scoped kind has no namespaced path
+    status, body, _ = await api.get(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+        params={"fieldSelector": "metadata.name=gpu-node-003"},
+    )
+    assert [lease["metadata"]["name"] for lease in body["items"]] == ["gpu-node-003"]
+    status, body, _ = await api.get(
+        "/apis/apps/v1/daemonsets", params={"watch": "1", "timeoutSeconds": "1"}
+    )
+    events = [json.loads(line) for line in body.splitlines()] if isinstance(body, str) else [body]
+    assert status == 200 and {e["type"] for e in events} == {"ADDED"} and len(events) == 2
+    status, body, _ = await api.get("/apis/apps/v1/daemonsets", token=api.sim.user_token("sre"))
+    assert status == 403 and body["message"] == (
+        'daemonsets.apps is forbidden: User "sre" cannot list resource "daemonsets" in API '
+        'group "apps" at the cluster scope'
+    )

@@ -87,24 +87,53 @@ async def test_in_process_agents_answer_like_subprocesses(tmp_path: object) -> N
         assert sim.running_agents == 0
 
 
-async def test_commands_other_than_the_agent_fail_like_a_missing_binary(sim: SimServer) -> None:
-    res = await ws_exec(sim, "gpu-node-001", command=("sh", "-c", "id"), open_stdin=False)
+async def test_a_binary_missing_from_the_image_fails_in_runcs_words(sim: SimServer) -> None:
+    res = await ws_exec(sim, "gpu-node-001", command=("nvtop",), open_stdin=False)
     status = res.status
     assert status is not None and status["reason"] == "InternalError" and status["code"] == 500
-    assert 'exec: "sh": executable file not found in $PATH: unknown' in status["message"]
+    assert 'exec: "nvtop": executable file not found in $PATH: unknown' in status["message"]
     assert status["message"].startswith(
         "Internal error occurred: error executing command in container: failed to exec in "
         'container: failed to start exec "'
     )
-    res = await ws_exec(sim, "gpu-node-001", command=("/bin/bash",), open_stdin=False)
+    res = await ws_exec(sim, "gpu-node-001", command=("/opt/nope",), open_stdin=False)
     assert res.status is not None
-    assert "stat /bin/bash: no such file or directory" in res.status["message"]
-    # A workload pod's image has no agent either.
+    assert "stat /opt/nope: no such file or directory" in res.status["message"]
+    # A workload pod's image has no agent.
     res = await ws_exec(
         sim, "gpu-node-004", command=("gpu-agent",), pod="triton-llm-7d9c8b6f5-q2w7x",
         namespace="inference", open_stdin=False,
     )  # fmt: skip
     assert res.status is not None and "executable file not found" in res.status["message"]
+
+
+async def test_what_the_agent_image_ships_runs(sim: SimServer) -> None:
+    """gpu-agent with any arguments and python3 -m agent run the real agent; sleep,
+    echo and a one-command sh -c behave as in python:3.13-slim."""
+    for command in (("gpu-agent", "--version"), ("python3", "-m", "agent", "--version"),
+                    ("sh", "-c", "exec /usr/local/bin/gpu-agent --version")):  # fmt: skip
+        res = await ws_exec(sim, "gpu-node-001", command=command, open_stdin=False)
+        assert res.status == {"metadata": {}, "status": "Success"}, command
+        assert res.channel(1).startswith(b"gpu-agent "), command
+    res = await ws_exec(sim, "gpu-node-001", command=("gpu-agent", "--bogus"), open_stdin=False)
+    assert res.status is not None and res.status["details"]["causes"][0]["message"] == "2"
+    assert b"unrecognized arguments: --bogus" in res.channel(2)
+    res = await ws_exec(sim, "gpu-node-001", command=("sleep", "0.2"), open_stdin=False)
+    assert res.status == {"metadata": {}, "status": "Success"}
+    res = await ws_exec(sim, "gpu-node-001", command=("sh", "-c", "echo ready"), open_stdin=False)
+    assert res.channel(1) == b"ready\n" and res.status is not None
+    res = await ws_exec(sim, "gpu-node-001", command=("sh", "-c", "nvtop"), open_stdin=False)
+    assert res.channel(2) == b"sh: 1: nvtop: not found\n"
+    assert res.status is not None and res.status["details"]["causes"][0]["message"] == "127"
+
+
+async def test_programs_in_the_image_that_the_sim_does_not_run_say_so(sim: SimServer) -> None:
+    for command in (("sh", "-c", "id"), ("nvidia-smi",), ("python3", "-c", "print(1)"),
+                    ("sh", "-c", "gpu-agent --version | head -1")):  # fmt: skip
+        res = await ws_exec(sim, "gpu-node-001", command=command, open_stdin=False)
+        assert res.status is not None and res.status["reason"] == "NonZeroExitCode", command
+        assert res.status["details"]["causes"][0]["message"] == "126"
+        assert b"the simulated cluster does not run it" in res.channel(2), command
 
 
 async def test_exec_into_an_agent_pod_that_is_not_running(sim: SimServer) -> None:

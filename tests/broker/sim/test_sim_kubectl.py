@@ -94,9 +94,13 @@ def test_kubectl_exec_failures_look_like_a_cluster(
 ) -> None:
     pod = threaded_sim.agent_pod("gpu-node-001")
     assert pod is not None
-    out = run_kubectl("exec", "-n", "gpu-diagnostics", pod, "--", "sh", "-c", "id")
+    out = run_kubectl("exec", "-n", "gpu-diagnostics", pod, "--", "nvtop")
     assert out.returncode == 1
-    assert 'exec: "sh": executable file not found in $PATH' in out.stderr
+    assert 'exec: "nvtop": executable file not found in $PATH' in out.stderr
+    out = run_kubectl("exec", "-n", "gpu-diagnostics", pod, "--", "sh", "-c", "nvtop")
+    assert out.returncode == 127 and "sh: 1: nvtop: not found" in out.stderr
+    out = run_kubectl("exec", "-n", "gpu-diagnostics", pod, "--", "gpu-agent", "--version")
+    assert out.returncode == 0 and out.stdout.startswith("gpu-agent "), out.stderr
     out = run_kubectl("exec", "-i", "-n", "gpu-diagnostics", pod, "--", "gpu-agent", "--nope",
                       input="")  # fmt: skip
     assert out.returncode == 2 and "command terminated with exit code 2" in out.stderr

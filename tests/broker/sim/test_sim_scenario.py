@@ -161,3 +161,93 @@ def test_field_selectors() -> None:
 )  # fmt: skip
 def test_human_duration_matches_kubectl(seconds: int, text: str) -> None:
     assert human_duration(seconds) == text
+
+
+# Consistency: pods, GPUs and capacity must agree ------------------------------------------
+
+
+def _cluster(doc: dict[str, object], gpu_nodes: int = 0) -> SimCluster:
+    return SimCluster(load_scenario(doc), gpu_nodes)
+
+
+def test_a_pending_pod_that_a_free_node_would_take_is_refused() -> None:
+    doc = {
+        "nodes": [{"name": "gpu-node-001", "gpu_count": 8}],
+        "workloads": [{"name": "big", "gpus": 8, "phase": "Pending", "state": "waiting"}],
+    }
+    with pytest.raises(SimScenarioError, match=r"workloads\[0\]: Pending with no node, but "
+                       r"gpu-node-001 has room for it"):  # fmt: skip
+        _cluster(doc)
+    # A generated node is named as such: --nodes must not contradict the scenario.
+    doc["nodes"] = [{"name": "gpu-node-001", "gpu_count": 8, "unschedulable": True}]
+    _cluster(doc)
+    with pytest.raises(SimScenarioError, match=r"generated from `defaults` for --nodes"):
+        _cluster(doc, gpu_nodes=3)
+
+
+def test_more_gpus_allocated_than_a_node_has_is_refused() -> None:
+    doc = {
+        "nodes": [{"name": "gpu-node-001", "gpu_count": 4}],
+        "workloads": [
+            {"name": "a", "node": "gpu-node-001", "gpus": 3},
+            {"name": "b", "node": "gpu-node-001", "gpus": 2},
+            {"name": "done", "node": "gpu-node-001", "gpus": 4, "phase": "Succeeded",
+             "state": "terminated", "exit_code": 0},
+        ],
+    }  # fmt: skip
+    with pytest.raises(SimScenarioError, match=r"workloads\[1\]\.gpus: gpu-node-001 would have "
+                       r"5 nvidia.com/gpu allocated but has 4"):  # fmt: skip
+        _cluster(doc)
+    doc["workloads"][1]["gpus"] = 1  # type: ignore[index]
+    _cluster(doc)  # finished pods hold nothing
+
+
+def test_a_placed_pod_must_match_its_node_selector() -> None:
+    doc = {
+        "nodes": [{"name": "gpu-node-001"}],
+        "workloads": [{"name": "a", "node": "gpu-node-001",
+                       "node_selector": {"nvidia.com/gpu.product": "NVIDIA-L4"}}],
+    }  # fmt: skip
+    with pytest.raises(SimScenarioError, match=r"workloads\[0\]\.node_selector: gpu-node-001 "
+                       r"does not carry nvidia.com/gpu.product=NVIDIA-L4"):  # fmt: skip
+        _cluster(doc)
+
+
+@pytest.mark.parametrize("gpu_nodes", [12, 50, 300])
+def test_the_demo_pending_pod_is_unschedulable_at_any_size(gpu_nodes: int) -> None:
+    """The scheduler's message is built from the nodes: every reason counted, as
+    kube-scheduler's FitError prints it."""
+    cluster = SimCluster(load_scenario(None), gpu_nodes)
+    pod = cluster.pod("ml-research", "llm-pretrain-big-0-p4v9c")
+    assert pod is not None and "nodeName" not in pod["spec"]
+    message = pod["status"]["conditions"][0]["message"]
+    total = gpu_nodes + 2
+    assert message.startswith(f"0/{total} nodes are available: ")
+    assert "2 Insufficient nvidia.com/gpu" in message  # the two A100 nodes: 7 free each
+    assert "1 node(s) were unschedulable" in message
+    assert "1 node(s) had untolerated taint {nvidia.com/gpu-health: unhealthy}" in message
+    assert f"{total - 5} node(s) didn't match Pod's node affinity/selector" in message
+    assert message.endswith(
+        f"preemption: 0/{total} nodes are available: "
+        + ", ".join(sorted(["2 No preemption victims found for incoming pod",
+                            f"{total - 2} Preemption is not helpful for scheduling"]))
+        + "."
+    )  # fmt: skip
+    events = [e for e in cluster.events("ml-research") if e["reason"] == "FailedScheduling"]
+    assert [e["message"] for e in events] == [message]
+
+
+def test_a_cluster_without_the_chart_or_the_nvidia_runtime() -> None:
+    """What the doctor must diagnose: no DaemonSet, agent pods, release, RuntimeClass."""
+    cluster = _cluster({"chart_installed": False, "runtime_classes": []}, gpu_nodes=3)
+    assert cluster.agent_pod_name("gpu-node-001") is None
+    assert not any(p["metadata"]["namespace"] == "gpu-diagnostics" for p in cluster.pods())
+    assert [d["metadata"]["name"] for d in cluster.objects("daemonsets", "apps")] == [
+        "nvidia-device-plugin-daemonset"
+    ]
+    assert cluster.objects("secrets", "") == []
+    assert cluster.objects("runtimeclasses", "node.k8s.io") == []
+    names = {
+        sa["metadata"]["name"] for sa in cluster.objects("serviceaccounts", "", "gpu-diagnostics")
+    }
+    assert names == {"default"}
