@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .objects import AGENT_LABELS, RELEASE, event_object, iso, uid
+from .objects import AGENT_LABELS, CHART_LABELS, RELEASE, event_object, iso, uid
 from .scenario import EventSpec, WorkloadSpec
 
 Obj = dict[str, Any]
@@ -72,7 +72,7 @@ def _template(pod: Obj, drop: Iterable[str] = ()) -> Obj:
 
 def agent_daemonset(namespace: str, template_pod: Obj, created: str, rv: str) -> Obj:
     """The chart's DaemonSet; ``status`` is filled by :func:`daemonset_status`."""
-    labels = {k: v for k, v in AGENT_LABELS.items()}
+    labels = dict(CHART_LABELS)
     template = _template(template_pod)
     for key in ("controller-revision-hash", "pod-template-generation"):
         template["metadata"]["labels"].pop(key, None)

@@ -11,10 +11,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from .objects import AGENT_LABELS, RELEASE, iso, uid
+from .objects import CHART_LABELS, CHART_VERSION, RELEASE, iso, uid
 
 Obj = dict[str, Any]
-CHART_VERSION = AGENT_LABELS["app.kubernetes.io/version"]
 
 
 def _meta(kind: str, namespace: str | None, name: str, created: float, rv: str) -> Obj:
@@ -112,7 +111,7 @@ def service_accounts(
     ]
     extra: list[tuple[str, str, Obj]] = [("gpu-operator", "nvidia-device-plugin", {})]
     if agent_ns is not None:
-        extra.append((agent_ns, RELEASE, dict(AGENT_LABELS)))
+        extra.append((agent_ns, RELEASE, dict(CHART_LABELS)))
     for ns, name, labels in extra:
         meta = _meta("serviceaccount", ns, name, created, rv)
         if labels:

@@ -4,9 +4,12 @@ holding GPUs, and core/v1 events."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import uuid
 import zlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .products import product
@@ -16,12 +19,38 @@ Obj = dict[str, Any]
 
 RELEASE = "k8s-gpu-mcp"  # helm release (and DaemonSet) name; the chart's fullname
 AGENT_CONTAINER = "agent"
-AGENT_IMAGE = "ghcr.io/k8s-gpu-mcp/agent:0.1.0"
+# The chart's default (agent.source=zipapp): a stock Python image running the agent zipapp
+# that a ConfigMap mounts at /usr/local/bin/gpu-agent.
+AGENT_IMAGE = "docker.io/library/python:3.13-slim-trixie"
+AGENT_ZIPAPP = (
+    Path(__file__).resolve().parents[2] / "charts" / "k8s-gpu-mcp" / "files" / "gpu-agent.pyz"
+)
+
+
+@functools.cache
+def agent_zipapp_sha256() -> str:
+    """The chart's pod annotation: the zipapp's digest (from a source checkout; an installed
+    broker has no chart beside it, and the sim then shows the digest of nothing)."""
+    try:
+        return hashlib.sha256(AGENT_ZIPAPP.read_bytes()).hexdigest()
+    except OSError:
+        return hashlib.sha256(b"").hexdigest()
+
+
 AGENT_LABELS = {
     "app.kubernetes.io/name": "k8s-gpu-mcp",
     "app.kubernetes.io/instance": RELEASE,
     "app.kubernetes.io/component": "agent",
     "app.kubernetes.io/part-of": "k8s-gpu-mcp",
+}
+CHART_VERSION = "0.1.0"
+# The chart's own objects (DaemonSet, ServiceAccount) also carry the chart version; its pod
+# template does not (a chart upgrade must not restart every agent).
+CHART_LABELS = {
+    **AGENT_LABELS,
+    "app.kubernetes.io/version": CHART_VERSION,
+    "app.kubernetes.io/managed-by": "Helm",
+    "helm.sh/chart": f"k8s-gpu-mcp-{CHART_VERSION}",
 }
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what the API server uses for generateName
 
@@ -415,6 +444,7 @@ def agent_pod(
                 "k8s-gpu-mcp.io/gpu-mode": "runtimeClass",
                 "k8s-gpu-mcp.io/xid-source": "auto",
                 "k8s-gpu-mcp.io/pod-security-level": "privileged",
+                "k8s-gpu-mcp.io/agent-sha256": agent_zipapp_sha256(),
             },
             "ownerReferences": [
                 {
@@ -444,6 +474,7 @@ def agent_pod(
                         },
                         {"name": "GPU_AGENT_KMSG", "value": "auto"},
                         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+                        {"name": "GPU_AGENT_PYCACHE", "value": "/tmp/gpu-agent-pycache"},
                     ],  # fmt: skip
                     "resources": {
                         "limits": {"cpu": "500m", "memory": "128Mi"},
@@ -460,7 +491,13 @@ def agent_pod(
                     },
                     "volumeMounts": [
                         {"name": "tmp", "mountPath": "/tmp"},
-                    ],
+                        {
+                            "name": "agent-zipapp",
+                            "mountPath": "/usr/local/bin/gpu-agent",
+                            "subPath": "gpu-agent",
+                            "readOnly": True,
+                        },
+                    ],  # fmt: skip
                     "terminationMessagePath": "/dev/termination-log",
                     "terminationMessagePolicy": "File",
                     "imagePullPolicy": "IfNotPresent",
@@ -468,7 +505,11 @@ def agent_pod(
             ],
             "volumes": [
                 {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
-            ],
+                {
+                    "name": "agent-zipapp",
+                    "configMap": {"name": f"{RELEASE}-agent", "defaultMode": 0o555},
+                },
+            ],  # fmt: skip
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 5,
             "dnsPolicy": "ClusterFirst",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from broker import demo
+from broker.cli import demo
 from tests.release.scripts import ROOT
 
 BIN = Path(sys.executable).parent
