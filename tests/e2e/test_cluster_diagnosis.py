@@ -25,6 +25,7 @@ from mcp.client.session import ClientSession
 from broker.fleet.context import BrokerContext
 from broker.kube.config import ClusterConfig
 from broker.server import build_server
+from broker.server.prompts import PROMPT_NAMES
 from broker.sim import Rule, SimServer, start_sim
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
@@ -97,7 +98,7 @@ async def test_cluster_tools_are_listed_read_only_with_output_schemas(sim: SimSe
         assert tool.output_schema and tool.output_schema["type"] == "object"
         assert tool.annotations and tool.annotations.read_only_hint is True
         assert tool.annotations.destructive_hint is False
-    assert prompts == {"node_health_check", "xid_triage", "failed_pod_triage"}
+    assert prompts == set(PROMPT_NAMES)
 
 
 # -- explain_failure: every verdict of the scenario -------------------------------------
