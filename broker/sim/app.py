@@ -359,12 +359,18 @@ def _generic_kind(request: web.Request) -> Kind:
     return kind
 
 
+def _warn(kind: Kind, response: web.StreamResponse) -> web.StreamResponse:
+    if kind.deprecated and not response.prepared:
+        response.headers["Warning"] = f'299 - "{kind.deprecated}"'
+    return response
+
+
 async def list_generic(request: web.Request) -> web.StreamResponse:
     """List (or watch) any kind in kinds.KINDS served from SimCluster.objects."""
     kind = _generic_kind(request)
     ns = request.match_info.get("ns", "")
     objects = _ctx(request).cluster.objects(kind.plural, kind.group, ns or None)
-    return await _list(request, kind, objects, ns)
+    return _warn(kind, await _list(request, kind, objects, ns))
 
 
 async def get_generic(request: web.Request) -> web.StreamResponse:
@@ -373,7 +379,7 @@ async def get_generic(request: web.Request) -> web.StreamResponse:
     cluster = _ctx(request).cluster
     obj = cluster.object(kind.plural, kind.group, ns, name)
     node = name if kind.plural == "leases" and name in cluster.specs else None
-    return await _get(request, kind, obj, name, ns, node)
+    return _warn(kind, await _get(request, kind, obj, name, ns, node))
 
 
 async def list_nodes(request: web.Request) -> web.StreamResponse:
