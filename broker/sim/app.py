@@ -1,7 +1,9 @@
 """The simulated API server: an aiohttp application over a SimCluster.
 
-Request path: authentication (401) -> injected faults (latency, 429, 500) -> RBAC
-(403) -> handler, the order a real API server applies its filters in. Errors are
+Nodes, pods, core events and namespaces have their own handlers; every other kind in
+``kinds.KINDS`` is listed, got and watched through the generic ones. Request path:
+authentication (401) -> injected faults (latency, 429, 500) -> RBAC (403) -> handler,
+the order a real API server applies its filters in. Errors are
 metav1.Status bodies with the codes and reasons a real server sends.
 """
 
@@ -279,8 +281,15 @@ async def _watch(
             body = to_table(resource, [obj], time.time(), rv) if table else obj
             line = json.dumps({"type": "ADDED", "object": body}, separators=(",", ":"))
             await resp.write(line.encode() + b"\n")
+    deadline = time.monotonic() + timeout
     with contextlib.suppress(ConnectionError):
-        await asyncio.sleep(timeout)
+        # aiohttp does not cancel a handler whose client left: notice it, so an abandoned
+        # watch (kubectl -w ended) does not hold a task for up to 30 minutes.
+        while (left := deadline - time.monotonic()) > 0:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return resp
+            await asyncio.sleep(min(1.0, left))
         await resp.write_eof()
     return resp
 
