@@ -1,5 +1,7 @@
-"""A simulated Kubernetes cluster of GPU nodes that real kubectl and kubernetes-asyncio
-talk to: discovery, nodes, pods, events, RBAC, and pods/exec into the real agent.
+"""A simulated Kubernetes cluster of GPU nodes that real kubectl, helm,
+kubernetes-asyncio and kubernetes-mcp-server talk to: discovery, nodes, pods, events,
+the pods' owners (DaemonSets, Jobs, ...), leases, nodes/proxy, RBAC, and pods/exec into
+the real agent.
 
     async with start_sim(nodes=20) as sim:     # or: with sim_in_thread(nodes=20) as sim:
         sim.kubeconfig, sim.url, sim.token, sim.nodes

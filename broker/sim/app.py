@@ -1,7 +1,9 @@
 """The simulated API server: an aiohttp application over a SimCluster.
 
-Request path: authentication (401) -> injected faults (latency, 429, 500) -> RBAC
-(403) -> handler, the order a real API server applies its filters in. Errors are
+Nodes, pods, core events and namespaces have their own handlers; every other kind in
+``kinds.KINDS`` is listed, got and watched through the generic ones. Request path:
+authentication (401) -> injected faults (latency, 429, 500) -> RBAC (403) -> handler,
+the order a real API server applies its filters in. Errors are
 metav1.Status bodies with the codes and reasons a real server sends.
 """
 
@@ -279,8 +281,15 @@ async def _watch(
             body = to_table(resource, [obj], time.time(), rv) if table else obj
             line = json.dumps({"type": "ADDED", "object": body}, separators=(",", ":"))
             await resp.write(line.encode() + b"\n")
+    deadline = time.monotonic() + timeout
     with contextlib.suppress(ConnectionError):
-        await asyncio.sleep(timeout)
+        # aiohttp does not cancel a handler whose client left: notice it, so an abandoned
+        # watch (kubectl -w ended) does not hold a task for up to 30 minutes.
+        while (left := deadline - time.monotonic()) > 0:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return resp
+            await asyncio.sleep(min(1.0, left))
         await resp.write_eof()
     return resp
 
@@ -359,12 +368,18 @@ def _generic_kind(request: web.Request) -> Kind:
     return kind
 
 
+def _warn(kind: Kind, response: web.StreamResponse) -> web.StreamResponse:
+    if kind.deprecated and not response.prepared:
+        response.headers["Warning"] = f'299 - "{kind.deprecated}"'
+    return response
+
+
 async def list_generic(request: web.Request) -> web.StreamResponse:
     """List (or watch) any kind in kinds.KINDS served from SimCluster.objects."""
     kind = _generic_kind(request)
     ns = request.match_info.get("ns", "")
     objects = _ctx(request).cluster.objects(kind.plural, kind.group, ns or None)
-    return await _list(request, kind, objects, ns)
+    return _warn(kind, await _list(request, kind, objects, ns))
 
 
 async def get_generic(request: web.Request) -> web.StreamResponse:
@@ -373,7 +388,7 @@ async def get_generic(request: web.Request) -> web.StreamResponse:
     cluster = _ctx(request).cluster
     obj = cluster.object(kind.plural, kind.group, ns, name)
     node = name if kind.plural == "leases" and name in cluster.specs else None
-    return await _get(request, kind, obj, name, ns, node)
+    return _warn(kind, await _get(request, kind, obj, name, ns, node))
 
 
 async def list_nodes(request: web.Request) -> web.StreamResponse:

@@ -272,6 +272,14 @@ class SimCluster:
                 self.start - 86400,
                 "1",
             )
+        if plural in ("endpoints", "endpointslices"):
+            which = 0 if plural == "endpoints" else 1
+            out = []
+            for svc in self._extra["services"]:
+                ns = svc["metadata"]["namespace"]
+                if namespace in (None, ns):
+                    out.append(infra.endpoints(svc, self.pods(ns))[which])
+            return out
         items = list(self._extra.get(plural, []))
         if plural == "daemonsets":
             if self.chart_installed:

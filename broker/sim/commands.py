@@ -20,7 +20,6 @@ Other pods (workloads, the device plugin) have no agent: only the builtins above
 from __future__ import annotations
 
 import asyncio
-import re
 import shlex
 from dataclasses import dataclass
 
@@ -93,7 +92,7 @@ IN_IMAGE = frozenset(
         "yes",
     ]
 )
-_SHELL_META = re.compile(r"[|&;<>()$`\\\n*?{}\[\]~]")
+_SHELL_META = frozenset("|&;<>()$`\\\n*?[]~")  # outside quotes: more than one simple command
 _INFINITY = float("inf")
 
 
@@ -184,12 +183,31 @@ def _program(argv: list[str], agent: bool) -> Plan:
     return NotFound(name)
 
 
+def _needs_a_shell(script: str) -> bool:
+    """Whether *script* uses the shell beyond one simple command (pipes, expansions,
+    redirections, globs), looking only outside quotes (``$`` also inside double)."""
+    quote = ""
+    for ch in script:
+        if quote == "'":
+            quote = "" if ch == "'" else quote
+        elif quote == '"':
+            if ch == '"':
+                quote = ""
+            elif ch in "$`\\":
+                return True
+        elif ch in "'\"":
+            quote = ch
+        elif ch in _SHELL_META:
+            return True
+    return bool(quote)  # an unterminated quote: the shell's own syntax error
+
+
 def _shell(argv: list[str], agent: bool) -> Plan:
     shell = _base(argv[0])
     if len(argv) < 3 or argv[1] != "-c":
         return _not_simulated(f"{shell} without -c (an interactive shell)")
     script = argv[2]
-    if _SHELL_META.search(script):
+    if _needs_a_shell(script):
         return _not_simulated(f"{shell} -c {script!r} (only one simple command is simulated)")
     words = shlex.split(script)
     if words[:1] == ["exec"]:

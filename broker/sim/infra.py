@@ -64,7 +64,8 @@ def _service(
 
 
 def services(apps: dict[tuple[str, str], list[int]], created: float, rv: str) -> list[Obj]:
-    """``kubernetes``, ``kube-dns``, and one Service per workload app with service ports."""
+    """``kubernetes`` and one Service per workload app with service ports. (No kube-dns:
+    the sim runs no CoreDNS pods, and a DNS Service without endpoints reads as a fault.)"""
     out = [
         _service(
             "default",
@@ -75,27 +76,127 @@ def services(apps: dict[tuple[str, str], list[int]], created: float, rv: str) ->
             {"component": "apiserver", "provider": "kubernetes"},
             created,
             rv,
-        ),
-        _service(
-            "kube-system",
-            "kube-dns",
-            "10.96.0.10",
-            [_port("dns", 53, "UDP"), _port("dns-tcp", 53), _port("metrics", 9153)],
-            {"k8s-app": "kube-dns"},
-            {
-                "k8s-app": "kube-dns",
-                "kubernetes.io/cluster-service": "true",
-                "kubernetes.io/name": "CoreDNS",
-            },
-            created,
-            rv,
-        ),
+        )
     ]
     for i, ((ns, app), numbers) in enumerate(sorted(apps.items())):
         ports = [_port(f"port-{n}", n) for n in numbers]
         ip = f"10.96.{100 + i // 250}.{i % 250 + 10}"
         out.append(_service(ns, app, ip, ports, {"app": app}, {"app": app}, created, rv))
     return out
+
+
+_APISERVER = {"ip": "10.0.255.1", "nodeName": None, "ready": True, "ref": None}
+
+
+def _backends(service: Obj, pods: list[Obj]) -> list[Obj]:
+    """The service's endpoints: its selector's pods that have an IP (the API server
+    itself for ``default/kubernetes``)."""
+    selector = service["spec"].get("selector")
+    if not selector:
+        return [_APISERVER] if service["metadata"]["name"] == "kubernetes" else []
+    out = []
+    for pod in pods:
+        labels = pod["metadata"].get("labels", {})
+        ip = pod["status"].get("podIP")
+        if ip and all(labels.get(k) == v for k, v in selector.items()):
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in pod["status"].get("conditions", [])
+            )
+            meta = pod["metadata"]
+            ref = {
+                "kind": "Pod",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            }
+            out.append(
+                {"ip": ip, "nodeName": pod["spec"].get("nodeName"), "ready": ready, "ref": ref}
+            )
+    return out
+
+
+def _endpoint_ports(service: Obj) -> list[Obj]:
+    return [
+        {"name": p["name"], "port": p["targetPort"], "protocol": p.get("protocol", "TCP")}
+        for p in service["spec"]["ports"]
+    ]
+
+
+def endpoints(service: Obj, pods: list[Obj]) -> tuple[Obj, Obj]:
+    """(core/v1 Endpoints, discovery.k8s.io/v1 EndpointSlice) the controllers keep for
+    *service*, from the *pods* of its namespace."""
+    meta = service["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    backends = _backends(service, pods)
+    ports = _endpoint_ports(service)
+
+    def address(b: Obj) -> Obj:
+        out: Obj = {"ip": b["ip"]}
+        if b["nodeName"]:
+            out["nodeName"] = b["nodeName"]
+        if b["ref"]:
+            out["targetRef"] = b["ref"]
+        return out
+
+    subset: Obj = {}
+    ready = [address(b) for b in backends if b["ready"]]
+    waiting = [address(b) for b in backends if not b["ready"]]
+    if ready:
+        subset["addresses"] = ready
+    if waiting:
+        subset["notReadyAddresses"] = waiting
+    ep_meta = {k: meta[k] for k in ("name", "namespace", "resourceVersion", "creationTimestamp")}
+    ep_meta["uid"] = uid("endpoints", ns, name)
+    ep_meta["labels"] = dict(meta.get("labels", {}))
+    ep: Obj = {"kind": "Endpoints", "apiVersion": "v1", "metadata": ep_meta}
+    if subset:
+        subset["ports"] = ports
+        ep["subsets"] = [subset]
+    slice_name = f"{name}-{uid('slice', ns, name)[:5]}"
+    slice_meta: Obj = {
+        "name": slice_name,
+        "generateName": f"{name}-",
+        "namespace": ns,
+        "uid": uid("endpointslice", ns, slice_name),
+        "resourceVersion": meta["resourceVersion"],
+        "creationTimestamp": meta["creationTimestamp"],
+        "labels": {
+            **meta.get("labels", {}),
+            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            "kubernetes.io/service-name": name,
+        },
+        "ownerReferences": [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "name": name,
+                "uid": meta["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    eps = []
+    for b in backends:
+        e: Obj = {
+            "addresses": [b["ip"]],
+            "conditions": {"ready": b["ready"], "serving": b["ready"], "terminating": False},
+        }
+        if b["ref"]:
+            e["targetRef"] = b["ref"]
+        if b["nodeName"]:
+            e["nodeName"] = b["nodeName"]
+        eps.append(e)
+    eps_slice: Obj = {
+        "kind": "EndpointSlice",
+        "apiVersion": "discovery.k8s.io/v1",
+        "metadata": slice_meta,
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": ports,
+    }
+    return ep, eps_slice
 
 
 def service_accounts(

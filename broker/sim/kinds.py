@@ -18,6 +18,7 @@ class Kind:
     short: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     verbs: tuple[str, ...] = READ
+    deprecated: str = ""  # the API server's Warning header text for this kind
 
     @property
     def api_version(self) -> str:
@@ -44,6 +45,8 @@ class Subresource:
 
 KINDS: tuple[Kind, ...] = (
     Kind("configmaps", "ConfigMap", short=("cm",)),
+    Kind("endpoints", "Endpoints", short=("ep",),
+         deprecated="v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice"),
     Kind("events", "Event", short=("ev",)),
     Kind("namespaces", "Namespace", namespaced=False, short=("ns",)),
     Kind("nodes", "Node", namespaced=False, short=("no",)),
@@ -60,6 +63,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("leases", "Lease", "coordination.k8s.io"),
     Kind("events", "Event", "events.k8s.io", short=("ev",)),
     Kind("runtimeclasses", "RuntimeClass", "node.k8s.io", namespaced=False),
+    Kind("endpointslices", "EndpointSlice", "discovery.k8s.io"),
     Kind("selfsubjectaccessreviews", "SelfSubjectAccessReview", "authorization.k8s.io",
          namespaced=False, verbs=("create",)),
     Kind("selfsubjectrulesreviews", "SelfSubjectRulesReview", "authorization.k8s.io",
@@ -74,7 +78,7 @@ SUBRESOURCES: tuple[Subresource, ...] = (
 
 # In the order a real API server lists them in /apis (its group priority order).
 GROUPS: tuple[str, ...] = ("apps", "events.k8s.io", "authorization.k8s.io", "batch",
-                           "coordination.k8s.io", "node.k8s.io")  # fmt: skip
+                           "coordination.k8s.io", "node.k8s.io", "discovery.k8s.io")  # fmt: skip
 assert set(GROUPS) == {k.group for k in KINDS if k.group}
 _BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 

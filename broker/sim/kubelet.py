@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from .objects import node_ip
+from .scheduling import memory_bytes
 from .status import bad_request, internal_error, not_found
 
 Obj = dict[str, Any]
@@ -69,19 +70,11 @@ def _fs(seed: str, now: float, capacity: int, used: int) -> Obj:
     }
 
 
-def _quantity_bytes(q: str) -> int:
-    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
-    for suffix, mult in units.items():
-        if q.endswith(suffix):
-            return int(float(q[: -len(suffix)]) * mult)
-    return int(float(q))
-
-
 def stats_summary(node: Obj, pods: list[Obj], now: float) -> Obj:
     """The kubelet Summary API (``/stats/summary``) for *node* running *pods*."""
     name = node["metadata"]["name"]
     capacity = node["status"]["capacity"]
-    mem_total = _quantity_bytes(capacity["memory"])
+    mem_total = memory_bytes(capacity["memory"])
     boot = node["metadata"]["creationTimestamp"]
     pod_stats = []
     total_cpu = total_mem = 0
@@ -102,7 +95,7 @@ def stats_summary(node: Obj, pods: list[Obj], now: float) -> Obj:
                 ),
                 None,
             )
-            limit_b = _quantity_bytes(limit) if limit else None
+            limit_b = memory_bytes(limit) if limit else None
             mem = _n(seed + cs["name"], 20, 60) * (limit_b // 100 if limit_b else 1 << 20)
             cpu = _n(seed + cs["name"] + "cpu", 1, 8000)
             pod_cpu, pod_mem = pod_cpu + cpu, pod_mem + mem

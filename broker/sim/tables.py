@@ -475,6 +475,46 @@ RUNTIMECLASS_COLUMNS = [
 ]
 
 
+ENDPOINTS_COLUMNS = [_NAME, _col("Endpoints", "Endpoints of the service."), _AGE]
+ENDPOINTSLICE_COLUMNS = [
+    _NAME,
+    _col("AddressType", "The IP protocol for this slice"),
+    _col("Ports", "The ports of this slice"),
+    _col("Endpoints", "The endpoints of this slice"),
+    _AGE,
+]
+
+
+def _more(items: list[str]) -> str:
+    """printers' formatEndpoints: at most three, then ``+ N more...``."""
+    if not items:
+        return "<none>"
+    shown = ",".join(items[:3])
+    return shown + (f" + {len(items) - 3} more..." if len(items) > 3 else "")
+
+
+def _endpoints_cells(obj: Obj, now: float) -> list[Any]:
+    pairs = [
+        f"{a['ip']}:{p['port']}"
+        for sub in obj.get("subsets", [])
+        for p in sub.get("ports", [])
+        for a in sub.get("addresses", [])
+    ]
+    return [obj["metadata"]["name"], _more(pairs), _age(obj, now)]
+
+
+def _endpointslice_cells(obj: Obj, now: float) -> list[Any]:
+    ports = ",".join(str(p["port"]) for p in obj.get("ports") or []) or "<unset>"
+    addrs = [a for e in obj.get("endpoints") or [] for a in e.get("addresses", [])]
+    return [
+        obj["metadata"]["name"],
+        obj.get("addressType", ""),
+        ports,
+        _more(addrs),
+        _age(obj, now),
+    ]
+
+
 def _count(field: str) -> Callable[[Obj, float], list[Any]]:
     def cells(obj: Obj, now: float) -> list[Any]:
         n = len(obj.get(field) or {})
@@ -527,6 +567,8 @@ PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, float], list[Any]
     "serviceaccounts": (SERVICEACCOUNT_COLUMNS, _count("secrets")),
     "leases": (LEASE_COLUMNS, _lease_cells),
     "runtimeclasses": (RUNTIMECLASS_COLUMNS, _runtimeclass_cells),
+    "endpoints": (ENDPOINTS_COLUMNS, _endpoints_cells),
+    "endpointslices": (ENDPOINTSLICE_COLUMNS, _endpointslice_cells),
 }
 
 

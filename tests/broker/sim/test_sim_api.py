@@ -32,6 +32,7 @@ async def test_discovery_documents(api: Api) -> None:
         "batch",
         "coordination.k8s.io",
         "node.k8s.io",
+        "discovery.k8s.io",
     ]
     assert "metrics.k8s.io" not in {g["name"] for g in groups["groups"]}  # no metrics-server
     status, body, _ = await api.get("/openapi/v3")

@@ -4,10 +4,11 @@ framing, status frames, refused commands, and every exec fault the sim injects."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from broker.sim import SimServer
+from broker.sim import SimServer, start_sim
 
 from .conftest import mcp_lines, ws_exec
 
@@ -211,3 +212,13 @@ async def test_fault_version_skew_agent_lacks_a_tool(sim: SimServer) -> None:
     tools = {t["name"] for t in answers[9]["result"]["tools"]}
     assert "get_nvlink_topology" not in tools and "get_gpu_health" in tools
     assert "error" in answers[2] or answers[2]["result"].get("isError")
+
+
+async def test_in_process_sims_run_other_agent_modes_as_processes(tmp_path: Path) -> None:
+    """In-process agents serve the MCP loop; `gpu-agent --version` (or a one-shot call)
+    is the real command line, so it runs as a subprocess there too."""
+    async with start_sim(nodes=2, in_process=True, workdir=tmp_path / "s") as sim:
+        command = ("gpu-agent", "--version")
+        res = await ws_exec(sim, "gpu-node-001", command=command, open_stdin=False)
+        assert res.status == {"metadata": {}, "status": "Success"}
+        assert res.channel(1).startswith(b"gpu-agent ")

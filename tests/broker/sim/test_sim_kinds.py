@@ -115,8 +115,17 @@ def test_the_other_kinds_print_real_columns(run_kubectl: Kubectl) -> None:
         "AGE",
         "SELECTOR",
     ]
-    assert rows["kube-dns"][5] == "53/UDP,53/TCP,9153/TCP"
+    assert rows["kubernetes"][5] == "443/TCP"
     assert rows["triton-llm"][-1] == "app=triton-llm"
+    out = run_kubectl("describe", "svc", "triton-llm", "-n", "inference")
+    assert out.returncode == 0 and "Endpoints:                10.244." in out.stdout, out.stderr
+    header, rows = _rows(run_kubectl("get", "endpoints", "-n", "inference", "-A"))
+    assert header == ["NAMESPACE", "NAME", "ENDPOINTS", "AGE"]
+    assert rows["triton-llm"][2].endswith(":8002") and rows["triton-llm"][2].count(",") == 2
+    out = run_kubectl("get", "endpoints", "-n", "inference")
+    assert "Warning: v1 Endpoints is deprecated in v1.33+" in out.stderr  # as 1.33 warns
+    header, rows = _rows(run_kubectl("get", "endpointslices", "-A"))
+    assert header == ["NAMESPACE", "NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
     header, rows = _rows(run_kubectl("get", "leases", "-n", "kube-node-lease", "-A"))
     assert header == ["NAMESPACE", "NAME", "HOLDER", "AGE"] and len(rows) == 14
     out = run_kubectl("describe", "lease", "gpu-node-002", "-n", "kube-node-lease")
