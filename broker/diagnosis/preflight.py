@@ -159,8 +159,12 @@ def _report(run: _Run, checks: Sequence[Check]) -> Json:
         "summary": {s: counts.get(s, 0) for s in ("ok", "warn", "fail", "skip")},
         "first_problem": None
         if first is None
-        else {"check": first.name, "status": first.status, "summary": first.summary,
-              "fix": first.fix},  # fmt: skip
+        else {
+            "check": first.name,
+            "status": first.status,
+            "summary": first.summary,
+            "fix": first.fix,
+        },  # fmt: skip
         "checks": [c.as_dict() for c in checks],
     }
 
@@ -460,8 +464,8 @@ async def _runtime_class(run: _Run) -> Check:
         "start (they stay ContainerCreating)",
         "install the NVIDIA GPU Operator (it creates RuntimeClass nvidia) or the "
         "nvidia-container-toolkit (`nvidia-ctk runtime configure` plus a RuntimeClass with "
-        f"handler nvidia); or install the chart with another mode, e.g. "
-        f"`--set gpu.mode=dra` (sees every GPU, takes none)",
+        "handler nvidia); or install the chart with another mode, e.g. "
+        "`--set gpu.mode=dra` (sees every GPU, takes none)",
         {"missing": absent, "existing": sorted(have)},
     )
 

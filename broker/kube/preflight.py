@@ -78,15 +78,11 @@ async def can_i(api: KubeApi, verb: str, resource: str, namespace: str | None) -
     )
 
 
-async def daemonsets(
-    api: KubeApi, namespace: str | None, label_selector: str
-) -> list[Obj] | None:
+async def daemonsets(api: KubeApi, namespace: str | None, label_selector: str) -> list[Obj] | None:
     """DaemonSets matching ``label_selector`` in ``namespace`` (None: every namespace);
     None when the API server does not serve apps/v1 DaemonSets."""
-    if namespace:
-        method, args = "list_namespaced_daemon_set", (namespace,)
-    else:
-        method, args = "list_daemon_set_for_all_namespaces", ()
+    args: tuple[str, ...] = (namespace,) if namespace else ()
+    method = "list_namespaced_daemon_set" if namespace else "list_daemon_set_for_all_namespaces"
     return await _list_or_none(
         api, "AppsV1Api", method, args, "daemonsets", namespace, label_selector=label_selector
     )
