@@ -48,7 +48,8 @@ CAUSES_SCHEMA: Json = {
 
 def cause_key(node: str, kind: str, reason: str) -> tuple[str, str]:
     """(kind, reason without the node's or pod's name): equal for the same cause."""
-    text = reason.replace(f"node {node}: ", "").replace(node, "<node>")
+    text = reason.replace(f"node {node}: ", "")
+    text = re.sub(rf"(?<![\w.-]){re.escape(node)}(?![\w.-])", "<node>", text)
     text = _POD_UID.sub("pod=<pod>", text)
     text = _POD.sub(lambda m: f"{m.group(1)}<pod>", text)
     text = _SECONDS.sub("N s", text)
