@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -310,13 +311,17 @@ def run_serve(options: Any, consoles: Consoles | None = None) -> int:
         await serve(options)
         return EXIT_OK
 
-    code = _run(cons, main)
-    if code == 130:
-        # A thread blocked reading stdin would hold the interpreter's exit until the
-        # next line: leave now, as a user pressing Ctrl-C once expects.
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    if options.transport == "stdio":
+        # asyncio's own first-Ctrl-C handling cancels the server and then waits for the
+        # thread blocked reading stdin, i.e. for the next line: leave at once instead.
+        signal.signal(signal.SIGINT, _exit_on_interrupt)
+    return _run(cons, main)
+
+
+def _exit_on_interrupt(signum: int, frame: Any) -> None:
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def serve_banner(options: Any) -> str:

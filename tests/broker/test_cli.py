@@ -31,8 +31,11 @@ def kc(sim: SimServer) -> list[str]:
 def test_help_texts_name_the_commands_and_exit_codes() -> None:
     top = run("--help")
     assert top.exit_code == 0
-    for command in ("serve", "nodes", "sweep", "diagnose", "explain", "sim"):
+    for command in ("serve", "nodes", "sweep", "diagnose", "explain", "doctor", "sim"):
         assert command in top.output
+    doctor = run("doctor", "--help")
+    assert "Exit codes" in doctor.output and "check_setup" in doctor.output
+    assert "yaml" in run("nodes", "--help").output
     sweep = run("sweep", "--help")
     assert "Exit codes" in sweep.output and "critical" in sweep.output
     assert "--kubeconfig" in sweep.output and "--namespace" in sweep.output
