@@ -311,11 +311,25 @@ async def _chart(run: _Run) -> Check:
     note = "" if served else " (DaemonSets not served by this API server: counted the pods)"
     summary = f"{what}: {desired} desired, {ready} ready{note}"
     details: Json = {"namespace": ns, "desired": desired, "ready": ready, "daemonset": name}
+    covered = {str((pod.get("spec") or {}).get("nodeName") or "") for pod in pods}
+    uncovered = sorted(_name(n) for n in run.gpu_nodes if _name(n) not in covered)
+    if uncovered:
+        details["gpu_nodes_without_agent_pod"] = uncovered
+    placement = (
+        "the DaemonSet's nodeSelector/tolerations leave some GPU nodes out: compare "
+        f"`{run.kubectl(f'-n {ns} get daemonset -o wide')}` with the GPU nodes' labels and "
+        "taints (chart values nodeSelector, tolerations)"
+    )
+    without = (
+        f"; {len(uncovered)} GPU node(s) without an agent pod ({_some(uncovered)})"
+        if uncovered
+        else ""
+    )
     if ready < len(pods) or ready < desired:
         problems = _pod_problems(pods)
         details["not_ready"] = problems
         worst = next(iter(problems), None)
-        first_pod = problems[worst][0] if worst else None
+        first_pod = problems[worst][0].split(" ")[0] if worst else None
         fix = (
             f"see why with `{run.kubectl(f'-n {ns} describe pod {first_pod}')}` (events at the "
             "end: image pull, RuntimeClass, Pod Security, scheduling)"
@@ -324,18 +338,9 @@ async def _chart(run: _Run) -> Check:
         )
         status: Status = "fail" if ready == 0 else "warn"
         shown = "; ".join(f"{len(p)} {r} ({_some(p)})" for r, p in problems.items())
-        return Check("chart", status, f"{summary}; not ready: {shown}", fix, details)
-    if run.gpu_nodes and desired < len(run.gpu_nodes):
-        missing = len(run.gpu_nodes) - desired
-        return Check(
-            "chart",
-            "warn",
-            f"{summary}, but {missing} GPU node(s) have no agent pod",
-            "the DaemonSet's nodeSelector/tolerations leave them out: compare "
-            f"`{run.kubectl(f'-n {ns} get daemonset -o wide')}` with the GPU nodes' labels "
-            "and taints (chart values nodeSelector, tolerations)",
-            details,
-        )
+        return Check("chart", status, f"{summary}; not ready: {shown}{without}", fix, details)
+    if uncovered:
+        return Check("chart", "warn", f"{summary}{without}", placement, details)
     return Check("chart", "ok", summary, details=details)
 
 
@@ -422,7 +427,8 @@ def _pod_problems(pods: Sequence[Obj]) -> dict[str, list[str]]:
         else:
             if state == "Running":
                 state = "Running, not Ready"
-        groups.setdefault(state, []).append(_name(pod))
+        node = (pod.get("spec") or {}).get("nodeName")
+        groups.setdefault(state, []).append(f"{_name(pod)} on {node}" if node else _name(pod))
     return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
