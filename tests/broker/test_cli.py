@@ -136,3 +136,21 @@ def test_serve_refuses_a_public_address_without_a_token() -> None:
     result = run("serve", "--transport", "http", "--host", "0.0.0.0")
     assert result.exit_code == 1
     assert "needs a bearer token" in result.stderr
+
+
+def test_nodes_failing_alike_are_one_row_with_the_fix(sim: SimServer) -> None:
+    sweep = run("sweep", "-n", "gpu-tools", *kc(sim))
+    assert sweep.exit_code == 3, sweep.output
+    lines = sweep.stdout.splitlines()
+    (row,) = [ln for ln in lines if "10 nodes" in ln]
+    assert "no agent pod on this GPU node in namespace gpu-tools" in row
+    assert "no agent pods at all: is the chart installed" in row
+    assert not [ln for ln in lines if "gpu-node-004" in ln and "10 nodes" not in ln]
+    nodes = run("nodes", "-n", "gpu-tools", *kc(sim))
+    assert nodes.exit_code == 3
+    assert sum("no agent pods at all" in ln for ln in nodes.stdout.splitlines()) == 1
+    wide = run("nodes", "-n", "gpu-tools", "-o", "wide", *kc(sim))
+    assert sum("gpu-node-0" in ln for ln in wide.stdout.splitlines()) == 10  # one row each
+    doc = json.loads(run("sweep", "-n", "gpu-tools", "-o", "json", *kc(sim)).stdout)
+    (cause,) = doc["summary"]["causes"]
+    assert cause["count"] == 10 and "broker doctor" in cause["fix"]
