@@ -10,12 +10,13 @@ failure (``first_problem``) so a user or an LLM knows where to start.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from broker.errors import BrokerError, ConfigError, RbacDenied, Unauthenticated
+from broker.errors import ApiUnavailable, BrokerError, ConfigError, RbacDenied, Unauthenticated
 from broker.fleet.context import BrokerContext
 from broker.kube import preflight as kube
 from broker.kube.config import ClusterConfig, KubeApi
@@ -125,7 +126,8 @@ async def preflight(ctx: BrokerContext, *, surface: Surface = "mcp") -> Json:
     try:
         run.api = await ctx.api()
     except ConfigError as exc:
-        results.append(Check("cluster", "fail", f"cannot load the cluster configuration: {exc}"))
+        problem = f"cannot load the cluster configuration: {exc}"
+        results.append(Check("cluster", "fail", problem, str(exc)))
         return _report(run, [*results, *_skipped_after("cluster")])
     cluster = await _cluster(run)
     results.append(cluster)
@@ -157,16 +159,13 @@ def _report(run: _Run, checks: Sequence[Check]) -> Json:
         "server": run.api.server if run.api else None,
         "namespace": run.namespace,
         "summary": {s: counts.get(s, 0) for s in ("ok", "warn", "fail", "skip")},
-        "first_problem": None
-        if first is None
-        else {
-            "check": first.name,
-            "status": first.status,
-            "summary": first.summary,
-            "fix": first.fix,
-        },  # fmt: skip
+        "first_problem": None if first is None else _first(first),
         "checks": [c.as_dict() for c in checks],
     }
+
+
+def _first(check: Check) -> Json:
+    return {"check": check.name, "status": check.status, "summary": check.summary, "fix": check.fix}
 
 
 # -- the checks -------------------------------------------------------------------------
@@ -176,14 +175,16 @@ async def _cluster(run: _Run) -> Check:
     where = f"context {api.context}, " if api.context else ""
     try:
         version = await kube.server_version(api)
-        # Asking RBAC a question proves the credentials (/version needs none).
-        run.access["pods"] = await kube.can_i(api, "list", "pods", run.namespace)
+        # Asking RBAC a question proves the credentials (/version needs none); any other
+        # trouble asking is the RBAC check's to report.
+        with contextlib.suppress(RbacDenied, ApiUnavailable):
+            run.access["pods"] = await kube.can_i(api, "list", "pods", run.namespace)
     except Unauthenticated as exc:
         return Check("cluster", "fail", f"{where}the API server rejected the credentials", str(exc))
     except BrokerError as exc:
         fix = str(exc)
         return Check("cluster", "fail", f"{where}cannot talk to the API server: {exc}", fix)
-    shown = f"Kubernetes {version}" if version else "version not served"
+    shown = f"Kubernetes {version}" if version else "version unknown"
     return Check(
         "cluster",
         "ok",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from broker.cli.app import app
@@ -184,3 +185,14 @@ async def test_check_setup_is_an_mcp_tool(tmp_path: Path) -> None:
     assert report is not None and report["ok"] is False
     # Over MCP the fix speaks of the broker's configuration, not of CLI flags.
     assert "broker serve -n gpu-diagnostics" in report["first_problem"]["fix"]
+
+
+def test_refused_credentials_fail_the_first_check(ready_sim: SimServer, tmp_path: Path) -> None:
+    refused = tmp_path / "refused"
+    refused.write_text(ready_sim.kubeconfig.read_text().replace(ready_sim.token, "wrong"))
+    result = CliRunner().invoke(app, ["doctor", "-o", "yaml", "--kubeconfig", str(refused)])
+    assert result.exit_code == 1
+    report = yaml.safe_load(result.stdout)
+    assert report["first_problem"]["check"] == "cluster"
+    assert "rejected the credentials" in report["first_problem"]["summary"]
+    assert "log in again" in report["first_problem"]["fix"]
