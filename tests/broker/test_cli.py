@@ -118,6 +118,8 @@ def test_errors_are_messages_with_exit_code_1(sim: SimServer, tmp_path: Any) -> 
     unknown = run("diagnose", "gpu-node-999", *kc(sim))
     assert unknown.exit_code == 1
     assert "unknown GPU node(s): gpu-node-999" in unknown.stderr
+    typo = run("diagnose", "gpu-node-0003", *kc(sim))
+    assert typo.exit_code == 1 and "Did you mean gpu-node-003?" in typo.stderr
     selector = run("sweep", "-l", "a in (b", *kc(sim))
     assert selector.exit_code == 1 and "invalid node_selector" in selector.stderr
     missing = run("sweep", "--kubeconfig", str(tmp_path / "nope"))
