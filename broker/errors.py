@@ -17,6 +17,10 @@ class BrokerError(Exception):
 
     kind: str = "unreachable"
 
+    def for_mcp(self) -> str:
+        """The message as an MCP client should read it (naming MCP tools, not commands)."""
+        return str(self)
+
 
 class ConfigError(BrokerError):
     """No usable cluster configuration (kubeconfig, context, credentials)."""
@@ -31,16 +35,27 @@ class UnknownNode(BrokerError):
 
     def __init__(self, nodes: Sequence[str], known: Sequence[str] = ()) -> None:
         self.nodes = list(nodes)
+        self.known = list(known)
+        super().__init__(self._message("Run `broker nodes` to list the GPU nodes"))
+
+    def _message(self, listing: str) -> str:
+        import difflib  # only when a name is wrong
+
         names = ", ".join(self.nodes)
         hint = ""
-        if known:
-            sample = ", ".join(sorted(known)[:5])
-            more = f" (and {len(known) - 5} more)" if len(known) > 5 else ""
+        guesses = [
+            g for n in self.nodes for g in difflib.get_close_matches(n, self.known, n=1, cutoff=0.6)
+        ]
+        if guesses:
+            hint = f" Did you mean {', '.join(dict.fromkeys(guesses))}?"
+        elif self.known:
+            sample = ", ".join(sorted(self.known)[:5])
+            more = f" (and {len(self.known) - 5} more)" if len(self.known) > 5 else ""
             hint = f" Known GPU nodes: {sample}{more}."
-        super().__init__(
-            f"unknown GPU node(s): {names}.{hint} Run `broker nodes` to list the GPU nodes "
-            "and their agent pods."
-        )
+        return f"unknown GPU node(s): {names}.{hint} {listing} and their agent pods."
+
+    def for_mcp(self) -> str:
+        return self._message("Call list_gpu_nodes to list the GPU nodes")
 
 
 class NodeNotReady(BrokerError):

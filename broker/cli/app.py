@@ -19,7 +19,9 @@ TOKEN_ENV = "K8S_GPU_MCP_TOKEN"
 
 class Output(StrEnum):
     table = "table"
+    wide = "wide"
     json = "json"
+    yaml = "yaml"
 
 
 class Transport(StrEnum):
@@ -70,7 +72,13 @@ Concurrency = Annotated[
     ),
 ]
 OutputOpt = Annotated[
-    Output, typer.Option("--output", "-o", help="table for people, json for scripts.")
+    Output,
+    typer.Option(
+        "--output",
+        "-o",
+        help="table for people (wide: more columns), json or yaml for scripts. Piped output "
+        "is never wrapped or truncated.",
+    ),
 ]
 Selector = Annotated[
     str | None,
@@ -218,6 +226,30 @@ def explain(
     from broker.cli.commands import run_explain
 
     raise typer.Exit(run_explain(opts, pod, namespace, output=output.value))
+
+
+def doctor(
+    output: OutputOpt = Output.table,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Check that this cluster is ready to be diagnosed, and say what to do first if not.
+
+    In order: the kubeconfig/context and the API server; your RBAC (list nodes, list pods
+    and create pods/exec in the agent namespace); GPU nodes; the chart's DaemonSet (desired
+    vs ready; if it is not in --namespace, where it is); the RuntimeClass; one agent over
+    exec and the GPUs it sees; Pod Security on the namespace. Every check runs that can;
+    the fix for the first failure is printed last. The same checks are the MCP tool
+    check_setup.
+
+    Exit codes: 0 ready (warnings may be shown); 1 a check failed (the fix is printed).
+    """
+    opts = _opts(kubeconfig, context, namespace, timeout, 1)
+    from broker.cli.commands import run_doctor
+
+    raise typer.Exit(run_doctor(opts, output=output.value))
 
 
 def serve(
@@ -409,6 +441,7 @@ def make_app(name: str, *, with_serve: bool = True, with_sim: bool = True) -> ty
     cli.command()(drift)
     cli.command()(stragglers)
     cli.command()(explain)
+    cli.command()(doctor)
     if with_sim:
         from broker.sim.cli import sim
 

@@ -3,13 +3,16 @@
 Each ``run_*`` function runs the command to completion and returns its exit code:
 0 fine, 1 the command itself failed (configuration, API server, bad input: the message
 says what to do), 2 a GPU node is critical, 3 some node could not be checked (and none is
-critical). Tables go to stdout, progress and errors to stderr; ``--output json`` prints
-exactly the JSON the MCP tools return.
+critical). Tables go to stdout, progress and errors to stderr; ``--output json`` (or
+``yaml``) prints exactly the JSON the MCP tools return. ``broker doctor``: 0 ready, 1 a
+check failed. Output that is not a terminal is never wrapped or truncated.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from broker.cli.render_explain import render_explanation
 from broker.diagnosis.gather import explain_pod
 from broker.errors import BrokerError
 from broker.fleet.aggregate import EXIT_CRITICAL, EXIT_OK, EXIT_UNREACHABLE, exit_code
+from broker.fleet.causes import nodes_with_causes, with_causes
 from broker.fleet.context import BrokerContext
 from broker.fleet.operations import diagnose, list_nodes, nodes_answer, run_tool
 from broker.fleet.pool import NodeResult
@@ -39,7 +43,9 @@ from broker.kube.config import ClusterConfig
 __all__ = [
     "EXIT_FAILED",
     "CommonOptions",
+    "Consoles",
     "run_diagnose",
+    "run_doctor",
     "run_explain",
     "run_nodes",
     "run_serve",
@@ -48,6 +54,8 @@ __all__ = [
 
 EXIT_FAILED = 1
 T = TypeVar("T")
+# Wide enough that rich never wraps or folds a line when the output is a pipe or a file.
+_UNBOUNDED_WIDTH = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -65,12 +73,21 @@ class CommonOptions:
         return ClusterConfig.from_options(self.kubeconfig, self.context, self.namespace)
 
 
+def console(stderr: bool = False) -> Console:
+    """A rich Console; when it is not a terminal (a pipe, a file), lines are never wrapped,
+    folded or truncated, whatever COLUMNS says, so `| grep NODE` shows whole lines."""
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream.isatty()
+    width = None if tty else _UNBOUNDED_WIDTH
+    return Console(stderr=stderr, emoji=False, highlight=False, width=width, soft_wrap=not tty)
+
+
 @dataclass
 class Consoles:
     """Where output goes (replaceable in tests)."""
 
-    out: Console = field(default_factory=lambda: Console(emoji=False, highlight=False))
-    err: Console = field(default_factory=lambda: Console(stderr=True, emoji=False))
+    out: Console = field(default_factory=console)
+    err: Console = field(default_factory=lambda: console(stderr=True))
 
 
 def _run(consoles: Consoles, main: Callable[[], Awaitable[int]]) -> int:
@@ -87,9 +104,20 @@ def _run(consoles: Consoles, main: Callable[[], Awaitable[int]]) -> int:
         return 130
 
 
-def _print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+def _print_json(doc: Any, output: str = "json") -> None:
+    """The answer as JSON, or as YAML for ``-o yaml`` (never line-wrapped)."""
+    if output == "yaml":
+        import yaml
+
+        text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=_UNBOUNDED_WIDTH)
+    else:
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _machine(output: str) -> bool:
+    return output in ("json", "yaml")
 
 
 def run_nodes(
@@ -104,11 +132,17 @@ def run_nodes(
         async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
             targets = await list_nodes(ctx, selector)
             warnings = ctx.pool.warnings
-        if output == "json":
-            targeted = f"node_selector {selector!r}" if selector else "every GPU node"
-            _print_json(nodes_answer(targets, targeted=targeted, warnings=warnings))
+        targeted = f"node_selector {selector!r}" if selector else "every GPU node"
+        answer = nodes_with_causes(
+            nodes_answer(targets, targeted=targeted, warnings=warnings),
+            namespace=ctx.namespace,
+            surface="cli",
+        )
+        if _machine(output):
+            _print_json(answer, output)
         else:
-            cons.out.print(nodes_table(targets))
+            causes = answer.get("causes") or []
+            cons.out.print(nodes_table(targets, wide=output == "wide", causes=causes))
             for w in warnings:
                 cons.err.print(
                     f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True
@@ -149,10 +183,11 @@ def run_sweep(
                 "Checking GPU health",
                 lambda report: run_tool(ctx, "get_gpu_health", arguments, report),
             )
-        if output == "json":
-            _print_json(answer)
+            answer = with_causes(answer, namespace=ctx.namespace, surface="cli")
+        if _machine(output):
+            _print_json(answer, output)
         else:
-            cons.out.print(sweep_table(answer))
+            cons.out.print(sweep_table(answer, wide=output == "wide"))
             for w in answer.get("warnings") or []:
                 cons.err.print(
                     f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True
@@ -202,8 +237,8 @@ def run_diagnose(
     async def main() -> int:
         async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
             doc = await diagnose(ctx, node, since_minutes)
-        if output == "json":
-            _print_json(doc)
+        if _machine(output):
+            _print_json(doc, output)
         else:
             cons.out.print(diagnose_report(doc))
         if doc["status"] == "critical":
@@ -228,8 +263,8 @@ def run_explain(
     async def main() -> int:
         async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
             result = await explain_pod(ctx, pod, namespace or None)
-        if output == "json":
-            _print_json(result)
+        if _machine(output):
+            _print_json(result, output)
         else:
             cons.out.print(render_explanation(result))
         return EXIT_OK
@@ -237,15 +272,72 @@ def run_explain(
     return _run(cons, main)
 
 
+# -- doctor --------------------------------------------------------------------------------
+def run_doctor(
+    opts: CommonOptions, *, output: str = "table", consoles: Consoles | None = None
+) -> int:
+    """``broker doctor``: every preflight check; the first failure's fix printed last."""
+    from broker.cli.render import doctor_report
+    from broker.diagnosis.preflight import EXIT_FAILED as CHECK_FAILED
+    from broker.diagnosis.preflight import EXIT_OK as READY
+    from broker.diagnosis.preflight import preflight_for
+
+    cons = consoles or Consoles()
+
+    async def main() -> int:
+        report = await preflight_for(opts.config, call_timeout=opts.timeout, surface="cli")
+        if _machine(output):
+            _print_json(report, output)
+        else:
+            cons.out.print(doctor_report(report, wide=output == "wide"))
+        return READY if report["ok"] else CHECK_FAILED
+
+    return _run(cons, main)
+
+
 # -- serve ---------------------------------------------------------------------------------
 def run_serve(options: Any, consoles: Consoles | None = None) -> int:
-    """``broker serve``: the MCP server (``options`` is a broker.server.ServeOptions)."""
+    """``broker serve``: the MCP server (``options`` is a broker.server.ServeOptions).
+
+    Started by hand on a terminal, it says on stderr what it is and how to connect an IDE
+    (stdout belongs to the MCP protocol), and the first Ctrl-C ends it at once."""
     from broker.server import serve
 
     cons = consoles or Consoles()
+    if options.transport == "http" or sys.stdin.isatty():
+        cons.err.print(serve_banner(options), highlight=False, soft_wrap=True)
 
     async def main() -> int:
         await serve(options)
         return EXIT_OK
 
+    if options.transport == "stdio":
+        # asyncio's own first-Ctrl-C handling cancels the server and then waits for the
+        # thread blocked reading stdin, i.e. for the next line: leave at once instead.
+        signal.signal(signal.SIGINT, _exit_on_interrupt)
     return _run(cons, main)
+
+
+def _exit_on_interrupt(signum: int, frame: Any) -> None:
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def serve_banner(options: Any) -> str:
+    """One line: what this process is and how to connect an IDE to it."""
+    where = f"context {options.config.context}" if options.config.context else "current context"
+    scope = f"{where}, agent namespace {options.config.namespace}"
+    pinned = f", pinned to node {options.node}" if options.node else ""
+    if options.transport == "http":
+        http = options.http
+        return (
+            f"broker serve: MCP server (streamable HTTP) at http://{http.host}:{http.port}/mcp "
+            f"for the GPUs of {scope}{pinned}; point your IDE's MCP client at that URL. "
+            "Ctrl-C stops."
+        )
+    return (
+        f"broker serve: MCP server on stdio for the GPUs of {scope}{pinned}. An IDE starts "
+        'it itself: add {"command": "broker", "args": ["serve"]} to its MCP servers '
+        "configuration (see README). Ctrl-C stops."
+    )

@@ -20,6 +20,7 @@ from broker.kube.names import COUNT_LABEL, PRODUCT_LABEL
 __all__ = [
     "STATUS_STYLE",
     "diagnose_report",
+    "doctor_report",
     "nodes_table",
     "status_text",
     "sweep_summary",
@@ -37,6 +38,7 @@ STATUS_STYLE = {
     "info": "dim",
 }
 _HEALTHY_NAMES_SHOWN = 6
+_COLLAPSE_AT = 3  # this many nodes failing the same way print as one row
 
 
 def _add(table: Table, *cells: Any) -> None:
@@ -59,18 +61,70 @@ def _gpus(labels: Mapping[str, str]) -> str:
 
 
 # -- broker nodes --------------------------------------------------------------------------
-def nodes_table(targets: Sequence[NodeTarget]) -> Table:
-    """One row per GPU node: agent pod, whether it can be diagnosed, GPUs, and why not."""
+def nodes_table(
+    targets: Sequence[NodeTarget], *, wide: bool = False, causes: Sequence[Json] = ()
+) -> RenderableType:
+    """One row per GPU node: agent pod, whether it can be diagnosed, GPUs, and why not.
+    Nodes sharing a cause (``causes``) are one row with the count, unless ``wide``."""
     table = Table(box=box.SIMPLE_HEAD, title=f"{len(targets)} GPU node(s)", title_justify="left")
     table.add_column("NODE", no_wrap=True)
     table.add_column("AGENT POD", no_wrap=True)
     table.add_column("READY")
     table.add_column("GPUS")
+    if wide:
+        table.add_column("NAMESPACE", no_wrap=True)
     table.add_column("REASON", overflow="fold")
+    failures = [
+        {"node": t.node, "kind": "not_ready", "reason": t.reason or "not ready"}
+        for t in targets
+        if not t.ready
+    ]
+    collapsed = set() if wide else _collapsed(causes, failures)
     for t in targets:
+        if t.node in collapsed:
+            continue
         ready = Text("yes", style="green") if t.ready else Text("no", style="magenta")
-        _add(table, t.node, t.pod or "—", ready, _gpus(t.labels), t.reason or "")
-    return table
+        extra = (t.namespace,) if wide else ()
+        _add(table, t.node, t.pod or "—", ready, _gpus(t.labels), *extra, t.reason or "")
+    for cause in _big(causes) if not wide else ():
+        no = Text("no", style="magenta")
+        extra = ("",) if wide else ()
+        _add(table, f"{cause['count']} nodes", "—", no, "", *extra, _cause_cell(cause))
+    return Group(table, *_cause_fixes(causes))
+
+
+def _big(causes: Sequence[Json]) -> list[Json]:
+    return [c for c in causes if c["count"] >= _COLLAPSE_AT]
+
+
+def _collapsed(causes: Sequence[Json], failures: Sequence[Json]) -> set[str]:
+    """The failed nodes that belong to a big cause: printed in its row, not one by one
+    (the cause lists only a sample of its nodes, so match by cause key)."""
+    from broker.fleet.causes import cause_key
+
+    big = {(c["kind"], c["reason"]) for c in _big(causes)}
+    return {
+        str(f["node"])
+        for f in failures
+        if cause_key(str(f["node"]), str(f["kind"]), str(f["reason"])) in big
+    }
+
+
+def _cause_cell(cause: Json) -> str:
+    shown = ", ".join(cause["nodes"])
+    more = cause["count"] - len(cause["nodes"])
+    return f"{cause['reason']} [{shown}{f', … +{more} more' if more > 0 else ''}]"
+
+
+def _cause_fixes(causes: Sequence[Json]) -> list[Text]:
+    """One 'what to do' line per cause shared by several nodes."""
+    lines = []
+    for c in causes:
+        if c["count"] >= 2:
+            line = Text(f"{c['count']} nodes ({c['kind']}): ", style="magenta")
+            line.append(str(c["fix"]), style="")
+            lines.append(line)
+    return lines
 
 
 # -- broker sweep --------------------------------------------------------------------------
@@ -119,9 +173,10 @@ def _headline(tool: str, entry: Json) -> tuple[str, str]:
     return str(findings.get("summary") or ""), ""
 
 
-def sweep_table(answer: Json) -> Table:
+def sweep_table(answer: Json, *, wide: bool = False) -> RenderableType:
     """Every node worst first: not-healthy nodes with their main finding, nodes that
-    could not be checked with why, then the healthy ones collapsed into one row."""
+    could not be checked with why (one row per shared cause unless ``wide``), then the
+    healthy ones collapsed into one row (each on its own row when ``wide``)."""
     tool = str(answer.get("tool", ""))
     table = Table(box=box.SIMPLE_HEAD, title=sweep_summary(answer), title_justify="left")
     table.add_column("NODE", no_wrap=True)
@@ -135,17 +190,67 @@ def sweep_table(answer: Json) -> Table:
         status = status_text(str(more["status"]))
         _add(table, more["node"], status, "(details omitted: over --limit)", "")
     summary = answer.get("summary") or {}
+    causes: list[Json] = [] if wide else list(summary.get("causes") or [])
+    collapsed = _collapsed(causes, summary.get("unreachable") or [])
     for u in summary.get("unreachable") or []:
+        if u["node"] in collapsed:
+            continue
         kind = Text(str(u["kind"]), style=STATUS_STYLE["unreachable"])
         _add(table, u["node"], kind, u["reason"], "")
+    for cause in _big(causes):
+        kind = Text(str(cause["kind"]), style=STATUS_STYLE["unreachable"])
+        _add(table, f"{cause['count']} nodes", kind, _cause_cell(cause), str(cause["fix"]))
     healthy = list(answer.get("healthy") or [])
-    if healthy:
+    if wide:
+        for name in healthy:
+            _add(table, name, status_text("healthy"), "", "")
+    elif healthy:
         shown = ", ".join(healthy[:_HEALTHY_NAMES_SHOWN])
         if len(healthy) > _HEALTHY_NAMES_SHOWN:
             shown += f", … (+{len(healthy) - _HEALTHY_NAMES_SHOWN} more)"
         label = healthy[0] if len(healthy) == 1 else f"{len(healthy)} nodes"
         _add(table, label, status_text("healthy"), shown, "")
     return table
+
+
+# -- broker doctor -------------------------------------------------------------------------
+_CHECK_STYLE = {
+    "ok": ("✓", "green"),
+    "warn": ("!", "yellow"),
+    "fail": ("✗", "bold red"),
+    "skip": ("-", "dim"),
+}
+
+
+def doctor_report(report: Json, *, wide: bool = False) -> RenderableType:
+    """One row per check (✓ ok, ! warning, ✗ failed, - skipped), then what to do first."""
+    where = f"context {report.get('context') or '(current)'}, namespace {report.get('namespace')}"
+    table = Table(
+        box=box.SIMPLE_HEAD, title=f"broker doctor: {where}", title_justify="left", expand=False
+    )
+    table.add_column("", no_wrap=True)
+    table.add_column("CHECK", no_wrap=True)
+    table.add_column("FINDING", overflow="fold")
+    if wide:
+        table.add_column("WHAT TO DO", overflow="fold")
+    for check in report.get("checks") or []:
+        mark, style = _CHECK_STYLE.get(str(check["status"]), ("?", ""))
+        row: list[Any] = [Text(mark, style=style), check.get("title") or check["check"]]
+        row.append(check["summary"])
+        if wide:
+            row.append(check.get("fix") or "")
+        _add(table, *row)
+    first = report.get("first_problem")
+    if first is None:
+        verdict = Text("Ready: every check passed.", style="bold green")
+    else:
+        label = "First fix" if first["status"] == "fail" else "To improve"
+        verdict = Text(
+            f"{label} ({first['check']}): ",
+            style="bold red" if label == "First fix" else "bold yellow",
+        )
+        verdict.append(str(first.get("fix") or first["summary"]), style="")
+    return Group(table, verdict)
 
 
 # -- broker diagnose NODE ------------------------------------------------------------------
@@ -208,7 +313,7 @@ def _header(doc: Json, results: Mapping[str, Any], target: Mapping[str, Any]) ->
     if not target.get("ready"):
         lines.append(f"  (not ready: {target.get('reason')})", style="magenta")
     title = Text(f"GPU node {doc.get('node')}", style="bold")
-    return Panel(lines, title=title, title_align="left")
+    return Panel(lines, title=title, title_align="left", expand=False)
 
 
 def _health_section(health: Json) -> RenderableType:

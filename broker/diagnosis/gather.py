@@ -27,7 +27,7 @@ from broker.diagnosis.allocation import (
 from broker.diagnosis.describe import describe_node
 from broker.diagnosis.explain import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts, explain
 from broker.diagnosis.pod_status import find_failure
-from broker.errors import BrokerError, NotFound, UnknownNode
+from broker.errors import ApiUnavailable, BrokerError, NotFound, Unauthenticated, UnknownNode
 from broker.fleet.context import BrokerContext
 from broker.kube.discovery import NodeTarget
 from broker.kube.reader import EXEC_ROLE, ClusterReader, Missing, missing_from
@@ -123,8 +123,8 @@ async def explain_pod(
     where = f"{namespace}/{pod}" if namespace else pod
     try:
         doc: Obj | None = await find_pod(reader, pod, namespace)
-    except NotFound:
-        raise
+    except (NotFound, ApiUnavailable, Unauthenticated):
+        raise  # no pod, or no cluster to ask: an error, not a partial answer
     except BrokerError as exc:
         if type(exc) is BrokerError:  # ambiguous name: input error
             raise

@@ -88,7 +88,7 @@ async def open_exec_socket(
             raise NodeNotReady(
                 target.node,
                 f"agent pod {target.pod} no longer exists (deleted or replaced); "
-                "run `broker nodes` to see its successor",
+                "the next call finds its successor (list_gpu_nodes or `broker nodes` shows it)",
             )
         if status == 400:
             raise NodeNotReady(

@@ -179,7 +179,7 @@ def raise_for_status(
 ) -> Obj:
     """The parsed JSON object of a 200 answer; otherwise the BrokerError that explains the
     status (403 names the permission, 401 the credentials)."""
-    if status == 200:
+    if status in (200, 201):  # 201: a created review (SelfSubjectAccessReview)
         try:
             doc = json.loads(body)
         except ValueError:
@@ -200,19 +200,29 @@ def raise_for_status(
     )
 
 
-async def read_core(
-    api: KubeApi, method: str, *args: str, retry: RetryPolicy | None = None, **query: Any
-) -> tuple[int, bytes]:
-    """One read through ``CoreV1Api.<method>`` (``read_node``, ``list_namespaced_event``...),
-    as (HTTP status, raw JSON body): retried on 429/5xx/connection errors, one credential
-    refresh on 401. Raises ApiUnavailable when the API server cannot be reached."""
-    import aiohttp
-    from kubernetes_asyncio.client import CoreV1Api
+# Calls that change nothing: reads, the version, and asking RBAC what the caller may do.
+_READ_ONLY_CALLS = ("read_", "list_", "get_code", "create_self_subject_access_review")
 
-    if not (method.startswith("read_") or method.startswith("list_")):
+
+async def read_core(
+    api: KubeApi,
+    method: str,
+    *args: Any,
+    retry: RetryPolicy | None = None,
+    api_class: str = "CoreV1Api",
+    **query: Any,
+) -> tuple[int, bytes]:
+    """One read through ``<api_class>.<method>`` (``read_node``, ``list_namespaced_event``,
+    ``AppsV1Api.list_namespaced_daemon_set``...), as (HTTP status, raw JSON body): retried
+    on 429/5xx/connection errors, one credential refresh on 401. Raises ApiUnavailable when
+    the API server cannot be reached."""
+    import aiohttp
+    from kubernetes_asyncio import client
+
+    if not method.startswith(_READ_ONLY_CALLS):
         raise ValueError(f"read_core only reads: {method!r} is not a read_*/list_* call")
     policy = retry or RetryPolicy()
-    call = getattr(CoreV1Api(api.rest), method)
+    call = getattr(getattr(client, api_class)(api.rest), method)
     refreshed = False
     attempt = 0
     last_error = ""

@@ -19,6 +19,7 @@ from mcp.server.mcpserver import Context, MCPServer
 
 from broker import __version__
 from broker.errors import BrokerError
+from broker.server.compact import compact_definition
 
 __all__ = ["READ_ONLY", "BrokerApp", "SchemaHandler", "error_result", "json_result"]
 
@@ -35,15 +36,20 @@ READ_ONLY = {
 }
 
 INSTRUCTIONS = (
-    "Read-only diagnostics for the NVIDIA GPUs of a Kubernetes cluster. Start with "
-    "get_gpu_health (no arguments = every GPU node): the answer has a summary (nodes per "
-    "status, nodes that could not be reached and why), the unhealthy nodes worst first "
-    "with their findings and recommended actions, and healthy nodes by name only. Then "
-    "drill down with node=<name> for one node's full result, or narrow with nodes=[...] "
-    "or node_selector (a Kubernetes label selector on node labels, e.g. "
-    "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3). analyze_xid_errors explains driver "
-    "faults, get_gpu_processes shows what holds each GPU, get_gpu_inventory the hardware "
-    "and drivers, get_nvlink_topology interconnect errors; list_gpu_nodes lists the nodes."
+    "Read-only diagnostics for the NVIDIA GPUs of a Kubernetes cluster. Every GPU tool "
+    "runs across the cluster's GPU nodes at once. Start with get_gpu_health and no "
+    "arguments: `summary` counts nodes per status and lists every node that could not be "
+    "reached, with why (`causes` says a reason shared by many nodes once, with the fix); "
+    "`nodes` holds the unhealthy nodes worst first with findings and recommended actions; "
+    "`healthy` names the rest. Then drill down with node=<name> (that node's full result), "
+    "or narrow with nodes=[...] or node_selector (a label selector on node labels, e.g. "
+    'nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3). For "why did my job/pod die?" call '
+    "explain_failure with the pod (it joins exit codes, events, the node's XIDs and GPU "
+    "health into a verdict). describe_gpu_node covers one node from Kubernetes and its "
+    "agent; get_pod_gpu_allocation shows which pods hold which GPUs; analyze_xid_errors, "
+    "get_gpu_processes, get_gpu_inventory and get_nvlink_topology go deeper; "
+    "list_gpu_nodes lists the nodes. When nodes are unreachable, not_ready or rbac, or no "
+    "agent pods are found, call check_setup: it says what to fix first."
 )
 
 
@@ -56,7 +62,14 @@ class BrokerApp(MCPServer[Any]):
     any node). Tools added the usual way (``app.tool()``) work alongside.
     """
 
-    def __init__(self, name: str = "k8s-gpu-mcp", instructions: str = INSTRUCTIONS) -> None:
+    def __init__(
+        self,
+        name: str = "k8s-gpu-mcp",
+        instructions: str = INSTRUCTIONS,
+        *,
+        compact_outputs: bool = False,
+    ) -> None:
+        self.compact_outputs = compact_outputs  # output schemas without prose (compact.py)
         super().__init__(
             name=name,
             title="Kubernetes GPU diagnostics",
@@ -72,6 +85,8 @@ class BrokerApp(MCPServer[Any]):
         result (sent as structuredContent and as JSON text) or a full CallToolResult.
         Raise :class:`ToolInputError` (or any BrokerError) for a clear isError answer."""
         validators: Any = importlib.import_module("jsonschema.validators")
+        if self.compact_outputs:
+            definition = compact_definition(definition)
         tool = types.Tool.model_validate(dict(definition))
         if tool.name in self._schema_tools or self._tool_manager.get_tool(tool.name):
             raise ValueError(f"tool {tool.name!r} is already registered")
@@ -103,7 +118,7 @@ class BrokerApp(MCPServer[Any]):
             out = await handler(arguments, context)
         except BrokerError as exc:
             logger.info("tool %s: %s", name, exc)
-            return error_result(str(exc))
+            return error_result(exc.for_mcp())
         except Exception as exc:  # a bug: say so, keep the server up, log the traceback
             logger.exception("tool %s failed", name)
             return error_result(

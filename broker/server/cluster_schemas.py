@@ -133,7 +133,7 @@ DESCRIBE_NODE: Json = {
     "name": "describe_gpu_node",
     "title": "Describe a GPU node",
     "description": (
-        "Everything about one GPU node in one answer: NVIDIA GPU feature-discovery labels "
+        "One GPU node of the cluster in full, in one answer: GPU feature-discovery labels "
         "(product, count, memory, driver and CUDA versions, MIG strategy), capacity / "
         "allocatable / allocated nvidia.com/gpu and MIG resources (allocatable below "
         "capacity = GPUs withdrawn by the device plugin), conditions, taints (GPU-health "
@@ -236,7 +236,8 @@ POD_ALLOCATION_TOOL: Json = {
     "name": "get_pod_gpu_allocation",
     "title": "Pod GPU allocation",
     "description": (
-        "Which pods request or hold NVIDIA GPUs (nvidia.com/gpu, MIG profiles), how many, in "
+        "Across the cluster: which pods request or hold NVIDIA GPUs (nvidia.com/gpu, MIG "
+        "profiles), how many, in "
         "which containers, and the GPU indexes/UUIDs each holds where that can be known (the "
         "agent's process-to-pod mapping when the chart mounts the host's /proc, "
         "NVIDIA_VISIBLE_DEVICES in the pod spec, or a pod that takes every GPU of its "
@@ -318,7 +319,8 @@ EXPLAIN_FAILURE: Json = {
     "name": "explain_failure",
     "title": "Explain a pod failure",
     "description": (
-        "Why did this pod fail: hardware, driver, application or infrastructure? Joins the "
+        "Why did my job's pod die or fail: hardware, driver, application or infrastructure? "
+        "Give the pod (and namespace). Joins the "
         "pod's phase, container states (exit codes, reasons, OOMKilled = host memory, not "
         "GPU memory), restarts and events with its node's state, the node's XIDs in a window "
         "around the failure time, the GPUs' health now and NVIDIA's recommended action. "

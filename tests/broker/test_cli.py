@@ -31,8 +31,11 @@ def kc(sim: SimServer) -> list[str]:
 def test_help_texts_name_the_commands_and_exit_codes() -> None:
     top = run("--help")
     assert top.exit_code == 0
-    for command in ("serve", "nodes", "sweep", "diagnose", "explain", "sim"):
+    for command in ("serve", "nodes", "sweep", "diagnose", "explain", "doctor", "sim"):
         assert command in top.output
+    doctor = run("doctor", "--help")
+    assert "Exit codes" in doctor.output and "check_setup" in doctor.output
+    assert "yaml" in run("nodes", "--help").output
     sweep = run("sweep", "--help")
     assert "Exit codes" in sweep.output and "critical" in sweep.output
     assert "--kubeconfig" in sweep.output and "--namespace" in sweep.output
@@ -115,6 +118,8 @@ def test_errors_are_messages_with_exit_code_1(sim: SimServer, tmp_path: Any) -> 
     unknown = run("diagnose", "gpu-node-999", *kc(sim))
     assert unknown.exit_code == 1
     assert "unknown GPU node(s): gpu-node-999" in unknown.stderr
+    typo = run("diagnose", "gpu-node-0003", *kc(sim))
+    assert typo.exit_code == 1 and "Did you mean gpu-node-003?" in typo.stderr
     selector = run("sweep", "-l", "a in (b", *kc(sim))
     assert selector.exit_code == 1 and "invalid node_selector" in selector.stderr
     missing = run("sweep", "--kubeconfig", str(tmp_path / "nope"))
@@ -133,3 +138,21 @@ def test_serve_refuses_a_public_address_without_a_token() -> None:
     result = run("serve", "--transport", "http", "--host", "0.0.0.0")
     assert result.exit_code == 1
     assert "needs a bearer token" in result.stderr
+
+
+def test_nodes_failing_alike_are_one_row_with_the_fix(sim: SimServer) -> None:
+    sweep = run("sweep", "-n", "gpu-tools", *kc(sim))
+    assert sweep.exit_code == 3, sweep.output
+    lines = sweep.stdout.splitlines()
+    (row,) = [ln for ln in lines if "10 nodes" in ln]
+    assert "no agent pod on this GPU node in namespace gpu-tools" in row
+    assert "no agent pods at all: is the chart installed" in row
+    assert not [ln for ln in lines if "gpu-node-004" in ln and "10 nodes" not in ln]
+    nodes = run("nodes", "-n", "gpu-tools", *kc(sim))
+    assert nodes.exit_code == 3
+    assert sum("no agent pods at all" in ln for ln in nodes.stdout.splitlines()) == 1
+    wide = run("nodes", "-n", "gpu-tools", "-o", "wide", *kc(sim))
+    assert sum("gpu-node-0" in ln for ln in wide.stdout.splitlines()) == 10  # one row each
+    doc = json.loads(run("sweep", "-n", "gpu-tools", "-o", "json", *kc(sim)).stdout)
+    (cause,) = doc["summary"]["causes"]
+    assert cause["count"] == 10 and "broker doctor" in cause["fix"]

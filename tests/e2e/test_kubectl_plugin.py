@@ -97,3 +97,12 @@ def test_kubectl_mcp_sweep_and_nodes(kubectl: Path, plugin_path: str, sim: SimSe
     helptext = kubectl_mcp(kubectl, plugin_path, sim, "--help")
     assert "kubectl mcp" in helptext.stdout and "diagnose" in helptext.stdout
     assert " sim " not in helptext.stdout  # the simulator is not part of the plugin
+
+
+def test_kubectl_mcp_doctor(kubectl: Path, plugin_path: str, sim: SimServer) -> None:
+    doctor = kubectl_mcp(kubectl, plugin_path, sim, "doctor")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr  # warnings only
+    assert "An agent over exec" in doctor.stdout
+    wrong = kubectl_mcp(kubectl, plugin_path, sim, "doctor", "-n", "gpu-tools", "-o", "json")
+    assert wrong.returncode == 1
+    assert "-n gpu-diagnostics" in json.loads(wrong.stdout)["first_problem"]["fix"]
