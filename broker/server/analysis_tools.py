@@ -8,7 +8,7 @@ from typing import Any
 from mcp.server.mcpserver import Context
 
 from broker.diagnosis.job import explain_job
-from broker.fleet.analysis import JOB_PROPERTIES, config_drift, stragglers
+from broker.fleet.analysis import config_drift, stragglers
 from broker.fleet.context import BrokerContext
 from broker.fleet.operations import TARGETING_PROPERTIES
 from broker.server.app import READ_ONLY, BrokerApp
@@ -17,23 +17,24 @@ __all__ = ["DRIFT_TOOL", "EXPLAIN_JOB_TOOL", "STRAGGLERS_TOOL", "register_analys
 
 Json = dict[str, Any]
 
-_NODE_TARGETING = {k: TARGETING_PROPERTIES[k] for k in ("nodes", "node_selector")}
-_GROUPS = {
-    "type": "array",
-    "description": "Nodes that could not answer, grouped by reason.",
-    "items": {"type": "object"},
+# Short texts: every client reads tools/list, many into the model's context.
+_NODE_TARGETING = {
+    "nodes": {**TARGETING_PROPERTIES["nodes"], "description": "Only these nodes."},
+    "node_selector": {
+        **TARGETING_PROPERTIES["node_selector"],
+        "description": "Only nodes matching this label selector.",
+    },
 }
+_GROUPS = {"type": "array", "items": {"type": "object"}}
 
 DRIFT_TOOL: Json = {
     "name": "find_config_drift",
     "title": "Find configuration drift across GPU nodes",
     "description": (
-        "Across the cluster's GPU nodes (or those chosen with nodes / node_selector), "
-        "compare nodes of the same GPU product and report every setting where some differ "
-        "from the majority: driver and CUDA versions, VBIOS, ECC and persistence mode, MIG "
-        "layout, power limit, clocks, PCIe link, NVLink links up, InfiniBand ports, GPUs seen "
-        "vs advertised. Each finding names the outlier nodes, the majority value and why it "
-        "matters. Use it for 'which node is different?'."
+        "Which GPU nodes are configured differently from their peers? Compares nodes of the "
+        "same GPU product (driver, CUDA, VBIOS, ECC, persistence, MIG, power limit, clocks, "
+        "PCIe link, NVLink, InfiniBand, GPUs seen) and names the outliers, the majority "
+        "value and why it matters."
     ),
     "inputSchema": {"type": "object", "properties": _NODE_TARGETING, "additionalProperties": False},
     "outputSchema": {
@@ -52,15 +53,23 @@ STRAGGLERS_TOOL: Json = {
     "name": "find_stragglers",
     "title": "Find the GPU nodes slowing a job down",
     "description": (
-        "Across the cluster's GPU nodes, the nodes of one job (job + namespace), or those "
-        "chosen with nodes / node_selector: compare live readings (SM clock, throttle "
-        "reasons, temperature, power, utilisation, PCIe replays, NVLink errors) between "
-        "nodes of the same GPU product and rank the outliers (median absolute deviation), "
-        "each with the reading that makes it slow. Use it for 'my job got slower: which node?'."
+        "Which nodes slow a job down? Compares live readings (SM clock under load, "
+        "throttling, temperature, power, utilisation, PCIe replays, NVLink errors) across "
+        "nodes of the same GPU product, for every GPU node, nodes / node_selector, or one "
+        "job's nodes; outliers ranked with the reading that makes them slow."
     ),
     "inputSchema": {
         "type": "object",
-        "properties": {**_NODE_TARGETING, **JOB_PROPERTIES, "limit": TARGETING_PROPERTIES["limit"]},
+        "properties": {
+            **_NODE_TARGETING,
+            "job": {
+                "type": "string",
+                "minLength": 1,
+                "description": "A job's name (with namespace).",
+            },
+            "namespace": {"type": "string", "minLength": 1},
+            "limit": {**TARGETING_PROPERTIES["limit"], "description": "At most this many nodes."},
+        },
         "additionalProperties": False,
     },
     "outputSchema": {
@@ -79,17 +88,15 @@ EXPLAIN_JOB_TOOL: Json = {
     "name": "explain_job",
     "title": "Explain why a multi-node job died",
     "description": (
-        "Why did my distributed job die? For a Job, JobSet, Kubeflow PyTorchJob/MPIJob or "
-        "LeaderWorkerSet: its pods, nodes and ranks; which pod failed first and when; that "
-        "pod's explain_failure verdict (hardware / driver / application / infrastructure) "
-        "with evidence; and the rest of the cascade (ranks that exited afterwards on "
-        "NCCL/collective timeouts). One verdict for the job with the chain of evidence."
+        "Why did my multi-node job die? For a Job, JobSet, PyTorchJob/MPIJob or "
+        "LeaderWorkerSet: which pod (rank) failed first and why (explain_failure's verdict "
+        "and evidence), and which ranks died afterwards on NCCL/collective timeouts."
     ),
     "inputSchema": {
         "type": "object",
         "properties": {
-            "job": {"type": "string", "minLength": 1, "description": "The job's name."},
-            "namespace": {"type": "string", "minLength": 1, "description": "Its namespace."},
+            "job": {"type": "string", "minLength": 1},
+            "namespace": {"type": "string", "minLength": 1},
         },
         "required": ["job", "namespace"],
         "additionalProperties": False,
@@ -98,14 +105,11 @@ EXPLAIN_JOB_TOOL: Json = {
         "type": "object",
         "required": ["job", "verdict", "confidence", "summary", "chain"],
         "properties": {
-            "job": {"type": "object"},
             "verdict": {
                 "type": "string",
                 "enum": ["hardware", "driver", "application", "infrastructure", "unknown", "none"],
             },
             "confidence": {"type": "string", "enum": ["high", "medium", "low"]},
-            "summary": {"type": "string"},
-            "first_failure": {"type": ["object", "null"]},
             "chain": {"type": "array", "items": {"type": "string"}},
         },
     },

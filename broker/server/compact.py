@@ -1,9 +1,10 @@
 """Keep ``tools/list`` small: every client downloads it and many put all of it in the
 model's context (it was 51 KB; the budget is 30 KB). Output schemas exist so clients can
 validate ``structuredContent``: prose inside them (``description``, ``title``) helps no
-validator, and below the second level of properties the cluster-wide server sends only
-each value's type. The answers themselves are unchanged and still validate. Input
-schemas are sent whole: the model reads those to call the tool.
+validator, and below the first level of properties the cluster-wide server sends only
+each value's type (the top-level fields, their types and which are required). The
+answers themselves are unchanged and still validate. Input schemas are sent whole: the
+model reads those to call the tool.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ __all__ = ["OUTPUT_DEPTH", "compact_definition", "strip_prose", "truncate"]
 
 Json = dict[str, Any]
 _PROSE = frozenset({"description", "title", "examples", "$comment"})
-OUTPUT_DEPTH = 2  # levels of properties kept in full in an output schema
+OUTPUT_DEPTH = 1  # levels of properties kept in full in an output schema
 _KEPT_WHEN_TRUNCATED = ("type", "enum")
 
 

@@ -106,10 +106,10 @@ async def test_tools_are_listed_read_only_with_the_agents_schemas(
             assert props[name] == schema  # the agent's own arguments, verbatim
         assert {"node", "nodes", "node_selector", "detail", "limit"} <= set(props)
         assert tool.input_schema["additionalProperties"] is False
-        # The per-node result is an object here (the agent's schema would double
+        # Output schemas go out one level deep (the agent's schema five times would double
         # tools/list); pinned mode (`serve --node`) lists the agent's schema verbatim.
-        result_schema = tool.output_schema["properties"]["nodes"]["items"]["properties"]["result"]
-        assert result_schema == {"type": "object"}
+        assert tool.output_schema["properties"]["nodes"] == {"type": "array"}
+        assert {"summary", "nodes", "healthy"} <= set(tool.output_schema["required"])
         assert tool.description and tool.description.startswith(
             ("Judge the health of every NVIDIA GPU across", "The ", "Which ", "NVLink across")
         )

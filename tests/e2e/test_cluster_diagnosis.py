@@ -25,6 +25,7 @@ from mcp.client.session import ClientSession
 from broker.fleet.context import BrokerContext
 from broker.kube.config import ClusterConfig
 from broker.server import build_server
+from broker.server.cluster_schemas import DEFINITIONS
 from broker.server.prompts import PROMPT_NAMES
 from broker.sim import Rule, SimServer, start_sim
 
@@ -72,7 +73,9 @@ async def broker(sim: SimServer, context: str | None = None) -> AsyncIterator[Br
         async with InMemoryTransport(app) as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             tools = (await session.list_tools()).tools
-            yield Broker(session, {t.name: t.output_schema for t in tools})
+            # Validate against the full schemas: tools/list sends them compacted.
+            full = {d["name"]: d["outputSchema"] for d in DEFINITIONS}
+            yield Broker(session, {t.name: full.get(t.name, t.output_schema) for t in tools})
 
 
 def texts(answer: dict[str, Any], source: str | None = None) -> str:
