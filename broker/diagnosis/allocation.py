@@ -272,12 +272,12 @@ def gpu_assignment(
             for g in gpus
             if any(m.get("profile") == profile for m in g.get("mig_instances") or [])
         ]
-        seen = sum(
+        listed = sum(
             1 for g in gpus for m in g.get("mig_instances") or [] if m.get("profile") == profile
         )
         advertised = quantity((node_status.get("capacity") or {}).get(mig[0]))
         # A GPU in unknown MIG mode (lost) may carry instances the inventory cannot list.
-        hidden = advertised > seen and any(g.get("mig_mode_current") is None for g in gpus)
+        hidden = advertised > listed and any(g.get("mig_mode_current") is None for g in gpus)
         if len(carriers) == 1 and not hidden:
             g = carriers[0]
             count = sum(1 for m in g.get("mig_instances") or [] if m.get("profile") == profile)

@@ -32,7 +32,14 @@ from typing import Any
 from broker.diagnosis.allocation import covers_gpu, gpu_assignment, pod_requests
 from broker.diagnosis.causal import RunWindow, checked_from, gpu_states, place, run_window
 from broker.diagnosis.facts import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts
-from broker.diagnosis.pod_status import containers_view, find_failure, first_lines, iso, owner_of, parse_time
+from broker.diagnosis.pod_status import (
+    containers_view,
+    find_failure,
+    first_lines,
+    iso,
+    owner_of,
+    parse_time,
+)
 from broker.diagnosis.rules import Case, decide, health_gpus
 from broker.diagnosis.signals import node_ready, node_signals
 from broker.diagnosis.timeline import gpu_label, next_steps, step, timeline
@@ -42,7 +49,15 @@ Obj = dict[str, Any]
 VERDICTS = ("hardware", "driver", "application", "infrastructure", "unknown", "none")
 CONFIDENCES = ("high", "medium", "low")
 
-__all__ = ["CONFIDENCES", "VERDICTS", "WINDOW_AFTER_S", "WINDOW_BEFORE_S", "Facts", "explain", "xid_category"]
+__all__ = [
+    "CONFIDENCES",
+    "VERDICTS",
+    "WINDOW_AFTER_S",
+    "WINDOW_BEFORE_S",
+    "Facts",
+    "explain",
+    "xid_category",
+]
 
 
 # -- XIDs -----------------------------------------------------------------------------

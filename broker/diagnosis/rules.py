@@ -392,7 +392,9 @@ def not_started(c: Case) -> Verdict | None:
         return None
     infra = [e for e in c.events if e.get("reason") in INFRA_EVENTS]
     if not infra:
-        return Verdict("unknown", "low", f"Pod {c.ns_name} has not started yet ({c.failure.reason}).")
+        return Verdict(
+            "unknown", "low", f"Pod {c.ns_name} has not started yet ({c.failure.reason})."
+        )
     e = infra[-1]
     v = Verdict(
         "infrastructure",
@@ -409,7 +411,9 @@ def ended_by_the_node(c: Case) -> Verdict | None:
     if f.kind != "evicted":
         return None
     what = POD_INFRA_REASONS.get(str(f.reason), str(f.reason))
-    v = Verdict("infrastructure", "high", f"Pod {c.ns_name} was {what}: {f.message or ''}".rstrip(": "))
+    v = Verdict(
+        "infrastructure", "high", f"Pod {c.ns_name} was {what}: {f.message or ''}".rstrip(": ")
+    )
     v.add("pod", f"status.reason {f.reason}: {f.message}")
     return v
 
@@ -426,7 +430,9 @@ def cannot_start(c: Case) -> Verdict | None:
             f"Container {f.container} cannot start: the NVIDIA driver/runtime failed ({f.reason}).",
         )
     elif f.reason in INFRA_WAITING:
-        v = Verdict("infrastructure", "medium", f"Container {f.container} cannot start: {f.reason}.")
+        v = Verdict(
+            "infrastructure", "medium", f"Container {f.container} cannot start: {f.reason}."
+        )
     else:
         v = Verdict("unknown", "low", f"Container {f.container} is waiting: {f.reason}.")
     v.add("pod", line.rstrip(": "))
@@ -506,7 +512,10 @@ def hardware_xid_in_run(c: Case) -> Verdict | None:
         v.add("xid", xid_line(r))
     add_allocation(v, c)
     if c.slice_only():
-        v.add("allocation", "the pod held a MIG slice of that GPU; which slice the XID hit is not known")
+        v.add(
+            "allocation",
+            "the pod held a MIG slice of that GPU; which slice the XID hit is not known",
+        )
     if q := next((q for r in rows if (q := quote(r, c.message))), None):
         v.add("pod", f"the termination message agrees: {q}")
     add_health(v, c, gpu_indexes(rows))
@@ -681,7 +690,8 @@ def application_xid_in_run(c: Case) -> Verdict | None:
         f"NVIDIA action {best['immediate_action']}: {best['recommended_action']}",
     )
     if agreed:
-        v.add("pod", f"the termination message agrees: {quote(best, c.message) or first_lines(c.message, 200)}")
+        said = quote(best, c.message) or first_lines(c.message, 200)
+        v.add("pod", f"the termination message agrees: {said}")
     add_clean(v, c)
     return v
 
@@ -714,12 +724,19 @@ def gpu_bad_now(c: Case) -> Verdict | None:
 def cluster_gpu_condition(c: Case) -> Verdict | None:
     """The agent could not be asked, but NVSentinel / node-problem-detector / the GPU
     Operator flagged the node's GPUs by the time of the failure."""
-    if c.xids_checked or c.window is None or not c.assignment.get("gpus") and c.assignment.get("known"):
+    if (
+        c.xids_checked
+        or c.window is None
+        or not c.assignment.get("gpus")
+        and c.assignment.get("known")
+    ):
         return None
     flagged = [
         s
         for s in c.signals
-        if s.gpu and s.kind in ("condition", "annotation") and (s.since is None or s.since <= c.window.hi)
+        if s.gpu
+        and s.kind in ("condition", "annotation")
+        and (s.since is None or s.since <= c.window.hi)
     ]
     if not flagged:
         return None
@@ -749,7 +766,8 @@ def killed_by_signal(c: Case) -> Verdict | None:
         (
             e
             for e in c.events
-            if e.get("reason") in ("Killing", "Unhealthy") and "probe" in str(e.get("message", "")).lower()
+            if e.get("reason") in ("Killing", "Unhealthy")
+            and "probe" in str(e.get("message", "")).lower()
         ),
         None,
     )
@@ -858,7 +876,11 @@ def application_exit(c: Case) -> Verdict:
             "; the node logged no hardware or driver XID during its run and nothing points at "
             "the GPU or the node."
         )
-    v = Verdict("application", confidence, f"Application: container {f.container} exited with code {f.exit_code}{tail}")
+    v = Verdict(
+        "application",
+        confidence,
+        f"Application: container {f.container} exited with code {f.exit_code}{tail}",
+    )
     v.add("pod", c.exit_line())
     if c.message:
         v.add("pod", f"termination message: {first_lines(c.message, 300)}")

@@ -52,13 +52,18 @@ def node_signals(node: Mapping[str, Any] | None) -> list[NodeSignal]:
     out: list[NodeSignal] = []
     ready, since = node_ready(node)
     if ready is False:
-        out.append(NodeSignal("not_ready", "node is NotReady (the kubelet stopped reporting)", False, since))
+        out.append(
+            NodeSignal(
+                "not_ready", "node is NotReady (the kubelet stopped reporting)", False, since
+            )
+        )
     for cond in status.get("conditions") or []:
         kind = str(cond.get("type") or "")
         if kind in _KUBELET_CONDITIONS or cond.get("status") != "True":
             continue
         words = f"{kind} {cond.get('reason') or ''} {cond.get('message') or ''}"
-        text = f"condition {kind}=True ({cond.get('reason') or 'no reason'}): {cond.get('message') or ''}"
+        reason = cond.get("reason") or "no reason"
+        text = f"condition {kind}=True ({reason}): {cond.get('message') or ''}"
         out.append(
             NodeSignal(
                 "pressure" if kind in _PRESSURE else "condition",
@@ -82,7 +87,9 @@ def node_signals(node: Mapping[str, Any] | None) -> list[NodeSignal]:
         )
     event = (meta.get("annotations") or {}).get(_NVSENTINEL_ANNOTATION)
     if event:
-        out.append(NodeSignal("annotation", f"NVSentinel quarantine health event: {event[:300]}", True))
+        out.append(
+            NodeSignal("annotation", f"NVSentinel quarantine health event: {event[:300]}", True)
+        )
     cap = (status.get("capacity") or {}).get(GPU_RESOURCE)
     able = (status.get("allocatable") or {}).get(GPU_RESOURCE)
     if cap is not None and able is not None and str(cap) != str(able):

@@ -189,3 +189,6 @@ def calibration(results: list[tuple[Case, Obj]]) -> Obj:
         "verdicts_right": right,
         "by_confidence": {k: f"{v[0]}/{v[1]}" for k, v in sorted(levels.items())},
     }
+
+
+CASES = load_cases()
