@@ -273,6 +273,12 @@ def node_object(spec: NodeSpec, index: int, start: float, version: str, rv: str)
         obj["spec"]["taints"] = taints
     if spec.unschedulable:
         obj["spec"]["unschedulable"] = True
+    for extra in spec.conditions:  # NVSentinel / node-problem-detector / pressure
+        c = cond(str(extra.get("type")), str(extra.get("status", "True")),
+                 str(extra.get("reason", "")), str(extra.get("message", "")))  # fmt: skip
+        c["lastTransitionTime"] = iso(start - float(extra.get("ago_s", 600)))
+        kept = [k for k in obj["status"]["conditions"] if k["type"] != c["type"]]
+        obj["status"]["conditions"] = [*kept, c]
     return obj
 
 
@@ -712,6 +718,9 @@ def workload_pod(
         "preemptionPolicy": "PreemptLowerPriority",
     }
     status: Obj = {"phase": w.phase, "qosClass": "Guaranteed"}
+    if w.status_reason:
+        status["reason"] = w.status_reason
+        status["message"] = w.status_message or ""
     if w.node is None:
         status["conditions"] = [
             {
@@ -729,6 +738,10 @@ def workload_pod(
         spec["nodeName"] = w.node
         assert node_index is not None
         status["conditions"] = _pod_conditions(iso(started_at), ts_created, ready)
+        for extra in w.conditions:
+            status["conditions"].append(
+                {"lastProbeTime": None, "lastTransitionTime": iso(start - 60), **extra}
+            )
         status["hostIP"] = node_ip(node_index)
         status["hostIPs"] = [{"ip": node_ip(node_index)}]
         status["startTime"] = ts_created
