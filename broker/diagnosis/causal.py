@@ -119,8 +119,13 @@ def pcie_replays(health: Mapping[str, Any] | None, index: int | None) -> int | N
             value = metrics.get("pcie_replay_counter")
             if isinstance(value, int):
                 return value
-            if any(i.get("check") == "pcie_replay" for i in g.get("issues") or []):
-                return -1  # flagged, count not given
+            # Flagged without a count: the replay check, or PCIe link checks (AER errors,
+            # link width/speed below the maximum) where the agent reports them.
+            if any(
+                "pcie" in str(i.get("check")) or "aer" in str(i.get("check"))
+                for i in g.get("issues") or []
+            ):
+                return -1
     return None
 
 

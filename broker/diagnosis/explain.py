@@ -230,6 +230,7 @@ def explain(facts: Facts) -> Obj:
             "clock_skew_grace_s": window.grace_s,
             "checked": facts.xids is not None,
             "checked_from": iso(checked_from(facts.xids)),
+            "source": (facts.xids or {}).get("source"),  # the log the agent read
         }
     requests = pod_requests(pod)
     actions = []

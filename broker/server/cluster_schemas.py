@@ -320,8 +320,9 @@ EXPLAIN_FAILURE: Json = {
     "description": (
         "Why did this pod fail: hardware, driver, application or infrastructure? Joins the "
         "pod's phase, container states (exit codes, reasons, OOMKilled = host memory, not "
-        "GPU memory), restarts and events with its node's state, the node's XIDs in a window "
-        "around the failure time, the GPUs' health now and NVIDIA's recommended action. "
+        "GPU memory), restarts, conditions and events with its node's state, the node's XIDs "
+        "during the container's run (or older, while their GPU is still lost or awaiting a "
+        "reset), the GPUs' health now and NVIDIA's recommended action. "
         "Returns a verdict (hardware | driver | application | infrastructure | unknown, or "
         "none when the pod did not fail) with a confidence, the evidence lines behind it, a "
         "timeline, and next steps as commands. It never blames the hardware without "
