@@ -173,8 +173,7 @@ class Case:
             if r["timing"] == "during_run"
             and r["near_exit"]
             and r["on_pod_gpu"] is not False
-            and (r["category"] in categories or (xids is not None and r["xid"] in xids))
-            and (xids is None or r["xid"] in xids)
+            and (r["xid"] in xids if xids is not None else r["category"] in categories)
         ]
 
     def slice_only(self) -> bool:
@@ -724,12 +723,8 @@ def gpu_bad_now(c: Case) -> Verdict | None:
 def cluster_gpu_condition(c: Case) -> Verdict | None:
     """The agent could not be asked, but NVSentinel / node-problem-detector / the GPU
     Operator flagged the node's GPUs by the time of the failure."""
-    if (
-        c.xids_checked
-        or c.window is None
-        or not c.assignment.get("gpus")
-        and c.assignment.get("known")
-    ):
+    no_gpus = c.assignment.get("known") and not c.assignment.get("gpus")
+    if c.xids_checked or c.window is None or no_gpus:
         return None
     flagged = [
         s
