@@ -63,7 +63,8 @@ PCIE_XIDS = {32}
 PCIE_REPLAY_WARN = 100  # the agent's warning threshold (agent/health.py)
 # XIDs whose remedy is a GPU reset (memory errors, GSP/firmware), not a reboot.
 RESET_XIDS = {48, 63, 64, 95, 119, 120, 140, 109, 62, 158}
-CONTAINED_XIDS = {94}  # only the affected app restarts; the GPU keeps working
+CONTAINED_XIDS = {94}
+MEMORY_EVENT_XIDS = {63}  # repair events: the error itself is another XID  # only the affected app restarts; the GPU keeps working
 
 MESSAGE_PATTERNS: dict[str, re.Pattern[str]] = {
     "driver": re.compile(
@@ -695,6 +696,32 @@ def application_xid_in_run(c: Case) -> Verdict | None:
     return v
 
 
+def memory_event_agrees(c: Case) -> Verdict | None:
+    """A memory repair event (XID 63: row remapping / page retirement, which the catalog
+    says to ignore) on the pod's GPU at its exit, and the app itself reports an ECC error:
+    a memory error did hit, even if its own XID (48/94/95) is not in the log."""
+    rows = [r for r in c.causal(set(), MEMORY_EVENT_XIDS) if corroborates(r, c.message)]
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: closeness(r, c.message))
+    v = Verdict(
+        "hardware",
+        "medium",
+        f"Hardware (likely): XID {best['xid']} ({best['description'] or best['name']}) on "
+        f"{gpu_label(best)} {relative(best['offset_s'] or 0.0)} the exit, and container "
+        f"{c.failure.container} reported an ECC error; the memory error's own XID is not in "
+        "the log.",
+        remedy="reset_gpu",
+        gpus=gpu_indexes(rows),
+    )
+    v.add("pod", c.exit_line())
+    v.add("xid", xid_line(best))
+    v.add("pod", f"the termination message agrees: {quote(best, c.message)}")
+    add_allocation(v, c)
+    add_health(v, c, gpu_indexes(rows))
+    return v
+
+
 def gpu_bad_now(c: Case) -> Verdict | None:
     """A GPU the pod is known to hold is critical now and the container failed with a GPU
     error, with no XID to tie the two in time."""
@@ -903,6 +930,7 @@ RULES: tuple[Rule, ...] = (
     driver_message,
     no_device,
     application_xid_in_run,
+    memory_event_agrees,
     gpu_bad_now,
     cluster_gpu_condition,
     killed_by_signal,

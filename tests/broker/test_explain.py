@@ -437,6 +437,8 @@ def test_never_hardware_without_hardware_evidence(
     bad = () if bad_gpu is None else ((bad_gpu, "critical", "gpu_lost"),)
     r = explain(facts(failed, xids=pf.xids(*groups), health=pf.health(*bad)))
     hardware_xid = any(x["category"] == "hardware" and x["in_window"] for x in r["xids"])
+    # A memory repair event (XID 63) the app's own ECC message agrees with counts too.
+    hardware_xid |= "ECC" in message and any(x["xid"] == 63 for x in r["xids"])
     held_bad = gpus == 8 and bad_gpu is not None
     if r["verdict"] == "hardware":
         assert hardware_xid or held_bad
