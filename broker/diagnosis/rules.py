@@ -63,8 +63,8 @@ PCIE_XIDS = {32}
 PCIE_REPLAY_WARN = 100  # the agent's warning threshold (agent/health.py)
 # XIDs whose remedy is a GPU reset (memory errors, GSP/firmware), not a reboot.
 RESET_XIDS = {48, 63, 64, 95, 119, 120, 140, 109, 62, 158}
-CONTAINED_XIDS = {94}
-MEMORY_EVENT_XIDS = {63}  # repair events: the error itself is another XID  # only the affected app restarts; the GPU keeps working
+CONTAINED_XIDS = {94}  # only the affected app restarts; the GPU keeps working
+MEMORY_EVENT_XIDS = {63}  # repair events: the error itself is another XID
 
 MESSAGE_PATTERNS: dict[str, re.Pattern[str]] = {
     "driver": re.compile(
