@@ -40,7 +40,7 @@ from broker.diagnosis.pod_status import (
     owner_of,
     parse_time,
 )
-from broker.diagnosis.rules import Case, decide, health_gpus
+from broker.diagnosis.rules import SETTLED_BY_KUBERNETES, Case, decide, health_gpus
 from broker.diagnosis.signals import node_ready, node_signals
 from broker.diagnosis.timeline import gpu_label, next_steps, step, timeline
 
@@ -217,8 +217,8 @@ def explain(facts: Facts) -> Obj:
                 f"XID {r['xid']} ({r['name']}) on {gpu_label(r)} came during the run but on a "
                 "GPU this pod did not hold: not its cause."
             )
-    if missing and v.confidence == "high" and v.verdict not in ("none",):
-        v.confidence = "medium"  # something was not seen: do not claim certainty
+    if missing and v.confidence == "high" and v.rule not in SETTLED_BY_KUBERNETES:
+        v.confidence = "medium"  # something was not seen that could change the answer
     owner = owner_of(pod)
     xid_window = None
     if window is not None:

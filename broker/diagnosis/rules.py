@@ -940,6 +940,18 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+# Rules whose verdict rests on Kubernetes' own record of who ended the pod (the kubelet's
+# OOMKilled, status.reason, DisruptionTarget, PodScheduled): data the agent could not give
+# cannot change it, so missing data does not lower their confidence.
+SETTLED_BY_KUBERNETES = {
+    completed.__name__,
+    never_scheduled.__name__,
+    ended_by_the_node.__name__,
+    host_oom.__name__,
+    disrupted.__name__,
+}
+
+
 def decide(c: Case) -> Verdict:
     """Run the rules; the first that decides gives the verdict. Then the cluster's own
     signals about the node join the evidence of any failure."""

@@ -127,6 +127,11 @@ class WorkloadSpec:
     status_message: str | None = None
     # Extra pod conditions, e.g. {type: DisruptionTarget, status: "True", reason: ...}
     conditions: list[dict[str, Any]] = field(default_factory=list)
+    last_message: str | None = None  # lastState.terminated.message
+    env: dict[str, str] = field(default_factory=dict)  # e.g. NVIDIA_VISIBLE_DEVICES
+    # Init containers, each {name, state: terminated|waiting|running, exit_code, reason,
+    # message, started_ago_s, finished_ago_s}
+    init_containers: list[dict[str, Any]] = field(default_factory=list)
     events: list[EventSpec] = field(default_factory=list)
     lifecycle_events: bool = True  # Scheduled/Pulled/Created/Started, if within the event TTL
     logs: str = ""

@@ -293,8 +293,9 @@ async def test_viewer_without_exec_gets_kubernetes_facts_and_the_missing_permiss
     assert permissions == {EXEC_PERMISSION}
     assert f"kubectl auth can-i create pods --subresource=exec -n {AGENT_NS}" in commands(ecc)
     assert ecc["xid_window"]["checked"] is False
-    # OOMKilled needs no agent to judge; certainty is capped while data is missing.
-    assert (oom["verdict"], oom["confidence"]) == ("application", "medium")
+    # OOMKilled needs no agent to judge, and nothing the agent says could change it: the
+    # kubelet's own record keeps its certainty (this expected "medium" before issue 12).
+    assert (oom["verdict"], oom["confidence"]) == ("application", "high")
     assert node["health"] is None and node["resources"]["nvidia.com/gpu"]["capacity"] == 8
     assert {m["permission"] for m in node["missing"]} == {EXEC_PERMISSION}
 
