@@ -31,6 +31,7 @@ from typing import Any
 
 from broker.diagnosis.allocation import covers_gpu, gpu_assignment, pod_requests
 from broker.diagnosis.causal import RunWindow, checked_from, gpu_states, place, run_window
+from broker.diagnosis.evidence import Case, health_gpus
 from broker.diagnosis.facts import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts
 from broker.diagnosis.pod_status import (
     containers_view,
@@ -40,7 +41,7 @@ from broker.diagnosis.pod_status import (
     owner_of,
     parse_time,
 )
-from broker.diagnosis.rules import SETTLED_BY_KUBERNETES, Case, decide, health_gpus
+from broker.diagnosis.rules import SETTLED_BY_KUBERNETES, decide
 from broker.diagnosis.signals import node_ready, node_signals
 from broker.diagnosis.timeline import gpu_label, next_steps, step, timeline
 
