@@ -297,7 +297,7 @@ def gpu_state_still_holds(c: Case) -> Verdict | None:
         )
         v.add("pod", c.exit_line())
         v.add("health", f"GPU {index} now: {message}")
-        v.add("xid", xid_line(r) + f"; the GPU {PERSISTENT_CHECKS[check]} since")
+        v.add("xid", xid_line(r) + f"; {gpu_label(r)} {PERSISTENT_CHECKS[check]} since then")
         add_allocation(v, c)
         if q := quote(r, c.message):
             v.add("pod", f"the termination message agrees: {q}")
@@ -632,9 +632,10 @@ def application_exit(c: Case) -> Verdict:
         )
     else:
         confidence = "medium"
-        tail = (
-            "; the node logged no hardware or driver XID during its run and nothing points at "
-            "the GPU or the node."
+        tail = "; the node logged no hardware or driver XID during its run" + (
+            " and its GPUs are healthy now."
+            if (c.facts.health or {}).get("status") == "healthy"
+            else "."
         )
     v = Verdict(
         "application",
