@@ -71,8 +71,7 @@ def running_on_unready_node(c: Case) -> Verdict | None:
         "reporting, so the pod's status is stale, and the node's unreachable/not-ready taints "
         "evict it once its toleration runs out.",
     )
-    v.add("node", f"node {c.node} is NotReady{when}")
-    return v
+    return v  # the NotReady condition joins the evidence with the node's other signals
 
 
 def running_but_disrupted(c: Case) -> Verdict | None:
@@ -325,6 +324,7 @@ def pcie_link(c: Case) -> Verdict | None:
             remedy="pcie",
             gpus=gpu_indexes([best]),
         )
+        v.add("pod", c.exit_line())
         v.add("health", f"{gpu_label(best)}: {count} since the driver loaded")
     else:
         v = Verdict(

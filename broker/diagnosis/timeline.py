@@ -189,6 +189,13 @@ def next_steps(
             )
     elif verdict == "infrastructure":
         steps.append(step(f"kubectl -n {ns} describe pod {name}", "conditions and events"))
+        if node:
+            steps.append(
+                step(
+                    f"kubectl describe node {node}",
+                    "the node's conditions, taints and events (NotReady, pressure, health checks)",
+                )
+            )
         if f.kind == "unschedulable":
             steps.append(
                 step(
