@@ -241,7 +241,13 @@ def gpu_assignment(
     # nvidia.com/gpu, so the full GPUs are the inventory's non-MIG ones, or, without an
     # inventory, GPUs 0..N-1 when the node has no MIG at all.
     if inventory is not None:
-        full = [g for g in gpus if not g.get("mig_mode_current")]
+        # MIG mode None is unknown, not "whole": a GPU that fell off the bus reads so.
+        # When the known whole GPUs already make the node's count, the unknown ones
+        # must be MIG GPUs; when only all of them together do, they are all whole.
+        full = [g for g in gpus if g.get("mig_mode_current") is False]
+        unknown = [g for g in gpus if g.get("mig_mode_current") is None]
+        if unknown and len(full) + len(unknown) == capacity and len(full) != capacity:
+            full += unknown
         candidates = [(g.get("index"), g.get("uuid")) for g in full]
     elif not any(str(k).startswith(MIG_PREFIX) for k in node_status.get("capacity") or {}):
         candidates = [(i, None) for i in range(capacity)]
@@ -266,7 +272,13 @@ def gpu_assignment(
             for g in gpus
             if any(m.get("profile") == profile for m in g.get("mig_instances") or [])
         ]
-        if len(carriers) == 1:
+        listed = sum(
+            1 for g in gpus for m in g.get("mig_instances") or [] if m.get("profile") == profile
+        )
+        advertised = quantity((node_status.get("capacity") or {}).get(mig[0]))
+        # A GPU in unknown MIG mode (lost) may carry instances the inventory cannot list.
+        hidden = advertised > listed and any(g.get("mig_mode_current") is None for g in gpus)
+        if len(carriers) == 1 and not hidden:
             g = carriers[0]
             count = sum(1 for m in g.get("mig_instances") or [] if m.get("profile") == profile)
             note = (

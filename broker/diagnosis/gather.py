@@ -25,7 +25,8 @@ from broker.diagnosis.allocation import (
     pod_summary,
 )
 from broker.diagnosis.describe import describe_node
-from broker.diagnosis.explain import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts, explain
+from broker.diagnosis.explain import explain
+from broker.diagnosis.facts import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts
 from broker.diagnosis.pod_status import find_failure
 from broker.errors import ApiUnavailable, BrokerError, NotFound, Unauthenticated, UnknownNode
 from broker.fleet.context import BrokerContext
@@ -36,6 +37,7 @@ Obj = dict[str, Any]
 T = TypeVar("T")
 
 MAX_SINCE_MINUTES = 525600.0  # the agent's limit: one year
+MIN_SINCE_MINUTES = 1440.0  # a day of XIDs: old ones matter while their GPU state holds
 MAX_AGENT_NODES = 64  # allocation: ask at most this many nodes' agents for GPU processes
 
 
@@ -151,9 +153,13 @@ async def explain_pod(
     node = (doc.get("spec") or {}).get("nodeName")
     failure = find_failure(doc)
     uses_gpu = any(is_gpu_resource(r) for r in pod_requests(doc))
-    # The XID window must reach back to failure - window_before_s.
-    anchor = failure.finished if failure.finished is not None else facts.now
-    since = max(1.0, (facts.now - anchor + window_before_s) / 60.0)
+    # XIDs from the container's start (or window_before_s before its exit when the start
+    # is unknown), and at least a day back: the XID that left a GPU lost or waiting for a
+    # reset explains later failures however old it is (the agent reads its log anyway).
+    anchor = failure.started or (
+        failure.finished - window_before_s if failure.finished is not None else facts.now
+    )
+    since = max(MIN_SINCE_MINUTES, (facts.now - anchor + window_before_s) / 60.0)
     since = min(since, MAX_SINCE_MINUTES)
 
     async def events() -> None:

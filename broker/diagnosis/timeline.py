@@ -93,8 +93,11 @@ def next_steps(
     verdict: str,
     rows: Sequence[Mapping[str, Any]],
     missing: Sequence[Missing],
+    remedy: str | None = None,
+    gpus: Sequence[int] = (),
 ) -> list[Obj]:
-    """Commands to run next, for the verdict (deduplicated, in order of use)."""
+    """Commands to run next, for the verdict and its remedy (``restart_app``: the GPU
+    keeps working; ``reset_gpu``; ``pcie``; ``drain``), deduplicated, in order of use."""
     meta = pod.get("metadata") or {}
     ns, name = str(meta.get("namespace")), str(meta.get("name"))
     node = (pod.get("spec") or {}).get("nodeName")
@@ -103,7 +106,24 @@ def next_steps(
     if f.previous:
         logs += " --previous"
     owner = owner_of(pod)
-    if verdict == "hardware" and node:
+    resets = [
+        step(
+            f"nvidia-smi -r -i {i}",
+            f"on node {node}, once GPU {i} is idle (from the GPU Operator's driver pod or a host "
+            "shell): reset the GPU to clear its error state",
+        )
+        for i in gpus
+    ]
+    if verdict == "hardware" and node and remedy == "restart_app":
+        steps.append(step(logs, "the application's own account of the failure"))
+        steps.append(
+            step(
+                f"kubectl mcp diagnose {node}",
+                "a contained memory error needs no cordon: restart the workload, and watch the "
+                "GPU for repeats (repeats on one GPU mean a reset, then an RMA)",
+            )
+        )
+    elif verdict == "hardware" and node:
         steps.append(step(f"kubectl cordon {node}", "keep new pods off the faulty node"))
         steps.append(
             step(
@@ -112,6 +132,16 @@ def next_steps(
                 "(NVIDIA's recommended action below)",
             )
         )
+        if remedy == "reset_gpu":
+            steps.extend(resets)
+        if remedy == "pcie":
+            steps.append(
+                step(
+                    "nvidia-smi -q -d PCIE",
+                    f"on node {node}: link width/speed against the GPU's maximum and the replay "
+                    "counter; reseat the GPU or riser if the link is degraded",
+                )
+            )
         steps.append(
             step(f"kubectl mcp diagnose {node}", "check the node's GPUs again after the repair")
         )
@@ -119,6 +149,14 @@ def next_steps(
         steps.append(
             step(f"kubectl mcp diagnose {node}", "driver version, GPU health and XIDs of the node")
         )
+        if remedy == "reset_gpu":
+            steps.append(
+                step(
+                    f"kubectl drain {node} --ignore-daemonsets --delete-emptydir-data",
+                    "stop the GPU's workloads before the reset NVIDIA's catalog asks for",
+                )
+            )
+            steps.extend(resets)
         steps.append(
             step(
                 f"kubectl get node {node} -o jsonpath='{{.metadata.labels}}'",
@@ -151,6 +189,13 @@ def next_steps(
             )
     elif verdict == "infrastructure":
         steps.append(step(f"kubectl -n {ns} describe pod {name}", "conditions and events"))
+        if node:
+            steps.append(
+                step(
+                    f"kubectl describe node {node}",
+                    "the node's conditions, taints and events (NotReady, pressure, health checks)",
+                )
+            )
         if f.kind == "unschedulable":
             steps.append(
                 step(

@@ -307,6 +307,12 @@ def node_object(spec: NodeSpec, index: int, start: float, version: str, rv: str)
         obj["spec"]["taints"] = taints
     if spec.unschedulable:
         obj["spec"]["unschedulable"] = True
+    for extra in spec.conditions:  # NVSentinel / node-problem-detector / pressure
+        c = cond(str(extra.get("type")), str(extra.get("status", "True")),
+                 str(extra.get("reason", "")), str(extra.get("message", "")))  # fmt: skip
+        c["lastTransitionTime"] = iso(start - float(extra.get("ago_s", 600)))
+        kept = [k for k in obj["status"]["conditions"] if k["type"] != c["type"]]
+        obj["status"]["conditions"] = [*kept, c]
     return obj
 
 
@@ -690,6 +696,8 @@ def workload_pod(
                 "containerID": f"containerd://{hexid(w.namespace + w.name + 'last')}",
             }
         }
+        if w.last_message:
+            last["terminated"]["message"] = w.last_message
     ready = w.ready if w.ready is not None else w.state == "running"
     resources: Obj = {
         "limits": {"cpu": w.cpu, "memory": w.memory},
@@ -767,6 +775,9 @@ def workload_pod(
     if w.node_selector:
         spec["nodeSelector"] = dict(w.node_selector)
     status: Obj = {"phase": w.phase, "qosClass": "Guaranteed"}
+    if w.status_reason:
+        status["reason"] = w.status_reason
+        status["message"] = w.status_message or ""
     if w.node is None:
         status["conditions"] = [
             {
@@ -782,6 +793,10 @@ def workload_pod(
         spec["nodeName"] = w.node
         assert node_index is not None
         status["conditions"] = _pod_conditions(iso(started_at), ts_created, ready)
+        for extra in w.conditions:
+            status["conditions"].append(
+                {"lastProbeTime": None, "lastTransitionTime": iso(start - 60), **extra}
+            )
         status["hostIP"] = node_ip(node_index)
         status["hostIPs"] = [{"ip": node_ip(node_index)}]
         status["startTime"] = ts_created
@@ -794,7 +809,44 @@ def workload_pod(
                 w.container, w.image, w.namespace + w.name, cstate, ready, w.restarts, last
             )
         ]
+    if w.env:
+        spec["containers"][0]["env"] = [{"name": k, "value": v} for k, v in w.env.items()]
+    if w.init_containers:
+        spec["initContainers"] = [
+            {"name": str(i.get("name")), "image": str(i.get("image", "busybox:1.36"))}
+            for i in w.init_containers
+        ]
+        if w.node is not None:
+            status["initContainerStatuses"] = [_init_status(i, w, start) for i in w.init_containers]
     return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": spec, "status": status}
+
+
+def _init_status(i: dict[str, Any], w: WorkloadSpec, start: float) -> Obj:
+    """One init container's status from its scenario entry."""
+    name, image = str(i.get("name")), str(i.get("image", "busybox:1.36"))
+    began = iso(start - float(i.get("started_ago_s", w.created_ago_s - 5)))
+    kind = str(i.get("state", "terminated"))
+    state: Obj
+    if kind == "running":
+        state = {"running": {"startedAt": began}}
+    elif kind == "waiting":
+        state = {"waiting": {"reason": str(i.get("reason", "PodInitializing"))}}
+        if i.get("message"):
+            state["waiting"]["message"] = str(i["message"])
+    else:
+        code = int(i.get("exit_code", 0))
+        term: Obj = {
+            "exitCode": code,
+            "reason": str(i.get("reason") or ("Completed" if code == 0 else "Error")),
+            "startedAt": began,
+            "finishedAt": iso(start - float(i.get("finished_ago_s", 0))),
+            "containerID": f"containerd://{hexid(w.namespace + w.name + name)}",
+        }
+        if i.get("message"):
+            term["message"] = str(i["message"])
+        state = {"terminated": term}
+    done = kind == "terminated" and int(i.get("exit_code", 0)) == 0
+    return _container_status(name, image, w.namespace + w.name + name, state, done, 0, {})
 
 
 def lifecycle_events(w: WorkloadSpec, pod: Obj, start: float, rv: str) -> list[Obj]:

@@ -83,6 +83,9 @@ class NodeSpec:
     agent: dict[str, Any] = field(default_factory=dict)  # extra agent fake-scenario keys
     faults: NodeFaults = field(default_factory=NodeFaults)
     events: list[EventSpec] = field(default_factory=list)
+    # Extra node conditions (NVSentinel, node-problem-detector, pressure):
+    # {type, status, reason, message, ago_s}; a type the kubelet sets replaces its own.
+    conditions: list[dict[str, Any]] = field(default_factory=list)
     age_s: float = 40 * 86400.0
     uptime_s: float = 12 * 86400.0
 
@@ -122,6 +125,15 @@ class WorkloadSpec:
     last_started_ago_s: float | None = None
     last_finished_ago_s: float | None = None
     ready: bool | None = None
+    status_reason: str | None = None  # pod status.reason (Evicted, Terminated, ...)
+    status_message: str | None = None
+    # Extra pod conditions, e.g. {type: DisruptionTarget, status: "True", reason: ...}
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    last_message: str | None = None  # lastState.terminated.message
+    env: dict[str, str] = field(default_factory=dict)  # e.g. NVIDIA_VISIBLE_DEVICES
+    # Init containers, each {name, state: terminated|waiting|running, exit_code, reason,
+    # message, started_ago_s, finished_ago_s}
+    init_containers: list[dict[str, Any]] = field(default_factory=list)
     events: list[EventSpec] = field(default_factory=list)
     lifecycle_events: bool = True  # Scheduled/Pulled/Created/Started, if within the event TTL
     logs: str = ""

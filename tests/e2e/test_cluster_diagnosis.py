@@ -134,10 +134,15 @@ async def test_xid79_victim_is_hardware(sim: SimServer) -> None:
 async def test_row_remap_victim_is_hardware(sim: SimServer) -> None:
     async with broker(sim) as b:
         r = await b.call("explain_failure", pod="mixtral-sft-k8d2m", namespace="ml-research")
-    assert (r["verdict"], r["confidence"]) == ("hardware", "high")
+    # 4 of 8 GPUs and which ones is not known: GPU 5 is likely the pod's, not certainly
+    # (this test expected "high" before issue 12's calibration).
+    assert (r["verdict"], r["confidence"]) == ("hardware", "medium")
     xids = {x["xid"]: x for x in r["xids"]}
-    # XID 63 (a row marked for remapping) came 30 min earlier: outside the window.
-    assert set(xids) == {48, 64} and xids[48]["category"] == "hardware"
+    # XID 63 (a row marked for remapping) came 30 min earlier, during the run: listed, but
+    # informational (the catalog says IGNORE).
+    assert set(xids) == {48, 63, 64} and xids[48]["category"] == "hardware"
+    assert xids[63]["category"] == "informational" and xids[63]["timing"] == "during_run"
+    xids.pop(63)
     # (times are whole seconds and the sim re-bases the agent's clock: allow one second)
     assert -2.0 <= xids[48]["offset_s"] <= 0.0 <= xids[64]["offset_s"] <= 2.0
     assert all(x["gpu_index"] == 5 for x in xids.values())
@@ -292,8 +297,9 @@ async def test_viewer_without_exec_gets_kubernetes_facts_and_the_missing_permiss
     assert permissions == {EXEC_PERMISSION}
     assert f"kubectl auth can-i create pods --subresource=exec -n {AGENT_NS}" in commands(ecc)
     assert ecc["xid_window"]["checked"] is False
-    # OOMKilled needs no agent to judge; certainty is capped while data is missing.
-    assert (oom["verdict"], oom["confidence"]) == ("application", "medium")
+    # OOMKilled needs no agent to judge, and nothing the agent says could change it: the
+    # kubelet's own record keeps its certainty (this expected "medium" before issue 12).
+    assert (oom["verdict"], oom["confidence"]) == ("application", "high")
     assert node["health"] is None and node["resources"]["nvidia.com/gpu"]["capacity"] == 8
     assert {m["permission"] for m in node["missing"]} == {EXEC_PERMISSION}
 
