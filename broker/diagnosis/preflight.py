@@ -341,7 +341,9 @@ async def _chart(run: _Run) -> Check:
         shown = "; ".join(f"{len(p)} {r} ({_some(p)})" for r, p in problems.items())
         return Check("chart", status, f"{summary}; not ready: {shown}{without}", fix, details)
     if uncovered:
-        return Check("chart", "warn", f"{summary}{without}", placement, details)
+        # No agent pod on any GPU node: nothing can be diagnosed, that is a failure.
+        status = "fail" if ready == 0 else "warn"
+        return Check("chart", status, f"{summary}{without}", placement, details)
     return Check("chart", "ok", summary, details=details)
 
 

@@ -646,6 +646,7 @@ def create_app(ctx: SimContext) -> web.Application:
     for path in _PUBLIC:
         r.add_get(path, healthz)
     r.add_get("/version", version)
+    r.add_get("/version/", version)  # what kubernetes_asyncio (and client-go) request
     r.add_get("/api", api)
     r.add_get("/api/v1", api_v1)
     r.add_get("/apis", apis)

@@ -43,6 +43,8 @@ _PLURALS = {
     "CronJob": "cronjobs",
     "Deployment": "deployments",
     "Job": "jobs",
+    "JobSet": "jobsets",
+    "PyTorchJob": "pytorchjobs",
     "ReplicaSet": "replicasets",
     "StatefulSet": "statefulsets",
 }

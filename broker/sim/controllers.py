@@ -439,6 +439,83 @@ def _job_events(w: WorkloadSpec, job: Obj, pods: list[Obj], start: float, rv: st
     return [event_object(s, job, "", start, rv) for s in specs]
 
 
+def _training_job(
+    kind: str, w: WorkloadSpec, name: str, pods: list[Obj], rv: str, start: float
+) -> Obj:
+    """A JobSet or Kubeflow PyTorchJob owning the pods, with the status its operator writes."""
+    created = min(p["metadata"]["creationTimestamp"] for p in pods)
+    phases = [p["status"].get("phase") for p in pods]
+    failed, succeeded = phases.count("Failed"), phases.count("Succeeded")
+    active = len(pods) - failed - succeeded
+    done_at = iso(start - (w.finished_ago_s or 0))
+    if kind == "PyTorchJob":
+        conditions: list[Obj] = [
+            {"type": "Created", "status": "True", "reason": "PyTorchJobCreated",
+             "message": f"PyTorchJob {name} is created.", "lastTransitionTime": created},
+        ]  # fmt: skip
+        if failed:
+            conditions.append(
+                {"type": "Failed", "status": "True", "reason": "PyTorchJobFailed",
+                 "message": f"PyTorchJob {name} is failed because {failed} Worker replica(s) "
+                 "failed.", "lastTransitionTime": done_at}
+            )  # fmt: skip
+        elif active:
+            conditions.append(
+                {"type": "Running", "status": "True", "reason": "PyTorchJobRunning",
+                 "message": f"PyTorchJob {name} is running.", "lastTransitionTime": created}
+            )  # fmt: skip
+        status: Obj = {
+            "conditions": conditions,
+            "replicaStatuses": {"Worker": {"active": active, "failed": failed,
+                                           "succeeded": succeeded}},
+            "startTime": created,
+        }  # fmt: skip
+        spec: Obj = {
+            "pytorchReplicaSpecs": {
+                "Worker": {"replicas": len(pods), "restartPolicy": "Never",
+                           "template": _template(pods[0])},
+            },
+            "runPolicy": {"backoffLimit": 0},
+        }  # fmt: skip
+        api_version = "kubeflow.org/v1"
+    else:
+        conditions = []
+        if failed:
+            conditions.append(
+                {"type": "Failed", "status": "True", "reason": "FailedJobs",
+                 "message": "jobset failed due to one or more job failures",
+                 "lastTransitionTime": done_at}
+            )  # fmt: skip
+        elif not active:
+            conditions.append(
+                {"type": "Completed", "status": "True", "reason": "AllJobsCompleted",
+                 "message": "jobset completed successfully", "lastTransitionTime": done_at}
+            )  # fmt: skip
+        status = {
+            "conditions": conditions,
+            "replicatedJobsStatus": [{"name": "workers", "ready": active, "active": active,
+                                      "failed": failed, "succeeded": succeeded,
+                                      "suspended": 0}],
+            "restarts": 0,
+        }  # fmt: skip
+        spec = {
+            "replicatedJobs": [
+                {"name": "workers", "replicas": len(pods),
+                 "template": {"spec": {"parallelism": 1, "completions": 1,
+                                       "template": _template(pods[0])}}},
+            ],
+            "failurePolicy": {"maxRestarts": 0},
+        }  # fmt: skip
+        api_version = "jobset.x-k8s.io/v1alpha2"
+    return {
+        "kind": kind,
+        "apiVersion": api_version,
+        "metadata": _meta(kind, w.namespace, name, created, rv, {}),
+        "spec": spec,
+        "status": status,
+    }
+
+
 def workload_controllers(
     workloads: list[tuple[WorkloadSpec, Obj]], start: float, rv: str
 ) -> tuple[list[Obj], list[Obj]]:
@@ -458,6 +535,8 @@ def workload_controllers(
             cron = job["metadata"].get("ownerReferences")
             if cron:
                 objects.append(_cronjob(ns, cron[0]["name"], job, rv))
+        elif kind in ("JobSet", "PyTorchJob"):
+            objects.append(_training_job(kind, w, name, pods, rv, start))
         elif kind == "ReplicaSet":
             objects.extend(_replicaset(w, name, pods, rv))
         elif kind == "StatefulSet":

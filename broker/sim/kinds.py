@@ -64,6 +64,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("events", "Event", "events.k8s.io", short=("ev",)),
     Kind("runtimeclasses", "RuntimeClass", "node.k8s.io", namespaced=False),
     Kind("endpointslices", "EndpointSlice", "discovery.k8s.io"),
+    # Custom resources of the distributed-training operators (their CRDs installed).
+    Kind("jobsets", "JobSet", "jobset.x-k8s.io", "v1alpha2", categories=("all",)),
+    Kind("pytorchjobs", "PyTorchJob", "kubeflow.org", categories=("all", "kubeflow")),
     Kind("selfsubjectaccessreviews", "SelfSubjectAccessReview", "authorization.k8s.io",
          namespaced=False, verbs=("create",)),
     Kind("selfsubjectrulesreviews", "SelfSubjectRulesReview", "authorization.k8s.io",
@@ -78,7 +81,8 @@ SUBRESOURCES: tuple[Subresource, ...] = (
 
 # In the order a real API server lists them in /apis (its group priority order).
 GROUPS: tuple[str, ...] = ("apps", "events.k8s.io", "authorization.k8s.io", "batch",
-                           "coordination.k8s.io", "node.k8s.io", "discovery.k8s.io")  # fmt: skip
+                           "coordination.k8s.io", "node.k8s.io", "discovery.k8s.io",
+                           "jobset.x-k8s.io", "kubeflow.org")  # fmt: skip
 assert set(GROUPS) == {k.group for k in KINDS if k.group}
 _BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 

@@ -19,6 +19,12 @@ Obj = dict[str, Any]
 
 RELEASE = "k8s-gpu-mcp"  # helm release (and DaemonSet) name; the chart's fullname
 AGENT_CONTAINER = "agent"
+# The apiVersion of each kind that may own a workload pod (the rest are apps/v1).
+OWNER_API_VERSIONS = {
+    "Job": "batch/v1",
+    "JobSet": "jobset.x-k8s.io/v1alpha2",
+    "PyTorchJob": "kubeflow.org/v1",
+}
 # The chart's default (agent.source=zipapp): a stock Python image running the agent zipapp
 # that a ConfigMap mounts at /usr/local/bin/gpu-agent.
 AGENT_IMAGE = "docker.io/library/python:3.13-slim-trixie"
@@ -720,7 +726,7 @@ def workload_pod(
         meta["generateName"] = f"{owner}-"
         meta["ownerReferences"] = [
             {
-                "apiVersion": "batch/v1" if w.owner_kind == "Job" else "apps/v1",
+                "apiVersion": OWNER_API_VERSIONS.get(w.owner_kind, "apps/v1"),
                 "kind": w.owner_kind,
                 "name": owner,
                 "uid": uid(w.owner_kind, w.namespace, owner),
@@ -736,6 +742,13 @@ def workload_pod(
             labels.setdefault("job-name", owner)
         elif w.owner_kind == "StatefulSet":
             labels.setdefault("statefulset.kubernetes.io/pod-name", w.name)
+        elif w.owner_kind == "PyTorchJob":  # the Kubeflow training operator's labels
+            labels.setdefault("training.kubeflow.org/job-name", owner)
+            labels.setdefault("training.kubeflow.org/operator-name", "pytorchjob-controller")
+            labels.setdefault("training.kubeflow.org/replica-type", "worker")
+        elif w.owner_kind == "JobSet":  # the JobSet controller's labels
+            labels.setdefault("jobset.sigs.k8s.io/jobset-name", owner)
+            labels.setdefault("jobset.sigs.k8s.io/replicatedjob-name", "workers")
     spec: Obj = {
         "containers": [
             {

@@ -69,7 +69,6 @@ def test_table_output_ends_with_the_verdict(ready_sim: SimServer) -> None:
     assert result.stdout.rstrip().endswith("Ready: every check passed.")
 
 
-@pytest.mark.xfail(reason="the sim does not serve apps/v1 DaemonSets yet", strict=False)
 def test_chart_is_read_from_the_daemonset_when_served(ready_sim: SimServer) -> None:
     _, report, _ = doctor(ready_sim)
     chart = check(report, "chart")
@@ -129,11 +128,12 @@ def test_unreachable_api_server_fails_the_first_check(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("scenario", "first", "expected"),
     [
-        (small(agent_pod="missing"), "chart", "no agent pods at all"),
+        ({**small(), "chart_installed": False}, "chart", "no agent pods at all"),
+        (small(agent_pod="missing"), "chart", "0 desired, 0 ready; 2 GPU node(s) without"),
         (small(agent_pod="pending"), "chart", "not ready: 2 Pending: ContainerCreating"),
         (small(agent={"gpu_count": 0}), "agent", "sees 0 GPUs"),
     ],
-    ids=["no-chart", "agent-pods-pending", "zero-gpus"],
+    ids=["no-chart", "no-agent-pods", "agent-pods-pending", "zero-gpus"],
 )
 def test_broken_setups_name_the_first_problem(
     scenario: dict[str, Any], first: str, expected: str

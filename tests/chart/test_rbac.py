@@ -36,6 +36,8 @@ def test_exec_role_is_namespaced_and_exact(chart: Chart) -> None:
         # create: SPDY exec, and WebSocket exec from 1.35; get: WebSocket exec before that.
         ("", "pods/exec", "create"),
         ("", "pods/exec", "get"),
+        ("apps", "daemonsets", "get"),  # broker doctor: the chart's DaemonSet
+        ("apps", "daemonsets", "list"),
     }
     assert all("resourceNames" not in rule for rule in role["rules"])
 
@@ -45,10 +47,12 @@ def test_cluster_role_is_read_only_and_exact(chart: Chart) -> None:
     assert "namespace" not in role["metadata"]
     assert grants(role) == {
         (group, resource, verb)
-        for group in [""]
-        for resource in ("nodes", "pods", "events")
+        for group, resource in (("", "nodes"), ("", "pods"), ("", "events"),
+                                ("node.k8s.io", "runtimeclasses"))
         for verb in ("get", "list")
-    }
+    } | {("", "namespaces", "get")}  # fmt: skip
+    (own_namespace,) = [r for r in role["rules"] if "namespaces" in r["resources"]]
+    assert own_namespace["resourceNames"] == [NAMESPACE]
 
 
 # --- pod reads: cluster-wide (default) or per listed namespace -----------------------
@@ -60,8 +64,10 @@ def test_namespaced_pod_reads_keep_pods_out_of_the_cluster_role(chart: Chart) ->
     docs = chart.template(values=[NAMESPACED])
     cluster = one(docs, "ClusterRole")
     assert grants(cluster) == {
-        ("", resource, verb) for resource in ("nodes", "events") for verb in ("get", "list")
-    }
+        (group, resource, verb)
+        for group, resource in (("", "nodes"), ("", "events"), ("node.k8s.io", "runtimeclasses"))
+        for verb in ("get", "list")
+    } | {("", "namespaces", "get")}
     exec_role, *readers = sorted(by_kind(docs, "Role"), key=lambda r: r["metadata"]["name"])
     assert exec_role["metadata"]["namespace"] == NAMESPACE
     assert grants(exec_role) >= {("", "pods", "get"), ("", "pods", "list")}
@@ -184,9 +190,18 @@ NEEDS: dict[str, tuple[str, set[tuple[str, str, str]]]] = {
     "connect_post_namespaced_pod_exec": ("namespace", {("", "pods/exec", "create")}),
     # The in-cluster broker's own calls (broker.auth.mode=kubernetes): its ClusterRole.
     "create_token_review": ("broker", {("authentication.k8s.io", "tokenreviews", "create")}),
-    # Every authenticated user may ask about themselves (system:basic-user): no grant.
+    # Every authenticated user may ask about themselves (system:basic-user) and read
+    # /version (system:public-info-viewer): no grant.
     "create_self_subject_access_review": ("anyone", set()),
     "create_self_subject_rules_review": ("anyone", set()),
+    "get_code": ("anyone", set()),
+    # broker doctor: the chart's DaemonSet, the RuntimeClass, its namespace's labels.
+    "list_namespaced_daemon_set": ("namespace", {("apps", "daemonsets", "list")}),
+    "list_runtime_class": ("cluster", {("node.k8s.io", "runtimeclasses", "list")}),
+    "read_namespace": ("cluster", {("", "namespaces", "get")}),
+    # Its fallback when the chart is not in -n: look in every namespace. Not granted (a
+    # cluster-wide read of every DaemonSet's spec); the doctor says it could not look.
+    "list_daemon_set_for_all_namespaces": ("optional", {("apps", "daemonsets", "list")}),
 }
 # Impersonation is headers on ordinary requests, not an API method: found by text.
 IMPERSONATES: dict[str, set[tuple[str, str, str]]] = {
@@ -236,7 +251,10 @@ def test_rbac_grants_what_the_broker_reads_and_nothing_it_does_not(chart: Chart)
     assert calls, "found no Kubernetes API calls in broker/: is the scan broken?"
     # Reads from the core API group only (events are core/v1 Events, not events.k8s.io);
     # the in-cluster broker also authenticates callers.
-    assert api_classes <= {"CoreV1Api", "AuthenticationV1Api", "AuthorizationV1Api"}, api_classes
+    assert api_classes <= {
+        "CoreV1Api", "AuthenticationV1Api", "AuthorizationV1Api",
+        "AppsV1Api", "NodeV1Api", "VersionApi",  # broker doctor
+    }, api_classes  # fmt: skip
     unmapped = calls - NEEDS.keys()
     assert not unmapped, f"broker calls {sorted(unmapped)}: add the RBAC they need"
     docs = chart.template()
@@ -248,7 +266,9 @@ def test_rbac_grants_what_the_broker_reads_and_nothing_it_does_not(chart: Chart)
         assert needed <= have, f"{method} needs {sorted(needed - have)}"
     used = {grant for method in calls for grant in NEEDS[method][1]}
     # Every resource the ClusterRole names is read by the broker; verbs stay get/list.
-    assert {r for _, r, _ in cluster} == {r for _, r, _ in used if r != "pods/exec"}
+    assert {r for _, r, _ in cluster} == {
+        r for _, r, _ in used if r not in ("pods/exec", "daemonsets")
+    }
     assert {v for _, _, v in cluster} <= {"get", "list"}
 
 
@@ -261,7 +281,7 @@ def test_namespaced_pod_reads_grant_every_broker_pod_read_in_those_namespaces(
     docs = chart.template(values=[NAMESPACED])
     cluster = grants(one(docs, "ClusterRole"))
     in_namespace = {r["metadata"]["namespace"]: grants(r) | cluster for r in by_kind(docs, "Role")}
-    cluster_wide_only = {"list_pod_for_all_namespaces"}
+    cluster_wide_only = {"list_pod_for_all_namespaces", "list_daemon_set_for_all_namespaces"}
     for method in sorted(calls - cluster_wide_only):
         needed = NEEDS[method][1]
         if any(resource == "pods" for _, resource, _ in needed):
