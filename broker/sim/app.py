@@ -27,7 +27,7 @@ from .agent_runner import AgentRun, InProcessRun, SubprocessRun, write_scenario
 from .auth import Attributes, Identity
 from .cluster import SimCluster
 from .exec import serve_exec
-from .kinds import GROUPS, Kind, lookup
+from .kinds import GROUP_VERSIONS, GROUPS, Kind, lookup
 from .selectors import SelectorError, fields_for, parse_field_selector, parse_label_selector
 from .status import (
     StatusError,
@@ -353,7 +353,7 @@ async def group(request: web.Request) -> web.StreamResponse:
 
 async def group_version(request: web.Request) -> web.StreamResponse:
     name, version = request.match_info["group"], request.match_info["version"]
-    if name not in GROUPS or version != "v1":
+    if name not in GROUPS or version != GROUP_VERSIONS[name]:
         raise path_not_found()
     return json_response(discovery.resource_list(name))
 

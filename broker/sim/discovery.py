@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .kinds import GROUPS, SUBRESOURCES, Kind, in_group
+from .kinds import GROUP_VERSIONS, GROUPS, SUBRESOURCES, Kind, in_group
 
 Obj = dict[str, Any]
 
@@ -75,13 +75,14 @@ def resource_list(group: str) -> Obj:
     doc: Obj = {"kind": "APIResourceList"}
     if group:
         doc["apiVersion"] = "v1"
-    doc["groupVersion"] = f"{group}/v1" if group else "v1"
+    doc["groupVersion"] = f"{group}/{GROUP_VERSIONS[group]}" if group else "v1"
     doc["resources"] = resources
     return doc
 
 
 def api_group(name: str) -> Obj:
-    gv = {"groupVersion": f"{name}/v1", "version": "v1"}
+    version = GROUP_VERSIONS[name]
+    gv = {"groupVersion": f"{name}/{version}", "version": version}
     return {"name": name, "versions": [gv], "preferredVersion": gv}
 
 

@@ -85,6 +85,9 @@ GROUPS: tuple[str, ...] = ("apps", "events.k8s.io", "authorization.k8s.io", "bat
                            "jobset.x-k8s.io", "kubeflow.org")  # fmt: skip
 assert set(GROUPS) == {k.group for k in KINDS if k.group}
 _BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
+# One served version per group (the custom resources' are not v1).
+GROUP_VERSIONS: dict[str, str] = {k.group: k.version for k in KINDS}
+assert all(k.version == GROUP_VERSIONS[k.group] for k in KINDS)
 
 
 def lookup(group: str, version: str, plural: str) -> Kind | None:

@@ -533,6 +533,10 @@ def _runtimeclass_cells(obj: Obj, now: float) -> list[Any]:
     return [obj["metadata"]["name"], obj.get("handler", ""), _age(obj, now)]
 
 
+def _name_age(obj: Obj, now: float) -> list[Any]:
+    return [obj["metadata"]["name"], _age(obj, now)]
+
+
 def _new_event_cells(obj: Obj, now: float) -> list[Any]:
     """events.k8s.io/v1 Events print as core Events do (the server converts first)."""
     core = {
@@ -569,6 +573,9 @@ PRINTERS: dict[str, tuple[list[dict[str, Any]], Callable[[Obj, float], list[Any]
     "runtimeclasses": (RUNTIMECLASS_COLUMNS, _runtimeclass_cells),
     "endpoints": (ENDPOINTS_COLUMNS, _endpoints_cells),
     "endpointslices": (ENDPOINTSLICE_COLUMNS, _endpointslice_cells),
+    # Custom resources whose CRDs declare no printer columns: the API server prints these.
+    "jobsets": ([_NAME, _AGE], _name_age),
+    "pytorchjobs": ([_NAME, _AGE], _name_age),
 }
 
 

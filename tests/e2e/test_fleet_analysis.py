@@ -24,6 +24,8 @@ JOB = "llm-pretrain-64"
 JOB_NODES = [f"gpu-node-{i:03d}" for i in range(101, 165)]  # 64 nodes, one rank each
 DEAD = "ddp-train"  # 8 ranks; rank 3 dies 40 s after XID 79 on its node, the rest on NCCL
 DEAD_NODES = [f"gpu-node-{i:03d}" for i in range(170, 178)]
+PT = "bert-pretrain"  # a Kubeflow PyTorchJob of 2 workers
+PT_NODES = ["gpu-node-180", "gpu-node-181"]
 
 
 def scenario() -> dict[str, Any]:
@@ -68,6 +70,25 @@ def scenario() -> dict[str, Any]:
                 "finished_ago_s": 300 if first else 240 - rank,
             }
         )  # fmt: skip
+    for rank, node in enumerate(PT_NODES):  # a PyTorchJob: rank 1 OOMs first, rank 0 on NCCL
+        workloads.append(
+            {
+                "name": f"{PT}-worker-{rank}",
+                "namespace": "ml-research",
+                "node": node,
+                "gpus": 8,
+                "owner_kind": "PyTorchJob",
+                "owner_name": PT,
+                "labels": {"training.kubeflow.org/replica-index": str(rank)},
+                "phase": "Failed",
+                "state": "terminated",
+                "exit_code": 137 if rank == 1 else 1,
+                "reason": "OOMKilled" if rank == 1 else "Error",
+                "message": "" if rank == 1 else "ncclRemoteError: remote process exited",
+                "started_ago_s": 3600,
+                "finished_ago_s": 900 if rank == 1 else 870,
+            }
+        )
     busy = [
         {"gpu": g, "pid": 1000 + g, "name": "python3", "used_memory_mib": 70000} for g in range(8)
     ]
@@ -80,6 +101,7 @@ def scenario() -> dict[str, Any]:
     ]  # fmt: skip
     nodes += [{"name": n, "agent": {"processes": busy}} for n in JOB_NODES if n != "gpu-node-130"]
     nodes += [{"name": n} for n in DEAD_NODES if n != DEAD_NODES[3]]
+    nodes += [{"name": n} for n in PT_NODES]
     nodes.append({"name": DEAD_NODES[3], "agent": {"faults": [
         {"gpu": 2, "kind": "fell_off_bus", "ago_s": 340}]}})  # fmt: skip
     return {
@@ -177,3 +199,13 @@ async def test_explain_job_for_a_running_job_says_none(sim: SimServer) -> None:
         answer = await call(session, "explain_job", job=JOB, namespace="ml-research")
     assert answer["verdict"] == "none" and answer["first_failure"] is None
     assert answer["pods"] == {"total": 64, "failed": 0}
+
+
+async def test_explain_job_for_a_pytorchjob(sim: SimServer) -> None:
+    async with broker(sim) as session:
+        answer = await call(session, "explain_job", job=PT, namespace="ml-research")
+    assert answer["job"]["kind"].startswith("PyTorchJob")
+    first = answer["first_failure"]
+    assert (first["pod"], first["rank"], first["reason"]) == (f"{PT}-worker-1", 1, "OOMKilled")
+    assert answer["verdict"] == "application" and "OOMKilled" in answer["chain"][0]
+    assert "1 of them with NCCL/collective timeouts" in answer["chain"][1]

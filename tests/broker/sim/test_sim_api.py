@@ -33,7 +33,12 @@ async def test_discovery_documents(api: Api) -> None:
         "coordination.k8s.io",
         "node.k8s.io",
         "discovery.k8s.io",
+        "jobset.x-k8s.io",  # CRDs of the training operators: their own versions
+        "kubeflow.org",
     ]
+    jobset = next(g for g in groups["groups"] if g["name"] == "jobset.x-k8s.io")
+    assert jobset["preferredVersion"] == {"groupVersion": "jobset.x-k8s.io/v1alpha2",
+                                          "version": "v1alpha2"}  # fmt: skip
     assert "metrics.k8s.io" not in {g["name"] for g in groups["groups"]}  # no metrics-server
     status, body, _ = await api.get("/openapi/v3")
     assert status == 404 and body["reason"] == "NotFound"

@@ -209,3 +209,39 @@ def test_helm_lists_the_charts_release(threaded_sim: SimServer, tmp_path: Path, 
         "deployed",
     )
     assert release["chart"] == "k8s-gpu-mcp-0.1.0"
+
+
+def test_training_operator_resources_own_their_pods(kubectl: Path, tmp_path: Path) -> None:
+    """A JobSet and a Kubeflow PyTorchJob, as their CRDs serve them: listed by the real
+    kubectl, with the status their operators write, and owning their pods."""
+    from broker.sim import sim_in_thread
+
+    def worker(owner_kind: str, owner: str, rank: int, phase: str) -> dict[str, object]:
+        return {"name": f"{owner}-{rank}", "namespace": "ml", "node": f"gpu-node-00{rank + 1}",
+                "gpus": 8, "owner_kind": owner_kind, "owner_name": owner, "phase": phase,
+                "state": "terminated" if phase == "Failed" else "running",
+                "exit_code": 1, "started_ago_s": 600, "finished_ago_s": 60}  # fmt: skip
+
+    scenario = {
+        "nodes": [{"name": f"gpu-node-00{i}"} for i in (1, 2, 3)],
+        "workloads": [worker("PyTorchJob", "bert", 0, "Failed"), worker("PyTorchJob", "bert", 1,
+                      "Failed"), worker("JobSet", "llm", 2, "Running")],
+    }  # fmt: skip
+    with sim_in_thread(nodes=3, scenario=scenario, in_process=True, workdir=tmp_path) as sim:
+        run = Kubectl(kubectl, sim, tmp_path)
+        for plural, name in (("pytorchjobs", "bert"), ("jobsets", "llm")):
+            header, rows = _rows(run("get", plural, "-A"))
+            assert header == ["NAMESPACE", "NAME", "AGE"] and name in rows
+        out = run("get", "pytorchjob", "bert", "-n", "ml", "-o", "json")
+        job = json.loads(out.stdout)
+        assert job["status"]["conditions"][-1]["type"] == "Failed"
+        assert job["status"]["replicaStatuses"]["Worker"]["failed"] == 2
+        pods = json.loads(run("get", "pods", "-n", "ml", "-o", "json").stdout)["items"]
+        owners = {(p["metadata"]["ownerReferences"][0]["kind"],
+                   p["metadata"]["ownerReferences"][0]["uid"]) for p in pods}  # fmt: skip
+        jobset = json.loads(run("get", "jobset", "llm", "-n", "ml", "-o", "json").stdout)
+        assert owners == {("PyTorchJob", job["metadata"]["uid"]),
+                          ("JobSet", jobset["metadata"]["uid"])}  # fmt: skip
+        labels = {p["metadata"]["name"]: p["metadata"]["labels"] for p in pods}
+        assert labels["bert-0"]["training.kubeflow.org/job-name"] == "bert"
+        assert labels["llm-2"]["jobset.sigs.k8s.io/jobset-name"] == "llm"
