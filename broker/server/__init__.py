@@ -15,7 +15,13 @@ from broker.fleet.context import BrokerContext
 from broker.kube.config import ClusterConfig
 from broker.server.app import BrokerApp
 from broker.server.fleet_tools import build_node_server, build_server
-from broker.server.http import HttpSettings, check_http_settings, http_app, run_http
+from broker.server.http import (
+    HttpSettings,
+    check_http_settings,
+    generate_token,
+    http_app,
+    run_http,
+)
 
 __all__ = [
     "BrokerApp",
@@ -45,8 +51,10 @@ async def serve(options: ServeOptions) -> None:
     """Run the broker's MCP server until the client goes away (stdio) or cancelled."""
     if options.transport not in ("stdio", "http"):
         raise ConfigError(f"unknown transport {options.transport!r}: use stdio or http")
+    http = options.http
     if options.transport == "http":
-        check_http_settings(options.http)
+        check_http_settings(http)  # before any cluster access: a bad flag fails fast
+        http = generate_token(http)
     async with BrokerContext.open(
         options.config,
         call_timeout=options.call_timeout,
@@ -59,4 +67,4 @@ async def serve(options: ServeOptions) -> None:
         if options.transport == "stdio":
             await app.run_stdio_async()
         else:
-            await run_http(app, options.http)
+            await run_http(app, http)

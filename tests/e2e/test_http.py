@@ -16,10 +16,12 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from broker.errors import ConfigError
 from broker.fleet.context import BrokerContext
 from broker.kube.config import ClusterConfig
 from broker.server import HttpSettings, build_server
-from broker.server.http import http_server
+from broker.server.app import BrokerApp
+from broker.server.http import generate_token, http_app, http_server
 from broker.sim import SimServer
 from tests.e2e.session import structured
 
@@ -116,10 +118,19 @@ async def test_loopback_with_token(demo_sim: SimServer) -> None:
             assert answer["summary"]["nodes"]["total"] == 10
 
 
-async def test_loopback_without_token_is_open_to_local_clients_only(
-    demo_sim: SimServer,
-) -> None:
-    async with http_broker(demo_sim, HttpSettings(host="127.0.0.1")) as port:
+async def test_loopback_generates_a_token_by_default(demo_sim: SimServer) -> None:
+    with pytest.raises(ConfigError, match="needs a token"):
+        http_app(BrokerApp(), HttpSettings(host="127.0.0.1"))
+    settings = generate_token(HttpSettings(host="127.0.0.1"))
+    async with http_broker(demo_sim, settings) as port:
+        assert (await post(port, {})).status == 401
+        async with mcp_over_http(port, settings.token) as session:
+            nodes = structured(await session.call_tool("list_gpu_nodes", {}))
+            assert nodes["summary"]["total"] == 10
+
+
+async def test_auth_none_is_open_to_local_clients_only(demo_sim: SimServer) -> None:
+    async with http_broker(demo_sim, HttpSettings(host="127.0.0.1", auth="none")) as port:
         assert (await post(port, {})).status == 200
         assert (await post(port, {"Host": "attacker.example"})).status == 421
         async with mcp_over_http(port, None) as session:
