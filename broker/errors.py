@@ -12,6 +12,15 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
 
+def clip(value: object, limit: int = 120) -> str:
+    """``str(value)`` cut to ``limit`` characters (with how much was cut), for echoing
+    caller input in an error message: a 1 MB selector must not become a 3 MB error."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 class BrokerError(Exception):
     """Base class of every error the broker raises on purpose."""
 
