@@ -57,6 +57,9 @@ class ClusterConfig:
     namespace: str = DEFAULT_NAMESPACE
     request_timeout: float = 15.0  # one REST request (discovery)
     credential_timeout: float = 30.0  # one exec credential plugin run
+    # One read with its retries, and one discovery (both lists): the CLI's --timeout.
+    # None: bounded only by request_timeout x retry attempts (about a minute).
+    read_deadline: float | None = None
 
     @classmethod
     def from_options(
@@ -64,9 +67,15 @@ class ClusterConfig:
         kubeconfig: str | None = None,
         context: str | None = None,
         namespace: str | None = None,
+        timeout: float | None = None,
     ) -> ClusterConfig:
-        """Build from CLI options (``None`` = not given)."""
-        return cls(kubeconfig=kubeconfig, context=context, namespace=namespace or DEFAULT_NAMESPACE)
+        """Build from CLI options (``None`` = not given); ``timeout`` bounds API reads."""
+        return cls(
+            kubeconfig=kubeconfig,
+            context=context,
+            namespace=namespace or DEFAULT_NAMESPACE,
+            read_deadline=timeout,
+        )
 
 
 @dataclass

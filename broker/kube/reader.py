@@ -10,7 +10,8 @@ would fill the gap (:func:`missing_from`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,14 +206,41 @@ async def read_core(
 ) -> tuple[int, bytes]:
     """One read through ``CoreV1Api.<method>`` (``read_node``, ``list_namespaced_event``...),
     as (HTTP status, raw JSON body): retried on 429/5xx/connection errors, one credential
-    refresh on 401. Raises ApiUnavailable when the API server cannot be reached."""
-    import aiohttp
+    refresh on 401, all within ``read_deadline``. Raises ApiUnavailable when the API server
+    cannot be reached."""
     from kubernetes_asyncio.client import CoreV1Api
 
     if not (method.startswith("read_") or method.startswith("list_")):
         raise ValueError(f"read_core only reads: {method!r} is not a read_*/list_* call")
+    with within_deadline(api):
+        return await _read_retrying(api, getattr(CoreV1Api(api.rest), method), args, retry, query)
+
+
+@contextmanager
+def within_deadline(api: KubeApi) -> Iterator[None]:
+    """Bound the block by ``api.config.read_deadline`` (the CLI's --timeout), raising
+    ApiUnavailable when it passes: an API server that accepts and never answers must not
+    hold a call for request_timeout x retries."""
+    limit = api.config.read_deadline
+    if limit is None:
+        yield
+        return
+    with anyio.move_on_after(limit) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise ApiUnavailable(
+            f"no answer from the API server at {api.server} within {limit:g} s (--timeout); "
+            "check that it is up (kubectl get --raw /readyz) and reachable (network/VPN), "
+            "or allow more time with --timeout"
+        )
+
+
+async def _read_retrying(
+    api: KubeApi, call: Any, args: tuple[str, ...], retry: RetryPolicy | None, query: Any
+) -> tuple[int, bytes]:
+    import aiohttp
+
     policy = retry or RetryPolicy()
-    call = getattr(CoreV1Api(api.rest), method)
     refreshed = False
     attempt = 0
     last_error = ""
