@@ -40,10 +40,10 @@ class UnknownNode(BrokerError):
 
     def __init__(self, nodes: Sequence[str], known: Sequence[str] = ()) -> None:
         self.nodes = list(nodes)
-        names = ", ".join(self.nodes)
+        names = clip(", ".join(self.nodes), 300)
         hint = ""
         if known:
-            sample = ", ".join(sorted(known)[:5])
+            sample = clip(", ".join(sorted(known)[:5]), 300)
             more = f" (and {len(known) - 5} more)" if len(known) > 5 else ""
             hint = f" Known GPU nodes: {sample}{more}."
         super().__init__(

@@ -22,6 +22,7 @@ from broker.server.http import (
     http_app,
     run_http,
 )
+from broker.server.stdio import run_stdio
 
 __all__ = [
     "BrokerApp",
@@ -65,6 +66,6 @@ async def serve(options: ServeOptions) -> None:
         else:
             app = build_server(ctx)
         if options.transport == "stdio":
-            await app.run_stdio_async()
+            await run_stdio(app)
         else:
             await run_http(app, http)

@@ -18,7 +18,7 @@ import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 
 from broker import __version__
-from broker.errors import BrokerError
+from broker.errors import BrokerError, clip
 
 __all__ = ["READ_ONLY", "BrokerApp", "SchemaHandler", "error_result", "json_result"]
 
@@ -121,7 +121,8 @@ def _first_error(validator: Any, arguments: Mapping[str, Any]) -> str | None:
     if error is None:
         return None
     where = ".".join(str(p) for p in error.absolute_path)
-    return f"{error.message}" + (f" (argument {where})" if where else "")
+    # The message may quote the argument: clip it (a 1 MB value, a 1 MB error otherwise).
+    return clip(error.message, 300) + (f" (argument {clip(where, 100)})" if where else "")
 
 
 def json_result(structured: Json) -> types.CallToolResult:

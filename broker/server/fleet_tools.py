@@ -15,7 +15,7 @@ from typing import Any
 import mcp_types as types
 from mcp.server.mcpserver import Context
 
-from broker.errors import BrokerError, UnknownNode
+from broker.errors import BrokerError, UnknownNode, clip
 from broker.fleet.aggregate import aggregate_output_schema
 from broker.fleet.context import BrokerContext
 from broker.fleet.operations import (
@@ -113,7 +113,7 @@ def build_server(ctx: BrokerContext) -> BrokerApp:
     async def list_gpu_nodes(arguments: Json, mctx: Context[Any, Any]) -> Json:
         selector = arguments.get("node_selector")
         targets = await list_nodes(ctx, selector)
-        targeted = f"node_selector {selector!r}" if selector else "every GPU node"
+        targeted = f"node_selector {clip(selector)!r}" if selector else "every GPU node"
         return nodes_answer(targets, targeted=targeted, warnings=ctx.pool.warnings)
 
     app.add_schema_tool(LIST_NODES_DEFINITION, list_gpu_nodes)
