@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from typer.testing import CliRunner
 
@@ -274,3 +275,27 @@ def test_connection_cap_follows_the_descriptor_limit() -> None:
     assert connection_cap(None, 1_000_000) == 256
     assert connection_cap(None, 16) == 8
     assert connection_cap(5, 1024) == 5
+
+
+# -- abandoned MCP sessions -----------------------------------------------------------------
+@pytest.mark.e2e
+async def test_abandoned_sessions_are_capped_and_expire(sim: SimServer) -> None:
+    import aiohttp
+
+    from broker.server.http import HttpSettings as Settings
+    from tests.e2e.test_http import JSON_HEADERS, http_broker
+
+    token = "t" * 24
+    settings = Settings(token=token, max_sessions=3, session_idle_s=1.0)
+    auth = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+    async with http_broker(sim, settings) as port, aiohttp.ClientSession() as http:
+
+        async def open_session() -> int:
+            async with http.post(f"http://127.0.0.1:{port}/mcp", json=INIT, headers=auth) as r:
+                await r.read()
+                return r.status
+
+        assert [await open_session() for _ in range(3)] == [200, 200, 200]  # never closed
+        assert await open_session() == 503  # the cap, instead of 10,000 x ~40 KiB
+        await anyio.sleep(1.6)  # idle expiry reclaims them
+        assert await open_session() == 200
