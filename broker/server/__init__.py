@@ -22,6 +22,7 @@ from broker.server.http import (
     http_app,
     run_http,
 )
+from broker.server.logs import install_plain_logging
 from broker.server.stdio import run_stdio
 
 __all__ = [
@@ -52,6 +53,7 @@ async def serve(options: ServeOptions) -> None:
     """Run the broker's MCP server until the client goes away (stdio) or cancelled."""
     if options.transport not in ("stdio", "http"):
         raise ConfigError(f"unknown transport {options.transport!r}: use stdio or http")
+    install_plain_logging()  # before any MCPServer installs its rich handler
     http = options.http
     if options.transport == "http":
         check_http_settings(http)  # before any cluster access: a bad flag fails fast

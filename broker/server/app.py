@@ -92,6 +92,8 @@ class BrokerApp(MCPServer[Any]):
     ) -> types.CallToolResult | types.InputRequiredResult:
         entry = self._schema_tools.get(name)
         if entry is None:
+            if self._tool_manager.get_tool(name) is None:  # the SDK would echo it whole
+                return error_result(f"unknown tool {clip(name)!r}; list them with tools/list")
             return await super().call_tool(name, arguments, context)
         _tool, handler, validator = entry
         problem = _first_error(validator, arguments)

@@ -29,6 +29,7 @@ __all__ = ["MAX_LINE_BYTES", "CheckedLines", "run_stdio"]
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # as the SDK's HTTP body limit
 _ID_SCAN_BYTES = 64 * 1024  # where to look for the id of an oversized request
+_MAX_NAME = 256  # longest method, tool or prompt name worth looking up
 _ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,256}")')
 
 
@@ -102,6 +103,11 @@ class CheckedLines:
                 "not Unicode; send valid UTF-8 text",
             )
             return "surrogate"
+        name_problem = _overlong_name(doc)
+        if name_problem is not None:
+            if msg_id is not None:  # a notification gets no answer, as JSON-RPC says
+                await self._reply(msg_id, name_problem[0], name_problem[1])
+            return "name"
         try:
             types.jsonrpc_message_adapter.validate_python(doc, by_name=False)
         except ValueError as exc:
@@ -119,6 +125,25 @@ class CheckedLines:
             jsonrpc="2.0", id=msg_id, error=types.ErrorData(code=code, message=message)
         )
         await self._replies.send(SessionMessage(error))
+
+
+def _overlong_name(doc: Any) -> tuple[int, str] | None:
+    """A method, tool or prompt name no server has: answered here, so that no layer
+    below echoes or logs a megabyte of it."""
+    if not isinstance(doc, dict):
+        return None
+    method = doc.get("method")
+    if isinstance(method, str) and len(method) > _MAX_NAME:
+        return types.METHOD_NOT_FOUND, f"method not found: {clip(method, 100)!r}"
+    params = doc.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    if isinstance(name, str) and len(name) > _MAX_NAME:
+        return (
+            types.INVALID_PARAMS,
+            f"no tool or prompt has a name of {len(name)} characters ({clip(name, 60)!r}); "
+            "list them with tools/list or prompts/list",
+        )
+    return None
 
 
 def _encodable(value: Any) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -130,3 +131,21 @@ def test_a_huge_selector_gives_a_short_error(client: RawClient) -> None:
     text = answer["result"]["content"][0]["text"]
     assert "invalid node_selector" in text and "more characters" in text
     assert len(json.dumps(answer)) < 2000  # was 3 MB
+
+
+def test_megabyte_names_are_answered_at_once_and_briefly(client: RawClient) -> None:
+    # The SDK echoed these whole, and laid out an unknown prompt's name in a rich log box
+    # (seconds for 10 KB, so a 1 MB name stalled the broker).
+    huge = "p" * 1_000_000
+    for i, (method, params) in enumerate(
+        [("prompts/get", {"name": huge}), ("tools/call", {"name": huge}), (huge, {})]
+    ):
+        started = time.monotonic()
+        client.send({"jsonrpc": "2.0", "id": 30 + i, "method": method, "params": params})
+        answer = client.receive()
+        assert time.monotonic() - started < 5
+        assert answer["id"] == 30 + i and len(json.dumps(answer)) < 600
+    client.send(
+        {"jsonrpc": "2.0", "id": 40, "method": "prompts/get", "params": {"name": "q" * 200}}
+    )
+    assert "error" in client.receive()  # under the name limit: the SDK answers, quickly
