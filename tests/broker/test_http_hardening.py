@@ -181,6 +181,13 @@ def test_a_flood_past_the_connection_cap_is_refused_and_idle_ones_closed(
         silent = socket.create_connection(("127.0.0.1", port))
         slow = socket.create_connection(("127.0.0.1", port))
         slow.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never finish
+        slow_body = socket.create_connection(("127.0.0.1", port))
+        slow_body.sendall(  # authenticated, then a body that never arrives in full
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Accept: application/json, text/event-stream\r\n"
+            + f"Authorization: Bearer {token}\r\n".encode()
+            + b"Content-Length: 1000\r\n\r\n{"
+        )
         opened = time.monotonic()
         held = _flood(port, 300)
         answers = _answers(held)
@@ -189,7 +196,7 @@ def test_a_flood_past_the_connection_cap_is_refused_and_idle_ones_closed(
         assert answers["503"] >= 1, answers  # refused past the cap, with a reason
         assert answers["open"] <= cap, answers
 
-        for s in (silent, slow):  # closed by the 10 s read deadline, not held forever
+        for s in (silent, slow, slow_body):  # closed by the 10 s read deadline
             s.settimeout(20)
             assert s.recv(64) == b""
             s.close()
