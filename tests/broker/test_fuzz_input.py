@@ -20,7 +20,7 @@ from mcp.shared.message import SessionMessage
 from broker.server import HttpSettings
 from broker.server.stdio import CheckedLines
 from broker.sim import SimServer
-from tests.e2e.test_http import http_broker
+from tests.e2e.session import http_broker
 
 LIMIT = 512  # small, so that oversized lines are common
 

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 from typer.testing import CliRunner
@@ -32,6 +33,7 @@ from broker.server.http import (
 )
 from broker.server.http_limits import connection_cap
 from broker.sim import SimServer, sim_in_thread
+from tests.e2e.session import JSON_HEADERS, http_broker
 
 FD_LIMIT = 128
 # Run the real CLI with a lowered descriptor limit (soft and hard: it cannot be raised).
@@ -287,13 +289,8 @@ def test_connection_cap_follows_the_descriptor_limit() -> None:
 # -- abandoned MCP sessions -----------------------------------------------------------------
 @pytest.mark.e2e
 async def test_abandoned_sessions_are_capped_and_expire(sim: SimServer) -> None:
-    import aiohttp
-
-    from broker.server.http import HttpSettings as Settings
-    from tests.e2e.test_http import JSON_HEADERS, http_broker
-
     token = "t" * 24
-    settings = Settings(token=token, max_sessions=3, session_idle_s=1.0)
+    settings = HttpSettings(token=token, max_sessions=3, session_idle_s=1.0)
     auth = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
     async with http_broker(sim, settings) as port, aiohttp.ClientSession() as http:
 

@@ -4,26 +4,22 @@ the simulated cluster behind."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-import anyio
 import httpx2
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from broker.errors import ConfigError
-from broker.fleet.context import BrokerContext
-from broker.kube.config import ClusterConfig
-from broker.server import HttpSettings, build_server
+from broker.server import HttpSettings
 from broker.server.app import BrokerApp
-from broker.server.http import generate_token, http_app, http_server
+from broker.server.http import generate_token, http_app
 from broker.sim import SimServer
-from tests.e2e.session import structured
+from tests.e2e.session import JSON_HEADERS, http_broker, structured
 
 pytestmark = pytest.mark.e2e
 
@@ -38,33 +34,6 @@ INIT = {
         "clientInfo": {"name": "raw", "version": "0"},
     },
 }
-JSON_HEADERS = {"Accept": "application/json, text/event-stream"}
-
-
-@asynccontextmanager
-async def http_broker(sim: SimServer, settings: HttpSettings) -> AsyncIterator[int]:
-    """The broker serving HTTP on a free port of ``settings.host``; yields the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, 0))
-    port = sock.getsockname()[1]
-    config = ClusterConfig(kubeconfig=str(sim.kubeconfig))
-    try:
-        async with BrokerContext.open(config, call_timeout=20) as ctx:
-            server = http_server(build_server(ctx), settings)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: server.serve(sockets=[sock]))
-                for _ in range(500):
-                    if server.started:
-                        break
-                    await anyio.sleep(0.01)
-                assert server.started, "uvicorn did not start"
-                try:
-                    yield port
-                finally:
-                    server.should_exit = True
-    finally:
-        sock.close()
 
 
 async def post(port: int, headers: dict[str, str], body: Any = INIT) -> aiohttp.ClientResponse:
