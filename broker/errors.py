@@ -12,6 +12,15 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
 
+def clip(value: object, limit: int = 120) -> str:
+    """``str(value)`` cut to ``limit`` characters (with how much was cut), for echoing
+    caller input in an error message: a 1 MB selector must not become a 3 MB error."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 class BrokerError(Exception):
     """Base class of every error the broker raises on purpose."""
 
@@ -41,7 +50,7 @@ class UnknownNode(BrokerError):
     def _message(self, listing: str) -> str:
         import difflib  # only when a name is wrong
 
-        names = ", ".join(self.nodes)
+        names = clip(", ".join(self.nodes), 300)
         hint = ""
         guesses = [
             g for n in self.nodes for g in difflib.get_close_matches(n, self.known, n=1, cutoff=0.6)
@@ -49,7 +58,7 @@ class UnknownNode(BrokerError):
         if guesses:
             hint = f" Did you mean {', '.join(dict.fromkeys(guesses))}?"
         elif self.known:
-            sample = ", ".join(sorted(self.known)[:5])
+            sample = clip(", ".join(sorted(self.known)[:5]), 300)
             more = f" (and {len(self.known) - 5} more)" if len(self.known) > 5 else ""
             hint = f" Known GPU nodes: {sample}{more}."
         return f"unknown GPU node(s): {names}.{hint} {listing} and their agent pods."

@@ -29,6 +29,12 @@ class Transport(StrEnum):
     http = "http"
 
 
+class Auth(StrEnum):
+    token = "token"
+    none = "none"
+    kubernetes = "kubernetes"
+
+
 Kubeconfig = Annotated[
     str | None,
     typer.Option(
@@ -269,13 +275,25 @@ def serve(
         str,
         typer.Option(
             "--host",
-            help="HTTP: address to bind. Anything but loopback requires --auth-token.",
+            help="HTTP: address to bind. Anything but loopback requires a token "
+            "(K8S_GPU_MCP_TOKEN or --auth-token).",
             rich_help_panel="HTTP",
         ),
     ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option("--port", min=1, max=65535, help="HTTP: port.", rich_help_panel="HTTP")
     ] = 8080,
+    auth: Annotated[
+        Auth,
+        typer.Option(
+            "--auth",
+            help="HTTP: how clients authenticate. token (default): a bearer token; without "
+            "one, loopback generates one per run, prints it once to stderr and saves it "
+            "(0600) under $XDG_RUNTIME_DIR/k8s-gpu-mcp or ~/.config/k8s-gpu-mcp. none: no "
+            "authentication (loopback only). kubernetes: not yet available.",
+            rich_help_panel="HTTP",
+        ),
+    ] = Auth.token,
     auth_token: Annotated[
         str | None,
         typer.Option(
@@ -284,6 +302,16 @@ def serve(
             show_envvar=True,
             help="HTTP: bearer token clients must send (Authorization: Bearer ...). "
             "Prefer the environment variable: a flag is visible in `ps`.",
+            rich_help_panel="HTTP",
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            min=1,
+            help="HTTP: most open client connections; the next one gets a 503 "
+            "(default: a quarter of the descriptor limit, at most 256).",
             rich_help_panel="HTTP",
         ),
     ] = None,
@@ -319,8 +347,10 @@ def serve(
         http=HttpSettings(
             host=host,
             port=port,
+            auth=auth.value,
             token=auth_token or None,
             allowed_hosts=tuple(allowed_host or ()),
+            max_connections=max_connections,
         ),
         call_timeout=timeout,
         max_concurrency=concurrency,

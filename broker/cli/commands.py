@@ -70,7 +70,9 @@ class CommonOptions:
 
     @property
     def config(self) -> ClusterConfig:
-        return ClusterConfig.from_options(self.kubeconfig, self.context, self.namespace)
+        return ClusterConfig.from_options(
+            self.kubeconfig, self.context, self.namespace, timeout=self.timeout
+        )
 
 
 def console(stderr: bool = False) -> Console:

@@ -28,7 +28,7 @@ from broker.diagnosis.describe import describe_node
 from broker.diagnosis.explain import explain
 from broker.diagnosis.facts import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts
 from broker.diagnosis.pod_status import find_failure
-from broker.errors import ApiUnavailable, BrokerError, NotFound, Unauthenticated, UnknownNode
+from broker.errors import ApiUnavailable, BrokerError, NotFound, Unauthenticated, UnknownNode, clip
 from broker.fleet.context import BrokerContext
 from broker.kube.discovery import NodeTarget
 from broker.kube.reader import EXEC_ROLE, ClusterReader, Missing, missing_from
@@ -100,11 +100,13 @@ async def find_pod(reader: ClusterReader, pod: str, namespace: str | None) -> Ob
     found = await reader.pods(None, field_selector=f"metadata.name={pod}")
     if not found:
         raise NotFound(
-            f"no pod named {pod!r} in any namespace; list them with `kubectl get pods -A`"
+            f"no pod named {clip(pod)!r} in any namespace; list them with `kubectl get pods -A`"
         )
     if len(found) > 1:
         spaces = ", ".join(sorted(str((p.get("metadata") or {}).get("namespace")) for p in found))
-        raise BrokerError(f"pod {pod!r} exists in several namespaces ({spaces}): give namespace")
+        raise BrokerError(
+            f"pod {clip(pod)!r} exists in several namespaces ({spaces}): give namespace"
+        )
     return found[0]
 
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 import anyio
 
 from agent.catalog import TOOL_DEFINITIONS
-from broker.errors import ToolInputError, UnknownNode
+from broker.errors import ToolInputError, UnknownNode, clip
 from broker.fleet.aggregate import DETAILS, Detail, aggregate
 from broker.fleet.context import BrokerContext
 from broker.fleet.pool import NodeResult, Progress
@@ -109,7 +109,7 @@ class Targeting:
         if self.nodes:
             return f"nodes {', '.join(self.nodes)}"
         if self.node_selector:
-            return f"GPU nodes matching node_selector {self.node_selector!r}"
+            return f"GPU nodes matching node_selector {clip(self.node_selector)!r}"
         return "every GPU node"
 
 
@@ -128,7 +128,7 @@ def split_arguments(arguments: Mapping[str, Any]) -> tuple[Targeting, Json]:
         )
     detail = arguments.get("detail", "auto")
     if detail not in DETAILS:
-        raise ToolInputError(f"detail must be one of {', '.join(DETAILS)} (got {detail!r})")
+        raise ToolInputError(f"detail must be one of {', '.join(DETAILS)} (got {clip(detail)!r})")
     nodes = tuple(dict.fromkeys(str(n) for n in arguments.get("nodes") or ()))
     targeting = Targeting(
         node=arguments.get("node"),
@@ -171,7 +171,7 @@ async def run_tool(
     cluster cannot be listed at all; per-node failures are part of the answer.
     """
     if tool not in AGENT_TOOLS:
-        raise ToolInputError(f"unknown agent tool {tool!r}; known: {', '.join(AGENT_TOOLS)}")
+        raise ToolInputError(f"unknown agent tool {clip(tool)!r}; known: {', '.join(AGENT_TOOLS)}")
     targeting, agent_args = split_arguments(arguments)
     started = time.monotonic()
     targets = await ctx.targets()

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from broker.errors import clip
+
 __all__ = ["InvalidSelector", "Requirement", "Selector", "parse_selector"]
 
 # A qualified name with an optional DNS-subdomain prefix, as label keys are.
@@ -84,13 +86,15 @@ def _split(text: str) -> list[str]:
 
 def _key(key: str, clause: str) -> str:
     if not _KEY_RE.match(key) or len(key.rsplit("/", 1)[-1]) > 63:
-        raise InvalidSelector(f"{key!r} in {clause.strip()!r} is not a valid label key")
+        raise InvalidSelector(f"{clip(key)!r} in {clip(clause.strip())!r} is not a valid label key")
     return key
 
 
 def _value(value: str, clause: str) -> str:
     if not _VALUE_RE.match(value) or len(value) > 63:
-        raise InvalidSelector(f"{value!r} in {clause.strip()!r} is not a valid label value")
+        raise InvalidSelector(
+            f"{clip(value)!r} in {clip(clause.strip())!r} is not a valid label value"
+        )
     return value
 
 
@@ -100,7 +104,7 @@ def _requirement(clause: str) -> Requirement:
     if m := _SET_RE.match(clause):
         values = tuple(v.strip() for v in m["values"].split(","))
         if values == ("",):
-            raise InvalidSelector(f"{clause.strip()!r}: the set of values is empty")
+            raise InvalidSelector(f"{clip(clause.strip())!r}: the set of values is empty")
         return Requirement(
             _key(m["key"], clause), m["op"], tuple(_value(v, clause) for v in values)
         )
@@ -110,7 +114,7 @@ def _requirement(clause: str) -> Requirement:
     if m := _EXISTS_RE.match(clause):
         return Requirement(_key(m["key"], clause), "!" if m["neg"] else "exists")
     raise InvalidSelector(
-        f"cannot parse {clause.strip()!r}: use key=value, key!=value, key in (a,b), "
+        f"cannot parse {clip(clause.strip())!r}: use key=value, key!=value, key in (a,b), "
         "key notin (a,b), key or !key"
     )
 
@@ -125,5 +129,5 @@ def parse_selector(text: str) -> Selector:
     try:
         requirements = tuple(_requirement(part) for part in _split(text))
     except InvalidSelector as exc:
-        raise InvalidSelector(f"invalid node_selector {text!r}: {exc}") from None
+        raise InvalidSelector(f"invalid node_selector {clip(text)!r}: {exc}") from None
     return Selector(text, requirements)

@@ -15,19 +15,34 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import logging
 import os
 import ssl
+import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, clip
+from broker.kube.kubeconfig_check import (
+    check_certificate_dates,
+    check_documents,
+    check_selection,
+)
 from broker.kube.names import DEFAULT_NAMESPACE
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Refresh an exec-plugin token this long before it expires (kubectl uses a similar skew).
 _EXPIRY_SKEW = dt.timedelta(seconds=60)
+# A plugin that hands out tokens already (nearly) expired is re-run at most this often;
+# after a 401, not again within the second interval (it has just answered).
+_RERUN_FLOOR_S = 30.0
+_FORCED_RERUN_FLOOR_S = 5.0
+_PLUGIN_OUTPUT_LIMIT = 1024 * 1024
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,9 @@ class ClusterConfig:
     namespace: str = DEFAULT_NAMESPACE
     request_timeout: float = 15.0  # one REST request (discovery)
     credential_timeout: float = 30.0  # one exec credential plugin run
+    # One read with its retries, and one discovery (both lists): the CLI's --timeout.
+    # None: bounded only by request_timeout x retry attempts (about a minute).
+    read_deadline: float | None = None
 
     @classmethod
     def from_options(
@@ -49,9 +67,15 @@ class ClusterConfig:
         kubeconfig: str | None = None,
         context: str | None = None,
         namespace: str | None = None,
+        timeout: float | None = None,
     ) -> ClusterConfig:
-        """Build from CLI options (``None`` = not given)."""
-        return cls(kubeconfig=kubeconfig, context=context, namespace=namespace or DEFAULT_NAMESPACE)
+        """Build from CLI options (``None`` = not given); ``timeout`` bounds API reads."""
+        return cls(
+            kubeconfig=kubeconfig,
+            context=context,
+            namespace=namespace or DEFAULT_NAMESPACE,
+            read_deadline=timeout,
+        )
 
 
 @dataclass
@@ -125,29 +149,42 @@ class ExecPlugin:
         env["KUBERNETES_EXEC_INFO"] = json.dumps(
             {"apiVersion": self.api_version, "kind": "ExecCredential", "spec": spec}
         )
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self._argv0(),
-                *self.args,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            hint = f" {self.install_hint.strip()}" if self.install_hint else ""
-            raise ConfigError(
-                f"cannot run exec credential plugin {self.command!r}: {exc.strerror or exc}.{hint}"
-            ) from exc
-        try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), limit_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        # Output goes to unnamed files, not pipes: a plugin may leave a child (a login
+        # helper, an agent) holding its stdout, and a pipe would then never reach EOF.
+        # The plugin is done when it exits.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self._argv0(),
+                    *self.args,
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                )
+            except OSError as exc:
+                hint = f" {self.install_hint.strip()}" if self.install_hint else ""
+                raise ConfigError(
+                    f"cannot run exec credential plugin {self.command!r}: "
+                    f"{exc.strerror or exc}.{hint}"
+                ) from exc
+            try:
+                await asyncio.wait_for(proc.wait(), limit_s)
+            except TimeoutError:
+                pass
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await asyncio.shield(proc.wait())
+                    timed_out = True
+                else:
+                    timed_out = False
+            stdout, stderr = _head(out), _head(err)
+        if timed_out:
             raise ConfigError(
                 f"exec credential plugin {self.command!r} did not finish within {limit_s:g} s; "
                 "run it by hand to see whether it waits for a login"
-            ) from None
+            )
         if proc.returncode != 0:
             tail = stderr.decode("utf-8", "replace").strip()[-500:]
             raise ConfigError(
@@ -183,6 +220,11 @@ class ExecPlugin:
                 "client certificate and key"
             )
         return status
+
+
+def _head(file: IO[bytes]) -> bytes:
+    file.seek(0)
+    return file.read(_PLUGIN_OUTPUT_LIMIT)
 
 
 def _expiry(status: Mapping[str, Any]) -> dt.datetime | None:
@@ -249,7 +291,10 @@ class KubeApi:
         self.server: str = str(configuration.host)
         self._plugin = plugin
         self._plugin_expiry = plugin_expiry
+        self._plugin_ran_at = time.monotonic()
+        self._said_stale = False
         self._refresh_lock = asyncio.Lock()
+        self._note_stale_token()
         try:
             configuration.connection_pool_maxsize = 0  # aiohttp: 0 = unlimited, one per session
             self.ws = WsApiClient(configuration=configuration)
@@ -298,14 +343,38 @@ class KubeApi:
         async with self._refresh_lock:
             now = dt.datetime.now(dt.UTC)
             expiry = self._plugin_expiry
-            if not force and (expiry is None or expiry - _EXPIRY_SKEW > now):
+            since = time.monotonic() - self._plugin_ran_at
+            if force:
+                if since < _FORCED_RERUN_FLOOR_S:
+                    return False  # it has just answered: running it again gives the same
+            elif expiry is None or expiry - _EXPIRY_SKEW > now or since < _RERUN_FLOOR_S:
                 return False
             status = await self._plugin.run(self.config.credential_timeout)
+            self._plugin_ran_at = time.monotonic()
             token = status.get("token")
             if token:
                 self.configuration.api_key["BearerToken"] = f"Bearer {token}"
             self._plugin_expiry = _expiry(status)
+            self._note_stale_token()
             return bool(token)
+
+    def _note_stale_token(self) -> None:
+        """Say once when the plugin's token is already (nearly) expired when handed out."""
+        expiry = self._plugin_expiry
+        if self._plugin is None or expiry is None or self._said_stale:
+            return
+        if expiry - _EXPIRY_SKEW > dt.datetime.now(dt.UTC):
+            return
+        self._said_stale = True
+        logger.warning(
+            "exec credential plugin %r returned a token that expires at %s (already past "
+            "or within %d s); using it, and re-running the plugin at most every %g s. If "
+            "the API server refuses it, log in again.",
+            self._plugin.command,
+            expiry.isoformat(),
+            int(_EXPIRY_SKEW.total_seconds()),
+            _RERUN_FLOOR_S,
+        )
 
     async def aclose(self) -> None:
         await self.ws.close()
@@ -338,6 +407,7 @@ async def _load_kubeconfig(
         KubeConfigMerger,
     )
 
+    paths = check_documents(paths)
     merger = KubeConfigMerger(os.pathsep.join(paths))
     root = merger.config
     if root is None or not isinstance(root.value, dict):
@@ -373,9 +443,22 @@ async def _load_kubeconfig(
         raise ConfigError(
             f"context {context!r} names cluster {cluster_name!r}, which is not defined"
         )
+    users = root.value.get("users") or []
+    user_nodes = [
+        u if isinstance(u, ConfigNode) else ConfigNode("user", u, paths[0]) for u in users
+    ]
+    chosen = next((u for u in user_nodes if u.value.get("name") == user_name), None)
+    check_selection(
+        str(context),
+        ctx.get("context") or {},
+        cluster.value.get("cluster") or {},
+        cluster.path or paths[0],
+        (chosen.value.get("user") or {}) if chosen is not None else None,
+        (chosen.path if chosen is not None else None) or paths[0],
+        [str(u.value.get("name")) for u in user_nodes],
+    )
     plugin = None
     expiry = None
-    users = root.value.get("users") or []
     for i, entry in enumerate(users):
         node = entry if isinstance(entry, ConfigNode) else ConfigNode("user", entry, paths[0])
         if node.value.get("name") != user_name:
@@ -390,13 +473,26 @@ async def _load_kubeconfig(
             if status.get("token"):
                 user["token"] = status["token"]
             else:
+                check_certificate_dates(
+                    str(status["clientCertificateData"]).encode(),
+                    f"exec credential plugin {plugin.command!r}",
+                )
                 user["client-certificate-data"] = _b64(status["clientCertificateData"])
                 user["client-key-data"] = _b64(status["clientKeyData"])
             # Replace, not mutate: the merger keeps the original for its own bookkeeping.
             users[i] = ConfigNode(node.name, {**node.value, "user": user}, node.path)
         break
     loader = KubeConfigLoader(config_dict=root, active_context=context, config_base_path=None)
-    await loader.load_and_set(configuration)
+    try:
+        await loader.load_and_set(configuration)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+        # What check_selection did not foresee: still one line, never a traceback.
+        raise ConfigError(
+            f"kubeconfig {os.pathsep.join(paths)}: context {context!r} cannot be loaded "
+            f"({type(exc).__name__}: {clip(exc, 300)}); check it with `kubectl config view`"
+        ) from exc
     return str(context), plugin, expiry
 
 

@@ -17,7 +17,7 @@ import anyio
 from broker.errors import BrokerError, RbacDenied
 from broker.kube.config import KubeApi
 from broker.kube.names import AGENT_SELECTOR, GPU_PRESENT_LABEL, GPU_RESOURCE
-from broker.kube.reader import raise_for_status, read_core
+from broker.kube.reader import raise_for_status, read_core, within_deadline
 from broker.kube.retry import RetryPolicy
 
 
@@ -170,7 +170,8 @@ class Discovery:
             if self._cached is not None and fresh and not refresh:
                 return self._cached
             try:
-                self._cached, self.warnings = await self._fetch()
+                with within_deadline(self._api):  # both lists together, not each
+                    self._cached, self.warnings = await self._fetch()
             except BrokerError as exc:
                 if refresh or self._cached is None:
                     raise

@@ -10,7 +10,8 @@ would fill the gap (:func:`missing_from`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,14 +216,41 @@ async def read_core(
     """One read through ``<api_class>.<method>`` (``read_node``, ``list_namespaced_event``,
     ``AppsV1Api.list_namespaced_daemon_set``...), as (HTTP status, raw JSON body): retried
     on 429/5xx/connection errors, one credential refresh on 401. Raises ApiUnavailable when
-    the API server cannot be reached."""
-    import aiohttp
+    the API server cannot be reached. All within ``read_deadline`` (the CLI's --timeout)."""
     from kubernetes_asyncio import client
 
     if not method.startswith(_READ_ONLY_CALLS):
         raise ValueError(f"read_core only reads: {method!r} is not a read_*/list_* call")
-    policy = retry or RetryPolicy()
     call = getattr(getattr(client, api_class)(api.rest), method)
+    with within_deadline(api):
+        return await _read_retrying(api, call, args, retry, query)
+
+
+@contextmanager
+def within_deadline(api: KubeApi) -> Iterator[None]:
+    """Bound the block by ``api.config.read_deadline`` (the CLI's --timeout), raising
+    ApiUnavailable when it passes: an API server that accepts and never answers must not
+    hold a call for request_timeout x retries."""
+    limit = api.config.read_deadline
+    if limit is None:
+        yield
+        return
+    with anyio.move_on_after(limit) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise ApiUnavailable(
+            f"no answer from the API server at {api.server} within {limit:g} s (--timeout); "
+            "check that it is up (kubectl get --raw /readyz) and reachable (network/VPN), "
+            "or allow more time with --timeout"
+        )
+
+
+async def _read_retrying(
+    api: KubeApi, call: Any, args: tuple[str, ...], retry: RetryPolicy | None, query: Any
+) -> tuple[int, bytes]:
+    import aiohttp
+
+    policy = retry or RetryPolicy()
     refreshed = False
     attempt = 0
     last_error = ""

@@ -15,7 +15,15 @@ from broker.fleet.context import BrokerContext
 from broker.kube.config import ClusterConfig
 from broker.server.app import BrokerApp
 from broker.server.fleet_tools import build_node_server, build_server
-from broker.server.http import HttpSettings, check_http_settings, http_app, run_http
+from broker.server.http import (
+    HttpSettings,
+    check_http_settings,
+    generate_token,
+    http_app,
+    run_http,
+)
+from broker.server.logs import install_plain_logging
+from broker.server.stdio import run_stdio
 
 __all__ = [
     "BrokerApp",
@@ -45,8 +53,11 @@ async def serve(options: ServeOptions) -> None:
     """Run the broker's MCP server until the client goes away (stdio) or cancelled."""
     if options.transport not in ("stdio", "http"):
         raise ConfigError(f"unknown transport {options.transport!r}: use stdio or http")
+    install_plain_logging()  # before any MCPServer installs its rich handler
+    http = options.http
     if options.transport == "http":
-        check_http_settings(options.http)
+        check_http_settings(http)  # before any cluster access: a bad flag fails fast
+        http = generate_token(http)
     async with BrokerContext.open(
         options.config,
         call_timeout=options.call_timeout,
@@ -57,6 +68,6 @@ async def serve(options: ServeOptions) -> None:
         else:
             app = build_server(ctx)
         if options.transport == "stdio":
-            await app.run_stdio_async()
+            await run_stdio(app)
         else:
-            await run_http(app, options.http)
+            await run_http(app, http)

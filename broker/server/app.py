@@ -18,7 +18,7 @@ import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 
 from broker import __version__
-from broker.errors import BrokerError
+from broker.errors import BrokerError, clip
 from broker.server.compact import compact_definition
 
 __all__ = ["READ_ONLY", "BrokerApp", "SchemaHandler", "error_result", "json_result"]
@@ -107,6 +107,8 @@ class BrokerApp(MCPServer[Any]):
     ) -> types.CallToolResult | types.InputRequiredResult:
         entry = self._schema_tools.get(name)
         if entry is None:
+            if self._tool_manager.get_tool(name) is None:  # the SDK would echo it whole
+                return error_result(f"unknown tool {clip(name)!r}; list them with tools/list")
             return await super().call_tool(name, arguments, context)
         _tool, handler, validator = entry
         problem = _first_error(validator, arguments)
@@ -136,7 +138,8 @@ def _first_error(validator: Any, arguments: Mapping[str, Any]) -> str | None:
     if error is None:
         return None
     where = ".".join(str(p) for p in error.absolute_path)
-    return f"{error.message}" + (f" (argument {where})" if where else "")
+    # The message may quote the argument: clip it (a 1 MB value, a 1 MB error otherwise).
+    return clip(error.message, 300) + (f" (argument {clip(where, 100)})" if where else "")
 
 
 def json_result(structured: Json) -> types.CallToolResult:

@@ -188,7 +188,7 @@ async def test_unreadable_tls_files_are_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "me.key").write_text("not a key")
     user = {"client-certificate": "me.crt", "client-key": "me.key"}
     path = kubeconfig(tmp_path / "kc", user, server="https://127.0.0.1:6443")
-    with pytest.raises(ConfigError, match=r"cannot load the TLS files .*client-certificate="):
+    with pytest.raises(ConfigError, match=r"client certificate \(me.crt\) that is not a PEM"):
         await open_api(ClusterConfig.from_options(kubeconfig=str(path)), {})
 
 
@@ -227,7 +227,10 @@ print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "Exe
     assert info["extra"] == "yes"
 
 
-async def test_exec_plugin_token_is_refreshed_when_it_expires(tmp_path: Path) -> None:
+async def test_exec_plugin_token_is_refreshed_when_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config_mod, "_RERUN_FLOOR_S", 0.0)  # the floor has its own test
     counter = tmp_path / "count"
     body = f"""
 n = int(open({str(counter)!r}).read()) + 1 if os.path.exists({str(counter)!r}) else 1
@@ -249,7 +252,10 @@ print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1beta1",
         await api.aclose()
 
 
-async def test_exec_plugin_with_a_lasting_token_is_not_rerun(tmp_path: Path) -> None:
+async def test_exec_plugin_with_a_lasting_token_is_not_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config_mod, "_FORCED_RERUN_FLOOR_S", 0.0)
     body = """status = {"token": "t", "expirationTimestamp": "2999-01-01T00:00:00Z"}
 print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1",
                   "kind": "ExecCredential", "status": status}))"""

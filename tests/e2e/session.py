@@ -1,16 +1,27 @@
 """Helpers for end-to-end tests: the real ``broker serve`` process (stdio) with a real MCP
-client session on it, and reading a tool's structured answer."""
+client session on it, the HTTP broker in-process on a free port, and reading a tool's
+structured answer."""
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from broker.fleet.context import BrokerContext
+from broker.kube.config import ClusterConfig
+from broker.server import HttpSettings, build_server
+from broker.server.http import http_server
+from broker.sim import SimServer
+
+JSON_HEADERS = {"Accept": "application/json, text/event-stream"}
 
 
 @asynccontextmanager
@@ -27,6 +38,32 @@ async def broker_session(tmp_path: Path, *args: str, **env: str) -> AsyncIterato
         ):
             await session.initialize()
             yield session
+
+
+@asynccontextmanager
+async def http_broker(sim: SimServer, settings: HttpSettings) -> AsyncIterator[int]:
+    """The broker serving HTTP on a free port of ``settings.host``; yields the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, 0))
+    port = sock.getsockname()[1]
+    config = ClusterConfig(kubeconfig=str(sim.kubeconfig))
+    try:
+        async with BrokerContext.open(config, call_timeout=20) as ctx:
+            server = http_server(build_server(ctx), settings)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: server.serve(sockets=[sock]))
+                for _ in range(500):
+                    if server.started:
+                        break
+                    await anyio.sleep(0.01)
+                assert server.started, "uvicorn did not start"
+                try:
+                    yield port
+                finally:
+                    server.should_exit = True
+    finally:
+        sock.close()
 
 
 def structured(result: Any) -> dict[str, Any]:

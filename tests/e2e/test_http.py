@@ -4,24 +4,22 @@ the simulated cluster behind."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-import anyio
 import httpx2
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from broker.fleet.context import BrokerContext
-from broker.kube.config import ClusterConfig
-from broker.server import HttpSettings, build_server
-from broker.server.http import http_server
+from broker.errors import ConfigError
+from broker.server import HttpSettings
+from broker.server.app import BrokerApp
+from broker.server.http import generate_token, http_app
 from broker.sim import SimServer
-from tests.e2e.session import structured
+from tests.e2e.session import JSON_HEADERS, http_broker, structured
 
 pytestmark = pytest.mark.e2e
 
@@ -36,33 +34,6 @@ INIT = {
         "clientInfo": {"name": "raw", "version": "0"},
     },
 }
-JSON_HEADERS = {"Accept": "application/json, text/event-stream"}
-
-
-@asynccontextmanager
-async def http_broker(sim: SimServer, settings: HttpSettings) -> AsyncIterator[int]:
-    """The broker serving HTTP on a free port of ``settings.host``; yields the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, 0))
-    port = sock.getsockname()[1]
-    config = ClusterConfig(kubeconfig=str(sim.kubeconfig))
-    try:
-        async with BrokerContext.open(config, call_timeout=20) as ctx:
-            server = http_server(build_server(ctx), settings)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: server.serve(sockets=[sock]))
-                for _ in range(500):
-                    if server.started:
-                        break
-                    await anyio.sleep(0.01)
-                assert server.started, "uvicorn did not start"
-                try:
-                    yield port
-                finally:
-                    server.should_exit = True
-    finally:
-        sock.close()
 
 
 async def post(port: int, headers: dict[str, str], body: Any = INIT) -> aiohttp.ClientResponse:
@@ -116,10 +87,19 @@ async def test_loopback_with_token(demo_sim: SimServer) -> None:
             assert answer["summary"]["nodes"]["total"] == 10
 
 
-async def test_loopback_without_token_is_open_to_local_clients_only(
-    demo_sim: SimServer,
-) -> None:
-    async with http_broker(demo_sim, HttpSettings(host="127.0.0.1")) as port:
+async def test_loopback_generates_a_token_by_default(demo_sim: SimServer) -> None:
+    with pytest.raises(ConfigError, match="needs a token"):
+        http_app(BrokerApp(), HttpSettings(host="127.0.0.1"))
+    settings = generate_token(HttpSettings(host="127.0.0.1"))
+    async with http_broker(demo_sim, settings) as port:
+        assert (await post(port, {})).status == 401
+        async with mcp_over_http(port, settings.token) as session:
+            nodes = structured(await session.call_tool("list_gpu_nodes", {}))
+            assert nodes["summary"]["total"] == 10
+
+
+async def test_auth_none_is_open_to_local_clients_only(demo_sim: SimServer) -> None:
+    async with http_broker(demo_sim, HttpSettings(host="127.0.0.1", auth="none")) as port:
         assert (await post(port, {})).status == 200
         assert (await post(port, {"Host": "attacker.example"})).status == 421
         async with mcp_over_http(port, None) as session:
