@@ -37,7 +37,7 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Refresh an exec-plugin token this long before it expires (kubectl uses a similar skew).
 _EXPIRY_SKEW = dt.timedelta(seconds=60)
 # A plugin that hands out tokens already (nearly) expired is re-run at most this often;
-# after a 401, not again within the second interval (it has just answered).
+# a 401 re-runs it once, then not again within the second interval.
 _RERUN_FLOOR_S = 30.0
 _FORCED_RERUN_FLOOR_S = 5.0
 _PLUGIN_OUTPUT_LIMIT = 1024 * 1024
@@ -292,6 +292,7 @@ class KubeApi:
         self._plugin = plugin
         self._plugin_expiry = plugin_expiry
         self._plugin_ran_at = time.monotonic()
+        self._plugin_forced_at = float("-inf")
         self._said_stale = False
         self._refresh_lock = asyncio.Lock()
         self._note_stale_token()
@@ -345,8 +346,11 @@ class KubeApi:
             expiry = self._plugin_expiry
             since = time.monotonic() - self._plugin_ran_at
             if force:
-                if since < _FORCED_RERUN_FLOOR_S:
-                    return False  # it has just answered: running it again gives the same
+                # A 401 re-runs the plugin once (a fresh token may help, as kubectl does);
+                # a second 401 right after that one's token gets the same answer.
+                if time.monotonic() - self._plugin_forced_at < _FORCED_RERUN_FLOOR_S:
+                    return False
+                self._plugin_forced_at = time.monotonic()
             elif expiry is None or expiry - _EXPIRY_SKEW > now or since < _RERUN_FLOOR_S:
                 return False
             status = await self._plugin.run(self.config.credential_timeout)
