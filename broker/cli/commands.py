@@ -306,7 +306,9 @@ def run_serve(options: Any, consoles: Consoles | None = None) -> int:
     from broker.server import serve
 
     cons = consoles or Consoles()
-    if options.transport == "http" or sys.stdin.isatty():
+    # Over HTTP the server itself says where it listens and how to authenticate, once its
+    # settings are known to be valid; stdio says it here when a person started it.
+    if options.transport == "stdio" and sys.stdin.isatty():
         cons.err.print(serve_banner(options), highlight=False, soft_wrap=True)
 
     async def main() -> int:
@@ -327,17 +329,10 @@ def _exit_on_interrupt(signum: int, frame: Any) -> None:
 
 
 def serve_banner(options: Any) -> str:
-    """One line: what this process is and how to connect an IDE to it."""
+    """One line: what this stdio server is and how to connect an IDE to it."""
     where = f"context {options.config.context}" if options.config.context else "current context"
     scope = f"{where}, agent namespace {options.config.namespace}"
     pinned = f", pinned to node {options.node}" if options.node else ""
-    if options.transport == "http":
-        http = options.http
-        return (
-            f"broker serve: MCP server (streamable HTTP) at http://{http.host}:{http.port}/mcp "
-            f"for the GPUs of {scope}{pinned}; point your IDE's MCP client at that URL. "
-            "Ctrl-C stops."
-        )
     return (
         f"broker serve: MCP server on stdio for the GPUs of {scope}{pinned}. An IDE starts "
         'it itself: add {"command": "broker", "args": ["serve"]} to its MCP servers '
