@@ -376,7 +376,9 @@ class Session:
         try:
             message = json.loads(line, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-            self._send_error(None, PARSE_ERROR, f"Parse error: {_short(exc)}")
+            # e.g. NaN in params: the client still waits on its id, so answer it when the
+            # id can be read (JSON-RPC allows null only when it cannot).
+            self._send_error(scan_id(line), PARSE_ERROR, f"Parse error: {_short(exc)}")
             return
         try:
             self._dispatch(message)
