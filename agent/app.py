@@ -29,6 +29,12 @@ Read-only NVIDIA GPU diagnostics for one Kubernetes node, served as an MCP serve
 
 Tools: get_gpu_inventory, get_gpu_health, analyze_xid_errors, get_gpu_processes,
 get_nvlink_topology.
+
+One-shot mode, for `kubectl exec POD -- gpu-agent call get_gpu_health` (no stdin):
+  gpu-agent [OPTIONS] call TOOL ['{"arg": value}']   print the tool's JSON, exit
+  gpu-agent tools                                    list the tools (also: call --list)
+Exit codes: 0 JSON on stdout; 1 the tool failed (stderr says why); 2 usage (unknown
+tool, arguments not a JSON object or rejected by the tool's schema, bad options).
 """
 
 EPILOG = """\
@@ -38,6 +44,7 @@ examples:
   gpu-agent --backend fake --scenario s.json # your own simulated node
   gpu-agent --host-proc /host/proc           # map GPU processes to pods
   gpu-agent --kmsg off                       # no kernel-log (XID) reading
+  gpu-agent call get_gpu_health '{"since_minutes": 30}'
 
 environment (set by the Helm chart on the pod; a command-line option wins):
   GPU_AGENT_KMSG                  like --kmsg: a path, auto or off
@@ -342,9 +349,46 @@ def serve(session: Session, stream: object) -> None:
         session.feed(line)
 
 
+def _command(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(options, command words): ``gpu-agent [OPTIONS] call TOOL [JSON] [OPTIONS]``. Words
+    are empty for the MCP server; options may also follow the command."""
+    if not any(word in ("call", "tools") for word in args):  # the common case, cheaply
+        return list(args), []
+    from agent.oneshot import COMMANDS, split_command
+
+    value_flags = tuple(_FLAGS)
+    options, rest = split_command(args, value_flags)
+    if not rest or rest[0] not in COMMANDS:
+        return list(args), []  # argparse explains what is wrong
+    words = [rest[0]]
+    i = 1
+    while i < len(rest):
+        word = rest[i]
+        if word.startswith("--") and word != "--list":
+            step = 2 if word in value_flags else 1
+            options.extend(rest[i : i + step])
+            i += step
+        else:
+            words.append(word)
+            i += 1
+    return options, words
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``gpu-agent``: serve MCP on stdin/stdout until stdin closes."""
-    options = parse_options(sys.argv[1:] if argv is None else argv)
+    """``gpu-agent``: serve MCP on stdin/stdout until stdin closes; ``gpu-agent call``
+    and ``gpu-agent tools``: one tool's JSON, or the tool list (agent.oneshot)."""
+    args, words = _command(sys.argv[1:] if argv is None else argv)
+    options = parse_options(args)
+    if words:
+        from agent import oneshot
+
+        code = oneshot.main(options, words)
+        try:
+            sys.stdout.flush()
+        except OSError:  # the reader went away
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.stderr.flush()
+        os._exit(code)  # a call stuck in the driver must not hold the process
     out = sys.stdout.buffer
 
     def write(data: bytes) -> None:
