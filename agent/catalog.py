@@ -94,11 +94,23 @@ _INVENTORY_GPU: Json = {
         "mig_mode_pending": _n("boolean"),
         "mig_instances": {"type": "array", "items": _MIG_INSTANCE},
         "persistence_mode": _n("boolean"),
+        "ecc_mode_current": _n("boolean"),
+        "ecc_mode_pending": _n("boolean"),
         "power_limit_w": _n("number"),
+        "power_default_limit_w": _n("number"),
+        "power_max_limit_w": _n("number"),
         "sm_clock_mhz": _n("integer"),
         "mem_clock_mhz": _n("integer"),
         "sm_clock_max_mhz": _n("integer"),
         "mem_clock_max_mhz": _n("integer"),
+        "app_sm_clock_mhz": _n("integer"),
+        "app_mem_clock_mhz": _n("integer"),
+        "pcie_link_gen": _n("integer"),
+        "pcie_link_gen_max": _n("integer"),
+        "pcie_link_width": _n("integer"),
+        "pcie_link_width_max": _n("integer"),
+        "nvlink_links_up": _n("integer"),
+        "nvlink_links_total": _n("integer"),
         "compute_capability": _n("string"),
         "vbios_version": _n("string"),
         "lost": {"type": "boolean"},
@@ -128,7 +140,15 @@ _HEALTH_GPU: Json = {
         "pci_bus_id": _n("string"),
         "status": {"type": "string", "enum": list(STATUSES)},
         "issues": {"type": "array", "items": _ISSUE},
-        "metrics": {"type": "object"},
+        "metrics": {
+            "type": "object",
+            "description": (
+                "Raw readings (null: unsupported): temperature_c, power_w, power_limit_w, "
+                "sm_clock_mhz, utilization_gpu_pct, clock_slowdown_reasons (idle and "
+                "configuration masked), pcie_link_gen/width (+ _max), pcie_replay_counter, "
+                "nvlink error sums, ECC and memory-repair counters."
+            ),
+        },
         "unsupported": _STR_LIST,
     },
     "required": ["index", "uuid", "pci_bus_id", "status", "issues", "unsupported"],
@@ -238,8 +258,10 @@ TOOL_DEFINITIONS: list[Json] = [
         "description": (
             "List the NVIDIA GPUs on this node and the driver: driver and CUDA driver "
             "version, and per GPU its index, model name, UUID, serial, PCI bus id, memory, "
-            "MIG mode (and MIG instances when enabled), persistence mode, power limit, "
-            "clocks and compute capability. Use it to learn what hardware is installed; "
+            "VBIOS, MIG mode (and instances), ECC and persistence mode, power limits, "
+            "current/application/max clocks, PCIe generation and width (current and max), "
+            "NVLinks up and compute capability. Use it to learn what hardware is installed "
+            "or to compare nodes' configuration; "
             "use get_gpu_health to learn whether it is working. Null fields are queries "
             "this GPU or driver does not support."
         ),

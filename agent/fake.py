@@ -57,6 +57,7 @@ class Preset(NamedTuple):
     vbios_version: str
     serial_prefix: str
     pci_buses: tuple[int, ...]  # a typical 8-GPU server's layout, GPU 0 first
+    pcie_gen_max: int
     nvlinks: int = 0
     nvswitch_buses: tuple[int, ...] = ()  # links are spread over these NVSwitches, in blocks
     mig: bool = False
@@ -82,6 +83,7 @@ PRESETS: dict[str, Preset] = {
         vbios_version="96.00.99.00.01",
         serial_prefix="1654",
         pci_buses=(0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB),
+        pcie_gen_max=5,
         nvlinks=18,
         nvswitch_buses=(0x05, 0x06, 0x07, 0x08),
         mig=True,
@@ -101,6 +103,7 @@ PRESETS: dict[str, Preset] = {
         vbios_version="92.00.45.00.06",
         serial_prefix="1562",
         pci_buses=(0x07, 0x0F, 0x47, 0x4E, 0x87, 0x90, 0xB7, 0xBD),
+        pcie_gen_max=4,
         nvlinks=12,
         nvswitch_buses=(0xC4, 0xC5, 0xC6, 0xC7, 0xC8, 0xC9),
         mig=True,
@@ -120,6 +123,7 @@ PRESETS: dict[str, Preset] = {
         vbios_version="95.04.29.00.06",
         serial_prefix="1321",
         pci_buses=(0x01, 0x02, 0x41, 0x42, 0x81, 0x82, 0xC1, 0xC2),
+        pcie_gen_max=4,
     ),
     "T4": Preset(
         name="Tesla T4",
@@ -136,6 +140,7 @@ PRESETS: dict[str, Preset] = {
         vbios_version="90.04.96.00.02",
         serial_prefix="1324",
         pci_buses=(0x1A, 0x1B, 0x3D, 0x3E, 0x88, 0x89, 0xB1, 0xB2),
+        pcie_gen_max=3,
         row_remapping=False,
     ),
 }
@@ -155,6 +160,7 @@ FAULT_KINDS: dict[str, frozenset[str]] = {
         {"link", "crc_flit", "crc_data", "replay", "recovery", "down", "ago_s"}
     ),
     "pcie_replay": frozenset({"count"}),
+    "pcie_link_degraded": frozenset({"gen", "width"}),
     "power_cap": frozenset({"limit_w", "power_w"}),
     "ecc_uncorrectable": frozenset({"volatile", "aggregate", "xid", "ago_s", "pid", "process"}),
     "retired_pages_pending": frozenset({"dbe", "sbe", "xid", "ago_s"}),
@@ -173,15 +179,21 @@ _IDENTITY = frozenset({"index", "uuid", "name", "serial", "pci_bus_id", "lost", 
 # Per-GPU overrides by JSON type (null means "the GPU does not support this query").
 _INT_FIELDS = _names(
     "memory_total_mib memory_used_mib sm_clock_mhz mem_clock_mhz sm_clock_max_mhz "
-    "mem_clock_max_mhz temperature_c temp_slowdown_c temp_shutdown_c "
+    "mem_clock_max_mhz app_sm_clock_mhz app_mem_clock_mhz pcie_link_gen pcie_link_gen_max "
+    "pcie_link_width pcie_link_width_max utilization_gpu_pct utilization_memory_pct "
+    "temperature_c temp_slowdown_c temp_shutdown_c "
     "clock_event_reasons ecc_volatile_uncorrected ecc_aggregate_uncorrected "
     "ecc_volatile_corrected retired_pages_dbe retired_pages_sbe pcie_replay_counter "
     "recovery_action"
 )
-_FLOAT_FIELDS = frozenset({"power_w", "power_limit_w", "power_default_limit_w"})
+_FLOAT_FIELDS = _names("power_w power_limit_w power_default_limit_w power_max_limit_w")
 _BOOL_FIELDS = _names(
-    "mig_mode_current mig_mode_pending persistence_mode ecc_enabled retired_pages_pending lost"
+    "mig_mode_current mig_mode_pending persistence_mode ecc_enabled ecc_mode_pending "
+    "retired_pages_pending lost"
 )
+# Inventory fields computed from others: ECC's current mode is the health query's
+# ecc_enabled; NVLink counts come from the links (unsupported with "nvlinks").
+_DERIVED = frozenset({"ecc_mode_current", "nvlink_links_up", "nvlink_links_total"})
 _STR_FIELDS = frozenset(
     {"name", "uuid", "serial", "pci_bus_id", "compute_capability", "vbios_version", "error"}
 )
@@ -190,6 +202,7 @@ QUERIES = (
     frozenset(_INVENTORY_FIELDS + _HEALTH_FIELDS)
     - _IDENTITY
     - {"unsupported", "mig_instances", "memory_used_mib"}
+    - _DERIVED
 ) | {"processes"}
 _GPU_OVERRIDE_KEYS = _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STR_FIELDS
 _GPU_OVERRIDE_KEYS |= {"remapped_rows", "nvlinks", "unsupported", "index"}
@@ -425,9 +438,18 @@ class FakeBackend:
         self._block()
         out = []
         for g, unsupported in zip(self._gpus, self._unsupported, strict=True):
-            kw = {k: g[k] for k in _INVENTORY_FIELDS if k != "unsupported"}
+            kw = {k: g[k] for k in _INVENTORY_FIELDS if k not in _DERIVED and k != "unsupported"}
             kw["mig_instances"] = list(g["mig_instances"])
-            kw["unsupported"] = [q for q in _INVENTORY_FIELDS if q in unsupported]
+            derived = []
+            kw["ecc_mode_current"] = g["ecc_enabled"]
+            if "ecc_enabled" in unsupported:
+                derived.append("ecc_mode_current")
+            if "nvlinks" in unsupported:
+                derived += ["nvlink_links_total", "nvlink_links_up"]
+            elif not g["lost"]:
+                kw["nvlink_links_total"] = len(g["nvlinks"])
+                kw["nvlink_links_up"] = sum(1 for link in g["nvlinks"] if link.active)
+            kw["unsupported"] = sorted([q for q in _INVENTORY_FIELDS if q in unsupported] + derived)
             out.append(GpuInventory(**kw))
         return out
 
@@ -578,12 +600,23 @@ class FakeBackend:
             "mig_mode_pending": False,
             "mig_instances": [],
             "persistence_mode": True,
+            "ecc_mode_pending": True,
             "power_limit_w": p.power_limit_w,
             "power_default_limit_w": p.power_limit_w,
+            "power_max_limit_w": p.power_limit_w,
             "sm_clock_mhz": p.sm_clock_max_mhz if busy else p.sm_clock_idle_mhz,
             "mem_clock_mhz": p.mem_clock_max_mhz if busy else p.mem_clock_idle_mhz,
             "sm_clock_max_mhz": p.sm_clock_max_mhz,
             "mem_clock_max_mhz": p.mem_clock_max_mhz,
+            "app_sm_clock_mhz": p.sm_clock_max_mhz,
+            "app_mem_clock_mhz": p.mem_clock_max_mhz,
+            # Real links train down at idle; the fake keeps them up so drift stays simple.
+            "pcie_link_gen": p.pcie_gen_max,
+            "pcie_link_gen_max": p.pcie_gen_max,
+            "pcie_link_width": 16,
+            "pcie_link_width_max": 16,
+            "utilization_gpu_pct": 95 + jitter % 5 if busy else 0,
+            "utilization_memory_pct": 38 + jitter * 3 if busy else 0,
             "compute_capability": p.compute_capability,
             "vbios_version": p.vbios_version,
             "lost": False,
@@ -791,6 +824,14 @@ class FakeBackend:
     def _fault_pcie_replay(self, r: _Reader, gpu: int) -> None:
         self._needs(r, gpu, "pcie_replay_counter")
         self._gpus[gpu]["pcie_replay_counter"] = r.int_("count", 2400)
+
+    def _fault_pcie_link_degraded(self, r: _Reader, gpu: int) -> None:
+        """The link trained below what the GPU and slot can do (riser, retimer, seating)."""
+        self._needs(r, gpu, "pcie_link_gen", "pcie_link_width")
+        g = self._gpus[gpu]
+        gen_max, width_max = g["pcie_link_gen_max"] or 5, g["pcie_link_width_max"] or 16
+        g["pcie_link_gen"] = r.int_("gen", max(1, gen_max - 1), 1, gen_max)
+        g["pcie_link_width"] = r.int_("width", width_max // 2, 1, width_max)
 
     def _fault_power_cap(self, r: _Reader, gpu: int) -> None:
         """The enforced limit was lowered (BMC/DCGM power capping, `nvidia-smi -pl`)."""

@@ -81,6 +81,15 @@ CLOCK_EVENTS_BENIGN = (
     | CLOCK_EVENT_SW_POWER_CAP
 )
 
+# What slows a working GPU down, for comparing nodes (stragglers): idle and pure
+# configuration masked; the power cap kept (a capped GPU is slower than its peers).
+CLOCK_EVENTS_SLOWDOWN_MASK = (
+    CLOCK_EVENT_GPU_IDLE
+    | CLOCK_EVENT_APPLICATIONS_CLOCKS_SETTING
+    | CLOCK_EVENT_SYNC_BOOST
+    | CLOCK_EVENT_DISPLAY_CLOCK_SETTING
+)
+
 CLOCK_EVENTS_FAULT = (
     CLOCK_EVENT_SW_THERMAL_SLOWDOWN
     | CLOCK_EVENT_HW_THERMAL_SLOWDOWN
@@ -152,6 +161,7 @@ def judge_gpu(
         _check_retired_pages(v)
         _check_remapped_rows(v)
         _check_pcie(v)
+        _check_pcie_link(v)
         _check_nvlink(v)
     _check_xids(v, mine)
     recovery = _check_recovery_action(v, mine)
@@ -404,6 +414,42 @@ def _check_pcie(v: _Verdict) -> None:
         )
 
 
+def _idle(d: GpuHealthData) -> bool | None:
+    """Is the GPU idle now (None: cannot tell)? Links train down to save power at idle."""
+    if d.clock_event_reasons is not None and d.clock_event_reasons & CLOCK_EVENT_GPU_IDLE:
+        return True
+    if d.utilization_gpu_pct is not None:
+        return d.utilization_gpu_pct == 0
+    return None if d.clock_event_reasons is None else False
+
+
+def _or_q(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _check_pcie_link(v: _Verdict) -> None:
+    """A link narrower than it can be (always a fault: width does not change at idle), or
+    slower than it can be while the GPU works (speed drops at idle by design)."""
+    d = v.d
+    width, width_max = d.pcie_link_width, d.pcie_link_width_max
+    gen, gen_max = d.pcie_link_gen, d.pcie_link_gen_max
+    narrow = width is not None and width_max is not None and 0 < width < width_max
+    slow = gen is not None and gen_max is not None and 0 < gen < gen_max and _idle(d) is False
+    if not (narrow or slow):
+        return
+    now = f"Gen{_or_q(gen)} x{_or_q(width)}"
+    best = f"Gen{_or_q(gen_max)} x{_or_q(width_max)}"
+    v.add(
+        "pcie_link",
+        "degraded" if narrow else "warning",
+        f"{v.who}'s PCIe link runs at {now}, below the {best} it can reach"
+        + (" while the GPU is busy" if slow and not narrow else "")
+        + ": host-to-GPU transfers (data loading, NCCL over PCIe) are slower than on its peers.",
+        "Check the slot, riser and retimer (`nvidia-smi -q -d PCIE`, `lspci -vv` LnkSta vs "
+        "LnkCap) and the AER counters; reseat the GPU or riser at the next maintenance.",
+    )
+
+
 def _check_nvlink(v: _Verdict) -> None:
     links = v.d.nvlinks
     if not links:
@@ -557,6 +603,23 @@ def _metrics(d: GpuHealthData, recovery: int | None, xid_events: int) -> dict[st
             if reasons is None
             else [name for bit, name in CLOCK_EVENT_NAMES.items() if reasons & bit]
         ),
+        "clock_slowdown_reasons": (
+            None
+            if reasons is None
+            else [
+                name
+                for bit, name in CLOCK_EVENT_NAMES.items()
+                if reasons & bit & ~CLOCK_EVENTS_SLOWDOWN_MASK
+            ]
+        ),
+        "sm_clock_mhz": d.sm_clock_mhz,
+        "sm_clock_max_mhz": d.sm_clock_max_mhz,
+        "utilization_gpu_pct": d.utilization_gpu_pct,
+        "utilization_memory_pct": d.utilization_memory_pct,
+        "pcie_link_gen": d.pcie_link_gen,
+        "pcie_link_gen_max": d.pcie_link_gen_max,
+        "pcie_link_width": d.pcie_link_width,
+        "pcie_link_width_max": d.pcie_link_width_max,
         "ecc_enabled": d.ecc_enabled,
         "ecc_volatile_uncorrected": d.ecc_volatile_uncorrected,
         "ecc_aggregate_uncorrected": d.ecc_aggregate_uncorrected,
