@@ -49,6 +49,7 @@ examples:
 environment (set by the Helm chart on the pod; a command-line option wins):
   GPU_AGENT_KMSG                  like --kmsg: a path, auto or off
   GPU_AGENT_HOST_PROC             like --host-proc
+  GPU_AGENT_HOST_SYS              like --host-sys
   GPU_AGENT_POD_RESOURCES_SOCKET  the kubelet PodResources socket (reported, not yet used)
   GPU_AGENT_LOG_LEVEL             like --log-level
   NODE_NAME                       the Kubernetes node name shown in every answer
@@ -66,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "scenario": None,
     "kmsg": None,
     "host_proc": None,
+    "host_sys": None,
     "call_timeout": 20.0,
     "log_level": None,  # GPU_AGENT_LOG_LEVEL, else warning
 }
@@ -74,6 +76,7 @@ BACKENDS = ("nvml", "fake")
 
 ENV_KMSG = "GPU_AGENT_KMSG"
 ENV_HOST_PROC = "GPU_AGENT_HOST_PROC"
+ENV_HOST_SYS = "GPU_AGENT_HOST_SYS"
 ENV_POD_RESOURCES = "GPU_AGENT_POD_RESOURCES_SOCKET"
 ENV_NODE_NAME = "NODE_NAME"
 ENV_LOG_LEVEL = "GPU_AGENT_LOG_LEVEL"
@@ -93,11 +96,13 @@ class Options:
         host_proc: str | None,
         call_timeout: float,
         log_level: str | None,
+        host_sys: str | None = None,
     ) -> None:
         self.backend = backend
         self.scenario = scenario
         self.kmsg = kmsg
         self.host_proc = host_proc
+        self.host_sys = host_sys
         self.call_timeout = call_timeout
         self.log_level = log_level
 
@@ -205,6 +210,12 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         help="the host's /proc, to map GPU processes to pods (default: no pod mapping)",
     )
     parser.add_argument(
+        "--host-sys",
+        metavar="PATH",
+        help="the host's /sys, for PCIe AER counters and InfiniBand/RoCE ports (default: "
+        "/sys; with --backend fake the scenario's own)",
+    )
+    parser.add_argument(
         "--call-timeout",
         type=_seconds_type,
         default=DEFAULTS["call_timeout"],
@@ -251,6 +262,7 @@ class Settings:
                     "the agent's container (is the chart's hostPath mount of the host's /proc "
                     "missing?)."
                 )
+        self.host_sys = options.host_sys or env.get(ENV_HOST_SYS, "").strip() or None
         self.pod_resources_socket = env.get(ENV_POD_RESOURCES, "").strip() or None
         self.node_name = env.get(ENV_NODE_NAME, "").strip() or None
         env_level = env.get(ENV_LOG_LEVEL, "").strip().lower()
@@ -299,6 +311,7 @@ def session_from(
         kmsg_path=settings.kmsg,
         kmsg_origin=settings.kmsg_origin,
         host_proc=settings.host_proc,
+        host_sys=settings.host_sys,
         host_proc_note=settings.host_proc_note,
         pod_resources_socket=settings.pod_resources_socket,
         node_name=settings.node_name,

@@ -24,6 +24,9 @@ CLOCK_EVENT_HW_THERMAL_SLOWDOWN = 0x40
 CLOCK_EVENT_HW_POWER_BRAKE_SLOWDOWN = 0x80
 CLOCK_EVENT_DISPLAY_CLOCK_SETTING = 0x100
 
+# nvmlGpuFabricState_t, by value.
+FABRIC_STATES = ("not_supported", "not_started", "in_progress", "completed")
+
 # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION values (nvmlDeviceGpuRecoveryAction_t).
 RECOVERY_ACTION_NONE = 0
 RECOVERY_ACTION_GPU_RESET = 1
@@ -151,6 +154,14 @@ class GpuHealthData:
     pcie_replay_counter: int | None = None
     nvlinks: list[NvLinkState] = field(default_factory=list)
     recovery_action: int | None = None  # RECOVERY_ACTION_* (drivers that have the field)
+    # NVLink fabric registration with Fabric Manager (nvmlDeviceGetGpuFabricInfoV, Hopper+
+    # on NVSwitch systems): FABRIC_STATES below; status "success" or NVML's error text.
+    fabric_state: str | None = None
+    fabric_status: str | None = None
+    fabric_clique_id: int | None = None
+    fabric_degraded_bandwidth: bool | None = None
+    # PCIe AER counters from sysfs (set by the tools layer, not the backend: not NVML).
+    pcie_aer: AerCounts | None = None
     unsupported: list[str] = field(default_factory=list)
 
 
@@ -196,6 +207,43 @@ class NvLinkTopology:
     p2p: list[P2PLink] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # "GPU 2: ..." for GPUs that could not be read
+
+
+@dataclass(frozen=True)
+class AerCounts:
+    """A GPU's PCIe Advanced Error Reporting totals since boot, with the nonzero detail
+    counters (e.g. {"BadTLP": 3})."""
+
+    correctable: int | None
+    nonfatal: int | None
+    fatal: int | None
+    details: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IbPort:
+    """One InfiniBand or RoCE port."""
+
+    device: str  # mlx5_0
+    port: int
+    state: str | None  # ACTIVE, DOWN, INIT, ARMED
+    phys_state: str | None  # LinkUp, Polling, Disabled, ...
+    rate: str | None  # "400 Gb/sec (4X NDR)"
+    link_layer: str | None  # InfiniBand | Ethernet
+
+    @property
+    def active(self) -> bool:
+        return self.state == "ACTIVE" and self.phys_state in (None, "LinkUp")
+
+
+@dataclass
+class HostFacts:
+    """What the host's sysfs says beyond NVML (agent.sysfs reads it; the fake backend's
+    scenario supplies it). None: not available on this node or not readable."""
+
+    aer: dict[str, AerCounts]  # NVML PCI bus id -> counters (GPUs with AER only)
+    infiniband: list[IbPort] | None
+    source: str  # the sysfs root read, or "scenario"
 
 
 @dataclass(frozen=True)

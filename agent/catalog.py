@@ -226,6 +226,71 @@ _XID_SUMMARY: Json = {
     "required": ["events", "groups", "critical", "warning", "info", "worst_severity"],
 }
 
+_IB_PORT: Json = {
+    "type": "object",
+    "properties": {
+        "device": {"type": "string"},
+        "port": {"type": "integer"},
+        "state": _n("string"),
+        "phys_state": _n("string"),
+        "rate": _n("string"),
+        "link_layer": _n("string"),
+        "active": {"type": "boolean"},
+    },
+    "required": ["device", "port", "state", "active"],
+}
+
+_SOURCES: Json = {
+    "type": "object",
+    "description": "Which node sources the answer rests on, and which were not available.",
+    "properties": {
+        "kernel_log": {"type": "object"},
+        "journal": {"type": ["object", "null"]},
+        "sysfs": {"type": "object"},
+        "fabric_manager": {"type": "string"},
+    },
+}
+
+_SXID_GROUP: Json = {
+    "type": "object",
+    "properties": {
+        "sxid": {"type": "integer"},
+        "fatal": {"type": "boolean"},
+        "severity": {"type": "string", "enum": ["warning", "critical"]},
+        "switch": {"type": "string"},
+        "pci_bus_id": {"type": "string"},
+        "links": {"type": "array", "items": {"type": "integer"}},
+        "count": {"type": "integer", "minimum": 1},
+        "first_seen": {"type": "string"},
+        "last_seen": {"type": "string"},
+        "last_message": {"type": "string"},
+    },
+    "required": ["sxid", "fatal", "severity", "switch", "pci_bus_id", "count", "last_seen"],
+}
+
+_GPU_EVENT: Json = {
+    "type": "object",
+    "properties": {
+        "kind": {
+            "type": "string",
+            "enum": [
+                "reattached",
+                "reset",
+                "init_failed",
+                "fell_off_bus",
+                "pcie_aer_fatal",
+                "pcie_aer_nonfatal",
+            ],
+        },
+        "gpu_index": _n("integer"),
+        "gpu_uuid": _n("string"),
+        "pci_bus_id": {"type": "string"},
+        "time": {"type": "string", "description": "UTC ISO-8601"},
+        "message": {"type": "string"},
+    },
+    "required": ["kind", "pci_bus_id", "time", "message"],
+}
+
 _NVLINK: Json = {
     "type": "object",
     "properties": {
@@ -319,6 +384,12 @@ TOOL_DEFINITIONS: list[Json] = [
                 },
                 "gpus": {"type": "array", "items": _HEALTH_GPU},
                 "xid_log": _XID_LOG,
+                "infiniband": {
+                    "type": ["array", "null"],
+                    "items": _IB_PORT,
+                    "description": "RDMA ports (null: no InfiniBand/RoCE devices seen)",
+                },
+                "sources": _SOURCES,
             },
             "required": ["node", "status", "summary", "issues", "gpus", "xid_log"],
         },
@@ -363,6 +434,16 @@ TOOL_DEFINITIONS: list[Json] = [
                     "type": "array",
                     "items": _XID_GROUP,
                     "description": "Groups of the same XID on the same GPU, worst first",
+                },
+                "sxids": {
+                    "type": "array",
+                    "items": _SXID_GROUP,
+                    "description": "NVSwitch SXids grouped per code and switch, fatal first",
+                },
+                "gpu_events": {
+                    "type": "array",
+                    "items": _GPU_EVENT,
+                    "description": "GPU resets/re-attachments, init failures, PCIe AER lines",
                 },
             },
             "required": ["node", "source", "window", "summary", "xids"],

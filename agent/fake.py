@@ -23,11 +23,15 @@ from agent.backend import (
     CLOCK_EVENT_HW_THERMAL_SLOWDOWN,
     CLOCK_EVENT_SW_POWER_CAP,
     CLOCK_EVENT_SW_THERMAL_SLOWDOWN,
+    FABRIC_STATES,
+    AerCounts,
     DriverInfo,
     GpuHealthData,
     GpuInventory,
     GpuProcess,
     GpuProcesses,
+    HostFacts,
+    IbPort,
     KmsgRecord,
     MigInstance,
     NvLinkState,
@@ -166,11 +170,15 @@ FAULT_KINDS: dict[str, frozenset[str]] = {
     "retired_pages_pending": frozenset({"dbe", "sbe", "xid", "ago_s"}),
     "recovery_action": frozenset({"action", "xid", "ago_s"}),
     "slow_nvml": frozenset({"seconds"}),
+    "sxid": frozenset({"sxid", "fatal", "link", "switch", "ago_s", "count"}),
+    "pcie_aer": frozenset({"correctable", "nonfatal", "fatal"}),
+    "fabric_manager": frozenset({"state", "status"}),
+    "gpu_reset": frozenset({"ago_s"}),
 }
 
 _TOP_KEYS = _names(
     "node driver_version cuda_driver_version uptime_s product gpu_count gpus faults "
-    "processes unsupported kmsg mig disabled_tools"
+    "processes unsupported kmsg mig disabled_tools infiniband"
 )
 
 _INVENTORY_FIELDS = tuple(f.name for f in fields(GpuInventory))
@@ -181,7 +189,7 @@ _INT_FIELDS = _names(
     "memory_total_mib memory_used_mib sm_clock_mhz mem_clock_mhz sm_clock_max_mhz "
     "mem_clock_max_mhz app_sm_clock_mhz app_mem_clock_mhz pcie_link_gen pcie_link_gen_max "
     "pcie_link_width pcie_link_width_max utilization_gpu_pct utilization_memory_pct "
-    "temperature_c temp_slowdown_c temp_shutdown_c "
+    "fabric_clique_id temperature_c temp_slowdown_c temp_shutdown_c "
     "clock_event_reasons ecc_volatile_uncorrected ecc_aggregate_uncorrected "
     "ecc_volatile_corrected retired_pages_dbe retired_pages_sbe pcie_replay_counter "
     "recovery_action"
@@ -189,19 +197,19 @@ _INT_FIELDS = _names(
 _FLOAT_FIELDS = _names("power_w power_limit_w power_default_limit_w power_max_limit_w")
 _BOOL_FIELDS = _names(
     "mig_mode_current mig_mode_pending persistence_mode ecc_enabled ecc_mode_pending "
-    "retired_pages_pending lost"
+    "retired_pages_pending lost fabric_degraded_bandwidth"
 )
 # Inventory fields computed from others: ECC's current mode is the health query's
 # ecc_enabled; NVLink counts come from the links (unsupported with "nvlinks").
 _DERIVED = frozenset({"ecc_mode_current", "nvlink_links_up", "nvlink_links_total"})
-_STR_FIELDS = frozenset(
-    {"name", "uuid", "serial", "pci_bus_id", "compute_capability", "vbios_version", "error"}
+_STR_FIELDS = _names(
+    "name uuid serial pci_bus_id compute_capability vbios_version error fabric_state fabric_status"
 )
 # Names a scenario may list under "unsupported": the query-backed fields, plus processes.
 QUERIES = (
     frozenset(_INVENTORY_FIELDS + _HEALTH_FIELDS)
     - _IDENTITY
-    - {"unsupported", "mig_instances", "memory_used_mib"}
+    - {"unsupported", "mig_instances", "memory_used_mib", "pcie_aer"}
     - _DERIVED
 ) | {"processes"}
 _GPU_OVERRIDE_KEYS = _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STR_FIELDS
@@ -407,6 +415,7 @@ class FakeBackend:
         self._closed = threading.Event()
         self._slow_s = 0.0
         self._kmsg: list[tuple[float, int, str]] = []  # (ago_s, priority, line)
+        self._aer: dict[int, AerCounts] = {}
         self._procs: dict[int, list[GpuProcess]] = {i: [] for i in range(count)}
 
         for i, item in enumerate(top.list_("processes")):
@@ -421,6 +430,7 @@ class FakeBackend:
         self._apply_overrides(top, count)
         for i, item in enumerate(top.list_("kmsg")):
             self._add_kmsg_line(_Reader(source, f"kmsg[{i}]", item, _KMSG_KEYS))
+        self._infiniband = self._ib_ports(top)
         self._finish()
 
     # ---- Backend protocol ----------------------------------------------------------
@@ -453,11 +463,20 @@ class FakeBackend:
             out.append(GpuInventory(**kw))
         return out
 
+    def host(self) -> HostFacts:
+        """The simulated node's sysfs facts (AER counters, RDMA ports) from the scenario:
+        never the real /sys of the machine the fake runs on."""
+        aer = {
+            g["pci_bus_id"]: self._aer[g["index"]] for g in self._gpus if g["index"] in self._aer
+        }
+        ports = None if self._infiniband is None else list(self._infiniband)
+        return HostFacts(aer=aer, infiniband=ports, source="scenario")
+
     def health(self) -> list[GpuHealthData]:
         self._block()
         out = []
         for g, unsupported in zip(self._gpus, self._unsupported, strict=True):
-            kw = {k: g[k] for k in _HEALTH_FIELDS if k != "unsupported"}
+            kw = {k: g[k] for k in _HEALTH_FIELDS if k not in ("unsupported", "pcie_aer")}
             kw["nvlinks"] = list(g["nvlinks"])
             kw["unsupported"] = [q for q in _HEALTH_FIELDS if q in unsupported]
             out.append(GpuHealthData(**kw))
@@ -562,6 +581,9 @@ class FakeBackend:
             out.add("remapped_rows")
         if not p.nvlinks:
             out.add("nvlinks")
+        if not p.nvswitch_buses or p.compute_capability < "9":  # fabric info: Hopper HGX+
+            out |= {"fabric_state", "fabric_status", "fabric_clique_id"}
+            out.add("fabric_degraded_bandwidth")
         major = self.driver_version.split(".")[0]
         if major.isdigit() and int(major) < 565:
             out.add("recovery_action")  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION came with R565
@@ -640,6 +662,10 @@ class FakeBackend:
             "pcie_replay_counter": 0,
             "nvlinks": nvlinks,
             "recovery_action": 0,
+            "fabric_state": "completed",
+            "fabric_status": "success",
+            "fabric_clique_id": 1,
+            "fabric_degraded_bandwidth": False,
         }
 
     def _apply_mig(self, top: _Reader, count: int) -> None:
@@ -833,6 +859,57 @@ class FakeBackend:
         g["pcie_link_gen"] = r.int_("gen", max(1, gen_max - 1), 1, gen_max)
         g["pcie_link_width"] = r.int_("width", width_max // 2, 1, width_max)
 
+    def _fault_sxid(self, r: _Reader, gpu: int) -> None:
+        """An NVSwitch error on a switch this GPU's links go through."""
+        if not self.preset.nvswitch_buses:
+            r.fail("kind", f"{self.preset.name} nodes have no NVSwitch")
+        if "sxid" not in r.obj:
+            r.fail("sxid", "missing; say which SXid code to log (e.g. 12028 non-fatal)")
+        code = r.int_("sxid", 0, 1, 99999)
+        fatal = r.bool_("fatal", False)
+        switch = r.int_("switch", 0, 0, len(self.preset.nvswitch_buses) - 1)
+        link = r.int_("link", 4 * gpu + 1, 0, 63)
+        bus = self.preset.nvswitch_buses[switch]
+        text = (
+            "Fatal, Link {link} sourcetrack timeout error"
+            if fatal
+            else ("Non-fatal, Link {link} egress non-posted PRIV error (First)")
+        )
+        ago = self._ago(r, 420.0)
+        for n in range(r.int_("count", 1, 1, 1000)):
+            self._log(
+                ago + n,
+                f"nvidia-nvswitch{switch}: SXid (PCI:0000:{bus:02x}:00.0): {code}, "
+                + text.format(link=link),
+            )
+
+    def _fault_pcie_aer(self, r: _Reader, gpu: int) -> None:
+        """PCIe Advanced Error Reporting counters in sysfs (since boot)."""
+        correctable = r.int_("correctable", 0)
+        nonfatal, fatal = r.int_("nonfatal", 0), r.int_("fatal", 0)
+        details = {k: v for k, v in (("BadTLP", correctable), ("CmpltTO", nonfatal)) if v}
+        self._aer[gpu] = AerCounts(correctable, nonfatal, fatal, details)
+
+    def _fault_fabric_manager(self, r: _Reader, gpu: int) -> None:
+        """The GPU is not (yet) registered with Fabric Manager (nvidia-fabricmanager down)."""
+        self._needs(r, gpu, "fabric_state", "fabric_status")
+        state = r.str_("state", "not_started")
+        if state not in FABRIC_STATES:
+            r.fail("state", f"expected one of {', '.join(FABRIC_STATES)}, got {state!r}")
+        g = self._gpus[gpu]
+        g["fabric_state"] = state
+        g["fabric_status"] = r.str_("status", "success")
+
+    def _fault_gpu_reset(self, r: _Reader, gpu: int) -> None:
+        """The GPU was reset (nvidia-smi -r or a driver recovery): the driver attaches it
+        again, which the kernel log shows as a second "GPU at PCI" line."""
+        g = self._gpus[gpu]
+        ago = self._ago(r, 1200.0)
+        pci = _xid_pci(g["pci_bus_id"])
+        self._log(self.uptime_s, f"NVRM: GPU at PCI:{pci}: {g['uuid']}", _KMSG_INFO)
+        self._log(ago, f"nvidia {pci}.0: GPU reset requested by nvidia-smi", _KMSG_INFO)
+        self._log(ago - 1, f"NVRM: GPU at PCI:{pci}: {g['uuid']}", _KMSG_INFO)
+
     def _fault_power_cap(self, r: _Reader, gpu: int) -> None:
         """The enforced limit was lowered (BMC/DCGM power capping, `nvidia-smi -pl`)."""
         g = self._gpus[gpu]
@@ -967,6 +1044,24 @@ class FakeBackend:
                 g["mig_instances"] = []
             self._unsupported.append(frozenset(gone))
 
+    def _ib_ports(self, top: _Reader) -> list[IbPort] | None:
+        if "infiniband" not in top.obj:
+            return None  # no RDMA devices on this node
+        ports = []
+        for n, raw in enumerate(top.list_("infiniband")):
+            r = _Reader(self.source, f"infiniband[{n}]", raw, _IB_KEYS)
+            ports.append(
+                IbPort(
+                    device=r.str_("device", f"mlx5_{n}"),
+                    port=r.int_("port", 1, 1, 255),
+                    state=r.str_("state", "ACTIVE"),
+                    phys_state=r.str_("phys_state", "LinkUp"),
+                    rate=r.str_("rate", "400 Gb/sec (4X NDR)"),
+                    link_layer=r.str_("link_layer", "InfiniBand"),
+                )
+            )
+        return ports
+
     def _block(self) -> None:
         """A slow_nvml fault: stall like a hung NVML call (until the timeout or close())."""
         if self._slow_s:
@@ -975,6 +1070,7 @@ class FakeBackend:
 
 _PROC_KEYS = frozenset({"gpu", "pid", "name", "used_memory_mib", "kind"})
 _KMSG_KEYS = frozenset({"ago_s", "line", "priority"})
+_IB_KEYS = _names("device port state phys_state rate link_layer")
 _REMAP_KEYS = frozenset({"corrected", "uncorrected", "pending", "failure"})
 _LINK_KEYS = _names(
     "link active remote_pci_bus_id replay_errors recovery_errors crc_flit_errors crc_data_errors"

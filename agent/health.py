@@ -52,6 +52,9 @@ POWER_OVER_LIMIT_RATIO = 1.05
 POWER_CAPPED_RATIO = 0.90
 # Cumulative counters since the driver loaded / the GPU was reset.
 PCIE_REPLAY_WARN = 100
+# AER correctable errors since boot: a few are normal on a busy link; many mean the link
+# is marginal (the same story as replays).
+PCIE_AER_CORRECTABLE_WARN = 100
 NVLINK_CRC_FLIT_WARN = 100
 NVLINK_REPLAY_WARN = 100
 # Page retirement (pre-Ampere): 64 pages is the table size; NVIDIA's RMA guidance starts
@@ -162,6 +165,8 @@ def judge_gpu(
         _check_remapped_rows(v)
         _check_pcie(v)
         _check_pcie_link(v)
+        _check_pcie_aer(v)
+        _check_fabric(v)
         _check_nvlink(v)
     _check_xids(v, mine)
     recovery = _check_recovery_action(v, mine)
@@ -450,6 +455,72 @@ def _check_pcie_link(v: _Verdict) -> None:
     )
 
 
+def _check_pcie_aer(v: _Verdict) -> None:
+    aer = v.d.pcie_aer
+    if aer is None:
+        return
+    hard = [(n, c) for n, c in (("fatal", aer.fatal), ("non-fatal", aer.nonfatal)) if c]
+    detail = ", ".join(f"{k} {n}" for k, n in sorted(aer.details.items())[:6])
+    more = f" ({detail})" if detail else ""
+    if hard:
+        counts = " and ".join(f"{c} {n}" for n, c in hard)
+        v.add(
+            "pcie_aer",
+            "degraded",
+            f"{v.who} has {counts} uncorrectable PCIe AER error(s) since boot{more}: the "
+            "link lost data, which ends in Xid 79 (fallen off the bus) or silent job failures.",
+            "Check the kernel log for the AER lines and the slot/riser/retimer; reseat the GPU "
+            "or riser and, if it repeats, replace the riser or move the GPU.",
+        )
+    elif aer.correctable is not None and aer.correctable >= PCIE_AER_CORRECTABLE_WARN:
+        v.add(
+            "pcie_aer",
+            "warning",
+            f"{v.who} has {aer.correctable} correctable PCIe AER errors since boot "
+            f"(warning at {PCIE_AER_CORRECTABLE_WARN}){more}: a marginal link.",
+            "Compare with its peers and the PCIe replay counter; reseat the GPU or riser at "
+            "the next maintenance.",
+        )
+
+
+def _check_fabric(v: _Verdict) -> None:
+    """NVSwitch systems: a GPU Fabric Manager has not registered cannot run CUDA work."""
+    d = v.d
+    state, status = d.fabric_state, d.fabric_status
+    if state is None or state == "not_supported":
+        return
+    action = (
+        "Check nvidia-fabricmanager on the node (`systemctl status nvidia-fabricmanager`, "
+        "its log in /var/log/fabricmanager.log) and that its version matches the driver; "
+        "restart it, then reset the GPUs if they stay unregistered."
+    )
+    if state == "not_started" or (state == "completed" and status not in (None, "success")):
+        why = "never started" if state == "not_started" else f"failed ({status})"
+        v.add(
+            "fabric_manager",
+            "critical",
+            f"{v.who}'s NVLink fabric registration {why}: CUDA programs on it fail with "
+            "'system not yet initialized' until Fabric Manager registers it.",
+            action,
+        )
+    elif state == "in_progress":
+        v.add(
+            "fabric_manager",
+            "warning",
+            f"{v.who}'s NVLink fabric registration is still in progress: CUDA work waits or "
+            "fails until it completes (normal for a minute after boot, a fault if it stays).",
+            action,
+        )
+    elif d.fabric_degraded_bandwidth:
+        v.add(
+            "fabric_bandwidth",
+            "degraded",
+            f"{v.who}: the NVLink fabric reports degraded bandwidth (links or switches lost).",
+            "Check get_nvlink_topology and SXids (analyze_xid_errors); schedule the node for "
+            "an NVSwitch/NVLink check.",
+        )
+
+
 def _check_nvlink(v: _Verdict) -> None:
     links = v.d.nvlinks
     if not links:
@@ -620,6 +691,21 @@ def _metrics(d: GpuHealthData, recovery: int | None, xid_events: int) -> dict[st
         "pcie_link_gen_max": d.pcie_link_gen_max,
         "pcie_link_width": d.pcie_link_width,
         "pcie_link_width_max": d.pcie_link_width_max,
+        "pcie_aer": None
+        if d.pcie_aer is None
+        else {
+            "correctable": d.pcie_aer.correctable,
+            "nonfatal": d.pcie_aer.nonfatal,
+            "fatal": d.pcie_aer.fatal,
+        },
+        "fabric": None
+        if d.fabric_state is None
+        else {
+            "state": d.fabric_state,
+            "status": d.fabric_status,
+            "clique_id": d.fabric_clique_id,
+            "degraded_bandwidth": d.fabric_degraded_bandwidth,
+        },
         "ecc_enabled": d.ecc_enabled,
         "ecc_volatile_uncorrected": d.ecc_volatile_uncorrected,
         "ecc_aggregate_uncorrected": d.ecc_aggregate_uncorrected,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pynvml
 
 from agent.backend import (
+    FABRIC_STATES,
     DriverInfo,
     GpuHealthData,
     GpuInventory,
@@ -672,6 +673,32 @@ class NvmlBackend:
         )
         gpu.nvlinks = self._read_links(r, handle, remote=False)
         gpu.recovery_action = _int(r.get("recovery_action", _recovery_action, handle))
+        fabric = r.get("fabric_state", self._fabric_info, handle)
+        if fabric is not None:
+            state, status, clique, health_mask = fabric
+            gpu.fabric_state = FABRIC_STATES[state] if 0 <= state < 4 else f"unknown ({state})"
+            gpu.fabric_status = "success" if status == pynvml.NVML_SUCCESS else _nvml_text(status)
+            gpu.fabric_clique_id = clique
+            degraded = health_mask & 0x3  # NVML_GPU_FABRIC_HEALTH_MASK_*_DEGRADED_BW
+            gpu.fabric_degraded_bandwidth = None if degraded == 0 else degraded == 1
+        for name in ("fabric_status", "fabric_clique_id", "fabric_degraded_bandwidth"):
+            if "fabric_state" in r.unsupported:
+                r.note(name)
+
+    def _fabric_info(self, handle: Any) -> tuple[int, int, int, int]:
+        """(state, status, clique id, health mask); NotSupported where the GPU has no
+        fabric (no NVSwitch, or before Hopper)."""
+        if "nvmlDeviceGetGpuFabricInfoV" not in self._legacy:
+            info = pynvml.c_nvmlGpuFabricInfoV_t()
+            try:
+                pynvml.nvmlDeviceGetGpuFabricInfoV(handle, pynvml.byref(info))
+            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLError_ArgumentVersionMismatch):
+                self._legacy.add("nvmlDeviceGetGpuFabricInfoV")
+            else:
+                return _fabric_tuple(info, int(info.healthMask))
+        old = pynvml.c_nvmlGpuFabricInfo_t()
+        pynvml.nvmlDeviceGetGpuFabricInfo(handle, pynvml.byref(old))
+        return _fabric_tuple(old, 0)
 
     def _current_or_legacy(self, current: str, legacy: str, handle: Any, *args: Any) -> Any:
         """Call pynvml's ``current`` function; on a driver (or pynvml) that lacks it, the
@@ -852,6 +879,20 @@ class NvmlBackend:
         elif r.errors:
             result.error = "; ".join(r.errors)
         return result
+
+
+def _fabric_tuple(info: Any, health_mask: int) -> tuple[int, int, int, int]:
+    state = int(info.state)
+    if state == 0:  # NVML_GPU_FABRIC_STATE_NOT_SUPPORTED
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    return state, int(info.status), int(info.cliqueId), health_mask
+
+
+def _nvml_text(code: int) -> str:
+    try:
+        return str(pynvml.NVMLError(code))
+    except Exception:  # an unknown code
+        return f"NVML error {code}"
 
 
 def _ask(fn: Callable[..., Any], *args: Any) -> Any:

@@ -5,8 +5,10 @@ SXids are NVSwitch errors, logged by the nvidia-nvswitch driver (HGX/DGX systems
     nvidia-nvswitch3: SXid (PCI:0000:c5:00.0): 12028, Non-fatal, Link 44 egress ... error
     nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 24007, Fatal, Link 12 sourcetrack timeout
 
-A fatal SXid breaks the NVLink fabric: jobs using the GPUs behind that switch fail or
-hang until the fabric is reset. GPU events are the driver and PCIe lines that tell a
+Follow-up lines of one error ("24007, Severity 1 Engine instance ...", "Data {...}")
+carry no Fatal/Non-fatal word and are not counted again. A fatal SXid breaks the NVLink
+fabric: jobs using the GPUs behind that switch fail or hang until the fabric is reset.
+GPU events are the driver and PCIe lines that tell a
 GPU's story besides Xids: attached again (after a reset or recovery), failed to
 initialise, fell off the bus, PCIe AER errors reported by the root port. Patterns are
 deliberately few and literal; unknown lines are ignored.
@@ -23,7 +25,7 @@ from agent.xid import iso_utc, normalize_pci_bus_id
 
 _SXID = re.compile(
     r"(nvidia-nvswitch\d*): SXid \((?:PCI:)?([0-9A-Fa-f:.]+)\): (\d{1,6}),\s*"
-    r"(Non-fatal|Fatal|[A-Za-z-]+)(?:,\s*(.*))?$"
+    r"(Non-fatal|Fatal)(?:,\s*(.*))?$"
 )
 _LINK = re.compile(r"\bLink (\d{1,3})\b")
 _ADDRESS = r"([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.[0-7])?)"

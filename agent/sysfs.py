@@ -15,7 +15,8 @@ Standard library only; a missing file is "not available", never an error.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+
+from agent.backend import AerCounts, HostFacts, IbPort
 
 DEFAULT_ROOT = "/sys"
 _AER_FILES = (
@@ -25,33 +26,6 @@ _AER_FILES = (
 )
 _MAX_FILE = 64 * 1024  # sysfs attributes are one page; this bounds a strange file
 _MAX_PORTS = 256  # a node has a handful; bound the answer anyway
-
-
-@dataclass(frozen=True)
-class AerCounts:
-    """A GPU's PCIe Advanced Error Reporting totals since boot, with the nonzero detail
-    counters (e.g. {"BadTLP": 3})."""
-
-    correctable: int | None
-    nonfatal: int | None
-    fatal: int | None
-    details: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class IbPort:
-    """One InfiniBand or RoCE port."""
-
-    device: str  # mlx5_0
-    port: int
-    state: str | None  # ACTIVE, DOWN, INIT, ARMED
-    phys_state: str | None  # LinkUp, Polling, Disabled, ...
-    rate: str | None  # "400 Gb/sec (4X NDR)"
-    link_layer: str | None  # InfiniBand | Ethernet
-
-    @property
-    def active(self) -> bool:
-        return self.state == "ACTIVE" and self.phys_state in (None, "LinkUp")
 
 
 def _read(path: str) -> str | None:
@@ -139,3 +113,13 @@ def read_infiniband(root: str) -> list[IbPort] | None:
             if len(ports) >= _MAX_PORTS:
                 return ports
     return ports
+
+
+def read_host(root: str, bus_ids: list[str]) -> HostFacts:
+    """AER counters of the given GPUs (NVML bus ids) and the RDMA ports under ``root``."""
+    aer = {}
+    for bus_id in bus_ids:
+        counts = read_aer(root, bus_id)
+        if counts is not None:
+            aer[bus_id] = counts
+    return HostFacts(aer=aer, infiniband=read_infiniband(root), source=root)

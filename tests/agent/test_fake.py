@@ -297,6 +297,49 @@ def test_drift_inputs_and_live_readings() -> None:
     assert idle["clock_slowdown_reasons"] == []  # idle is masked
 
 
+def test_fault_sxid() -> None:
+    from agent.sxid import parse_sxids
+
+    b = one_fault("sxid", gpu=2, sxid=24007, fatal=True, switch=1, count=3)
+    boot, records = b.kmsg()
+    events = parse_sxids(records, boot)
+    assert [(e.sxid, e.fatal, e.switch, e.link) for e in events] == [
+        (24007, True, "nvidia-nvswitch1", 9)
+    ] * 3
+    assert events[0].pci_bus_id == "00000000:06:00.0"
+    with pytest.raises(ScenarioError, match="have no NVSwitch"):
+        backend({"product": "L4", "faults": [{"gpu": 0, "kind": "sxid", "sxid": 1}]})
+
+
+def test_fault_pcie_aer() -> None:
+    b = one_fault("pcie_aer", gpu=5, correctable=250, nonfatal=1)
+    host = b.host()
+    assert host.source == "scenario" and host.infiniband is None
+    ((bus, aer),) = host.aer.items()
+    assert bus == b.inventory()[5].pci_bus_id
+    assert (aer.correctable, aer.nonfatal, aer.fatal) == (250, 1, 0)
+
+
+def test_fault_fabric_manager() -> None:
+    b = one_fault("fabric_manager", gpu=0)
+    h = b.health()
+    assert (h[0].fabric_state, h[1].fabric_state) == ("not_started", "completed")
+    verdict = judge_gpu(h[0], [])
+    assert verdict["status"] == "critical" and verdict["issues"][0]["check"] == "fabric_manager"
+    a100 = backend({"product": "A100-80GB"}).health()[0]
+    assert a100.fabric_state is None and "fabric_state" in a100.unsupported
+
+
+def test_fault_gpu_reset() -> None:
+    from agent.sxid import parse_gpu_events
+
+    b = one_fault("gpu_reset", gpu=3, ago_s=100)
+    boot, records = b.kmsg()
+    gpus = [(g.index, g.uuid, g.pci_bus_id) for g in b.inventory()]
+    kinds = [(e.kind, e.gpu_index) for e in parse_gpu_events(records, boot, gpus)]
+    assert kinds == [("reset", 3), ("reattached", 3)]
+
+
 def test_fault_power_cap() -> None:
     h = one_fault("power_cap", gpu=4).health()[4]
     assert h.power_limit_w == 350 and h.power_default_limit_w == 700.0

@@ -248,6 +248,28 @@ def test_drift_and_reading_queries_a_driver_lacks_are_unsupported(
     assert not inv["lost"] and inv["error"] is None and gpu["error"] is None
 
 
+def test_fabric_manager_state(nvml: Callable[..., Any], fake_nvml_lib: Path) -> None:
+    config = {
+        "gpu.1.fabric_state": 1,
+        "gpu.2.fabric_state": 3,
+        "gpu.2.fabric_status": 999,
+        "gpu.3.fabric_health_mask": 1,
+        "gpu.4.fabric_state": 0,
+    }
+    gpus = nvml(config, "health")
+    assert (gpus[0]["fabric_state"], gpus[0]["fabric_status"]) == ("completed", "success")
+    assert gpus[0]["fabric_clique_id"] == 1 and gpus[0]["fabric_degraded_bandwidth"] is False
+    assert gpus[1]["fabric_state"] == "not_started"
+    assert gpus[2]["fabric_status"] == "Unknown Error"
+    assert gpus[3]["fabric_degraded_bandwidth"] is True
+    assert gpus[4]["fabric_state"] is None and "fabric_state" in gpus[4]["unsupported"]
+    # A driver without the versioned call: the older one gives the state (no health mask).
+    library = fakenvml.build(fake_nvml_lib.parent.parent, omit=["nvmlDeviceGetGpuFabricInfoV"])
+    old = nvml(config, "health", library=library)
+    assert old[1]["fabric_state"] == "not_started" and old[0]["fabric_state"] == "completed"
+    assert old[3]["fabric_degraded_bandwidth"] is None
+
+
 # ---- health --------------------------------------------------------------------------
 
 

@@ -64,6 +64,23 @@ typedef struct {
     unsigned int memory;
 } nvmlUtilization_t;
 
+/* nvmlGpuFabricInfo_v2_t (nvmlDeviceGetGpuFabricInfoV) and the older v1 layout. */
+typedef struct {
+    unsigned int version;
+    unsigned char clusterUuid[16];
+    nvmlReturn_t status;
+    unsigned int cliqueId;
+    unsigned int state;
+    unsigned int healthMask;
+} nvmlGpuFabricInfoV_t;
+
+typedef struct {
+    unsigned char clusterUuid[16];
+    nvmlReturn_t status;
+    unsigned int cliqueId;
+    unsigned int state;
+} nvmlGpuFabricInfo_t;
+
 typedef struct {
     unsigned int pid;
     unsigned long long usedGpuMemory;
@@ -135,6 +152,10 @@ static const char *const defaults[][2] = {
     {"pcie_width", "16"},
     {"pcie_width_max", "16"},
     {"util_gpu", "0"},
+    {"fabric_state", "3"}, /* COMPLETED: Fabric Manager registered the GPU (HGX H100) */
+    {"fabric_status", "0"},
+    {"fabric_clique", "1"},
+    {"fabric_health_mask", "2"}, /* degraded bandwidth: false */
     {"util_memory", "0"},
     {"temperature", "33"},
     {"temp_slowdown", "89"},
@@ -638,6 +659,30 @@ nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *ut
     NEED(utilization);
     utilization->gpu = (unsigned int)cfg_ull(d->gpu, "util_gpu");
     utilization->memory = (unsigned int)cfg_ull(d->gpu, "util_memory");
+    return NVML_SUCCESS;
+}
+
+/* ---- NVLink fabric (Fabric Manager) ---- */
+
+nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t d, nvmlGpuFabricInfoV_t *info) {
+    ENTER(d);
+    NEED(info);
+    if (info->version != 0x02000024) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    memset(info->clusterUuid, 0xab, sizeof info->clusterUuid);
+    info->status = (nvmlReturn_t)cfg_ull(d->gpu, "fabric_status");
+    info->cliqueId = (unsigned int)cfg_ull(d->gpu, "fabric_clique");
+    info->state = (unsigned int)cfg_ull(d->gpu, "fabric_state");
+    info->healthMask = (unsigned int)cfg_ull(d->gpu, "fabric_health_mask");
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetGpuFabricInfo(nvmlDevice_t d, nvmlGpuFabricInfo_t *info) {
+    ENTER(d);
+    NEED(info);
+    memset(info->clusterUuid, 0xab, sizeof info->clusterUuid);
+    info->status = (nvmlReturn_t)cfg_ull(d->gpu, "fabric_status");
+    info->cliqueId = (unsigned int)cfg_ull(d->gpu, "fabric_clique");
+    info->state = (unsigned int)cfg_ull(d->gpu, "fabric_state");
     return NVML_SUCCESS;
 }
 
