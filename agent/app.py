@@ -50,6 +50,7 @@ environment (set by the Helm chart on the pod; a command-line option wins):
   GPU_AGENT_KMSG                  like --kmsg: a path, auto or off
   GPU_AGENT_HOST_PROC             like --host-proc
   GPU_AGENT_HOST_SYS              like --host-sys
+  GPU_AGENT_JOURNAL               like --journal
   GPU_AGENT_POD_RESOURCES_SOCKET  the kubelet PodResources socket (reported, not yet used)
   GPU_AGENT_LOG_LEVEL             like --log-level
   NODE_NAME                       the Kubernetes node name shown in every answer
@@ -68,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "kmsg": None,
     "host_proc": None,
     "host_sys": None,
+    "journal": None,
     "call_timeout": 20.0,
     "log_level": None,  # GPU_AGENT_LOG_LEVEL, else warning
 }
@@ -77,6 +79,7 @@ BACKENDS = ("nvml", "fake")
 ENV_KMSG = "GPU_AGENT_KMSG"
 ENV_HOST_PROC = "GPU_AGENT_HOST_PROC"
 ENV_HOST_SYS = "GPU_AGENT_HOST_SYS"
+ENV_JOURNAL = "GPU_AGENT_JOURNAL"
 ENV_POD_RESOURCES = "GPU_AGENT_POD_RESOURCES_SOCKET"
 ENV_NODE_NAME = "NODE_NAME"
 ENV_LOG_LEVEL = "GPU_AGENT_LOG_LEVEL"
@@ -97,12 +100,14 @@ class Options:
         call_timeout: float,
         log_level: str | None,
         host_sys: str | None = None,
+        journal: str | None = None,
     ) -> None:
         self.backend = backend
         self.scenario = scenario
         self.kmsg = kmsg
         self.host_proc = host_proc
         self.host_sys = host_sys
+        self.journal = journal
         self.call_timeout = call_timeout
         self.log_level = log_level
 
@@ -216,6 +221,13 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         "/sys; with --backend fake the scenario's own)",
     )
     parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="the host's persistent kernel log, read-only: a journald directory "
+        "(/var/log/journal) or file, or a text kern.log; keeps XIDs from before a reboot "
+        "(default: none)",
+    )
+    parser.add_argument(
         "--call-timeout",
         type=_seconds_type,
         default=DEFAULTS["call_timeout"],
@@ -263,6 +275,7 @@ class Settings:
                     "missing?)."
                 )
         self.host_sys = options.host_sys or env.get(ENV_HOST_SYS, "").strip() or None
+        self.journal = options.journal or env.get(ENV_JOURNAL, "").strip() or None
         self.pod_resources_socket = env.get(ENV_POD_RESOURCES, "").strip() or None
         self.node_name = env.get(ENV_NODE_NAME, "").strip() or None
         env_level = env.get(ENV_LOG_LEVEL, "").strip().lower()
@@ -312,6 +325,7 @@ def session_from(
         kmsg_origin=settings.kmsg_origin,
         host_proc=settings.host_proc,
         host_sys=settings.host_sys,
+        journal=settings.journal,
         host_proc_note=settings.host_proc_note,
         pod_resources_socket=settings.pod_resources_socket,
         node_name=settings.node_name,

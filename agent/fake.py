@@ -178,7 +178,7 @@ FAULT_KINDS: dict[str, frozenset[str]] = {
 
 _TOP_KEYS = _names(
     "node driver_version cuda_driver_version uptime_s product gpu_count gpus faults "
-    "processes unsupported kmsg mig disabled_tools infiniband"
+    "processes unsupported kmsg mig disabled_tools infiniband journal"
 )
 
 _INVENTORY_FIELDS = tuple(f.name for f in fields(GpuInventory))
@@ -431,6 +431,7 @@ class FakeBackend:
         for i, item in enumerate(top.list_("kmsg")):
             self._add_kmsg_line(_Reader(source, f"kmsg[{i}]", item, _KMSG_KEYS))
         self._infiniband = self._ib_ports(top)
+        self._journal = self._journal_lines(top)
         self._finish()
 
     # ---- Backend protocol ----------------------------------------------------------
@@ -1043,6 +1044,37 @@ class FakeBackend:
             if "mig_mode_current" in gone:
                 g["mig_instances"] = []
             self._unsupported.append(frozenset(gone))
+
+    def journal(self) -> list[KmsgRecord] | None:
+        """The scenario's persistent log (journald), lines from before this boot included
+        (negative times: ``ago_s`` beyond the uptime); None when it has none."""
+        if self._journal is None:
+            return None
+        return [
+            KmsgRecord(
+                priority=prio,
+                sequence=n,
+                usec_since_boot=int((self.uptime_s - ago) * 1e6),
+                message=line,
+            )
+            for n, (ago, prio, line) in enumerate(sorted(self._journal, key=lambda r: -r[0]))
+        ]
+
+    def _journal_lines(self, top: _Reader) -> list[tuple[float, int, str]] | None:
+        if "journal" not in top.obj:
+            return None
+        lines = []
+        for n, raw in enumerate(top.list_("journal")):
+            r = _Reader(self.source, f"journal[{n}]", raw, _KMSG_KEYS)
+            if "line" not in r.obj:
+                r.fail("line", "missing; give the kernel log message text")
+            ago = r.number_("ago_s", 0.0, 0.0, 10 * 365 * 86400.0)
+            lines.append((ago, r.int_("priority", _KMSG_ERR, 0, 7), r.str_("line", "")))
+        # This boot's lines are in the ring buffer too, as on a real node.
+        for ago, prio, line in lines:
+            if ago <= self.uptime_s:
+                self._log(ago, line, prio)
+        return lines
 
     def _ib_ports(self, top: _Reader) -> list[IbPort] | None:
         if "infiniband" not in top.obj:

@@ -78,6 +78,7 @@ class Toolbox:
         kmsg_path: str | None = None,
         host_proc: str | None = None,
         host_sys: str | None = None,
+        journal: str | None = None,
         node_name: str | None = None,
         eager: bool = False,
         kmsg_origin: str = "flag",
@@ -92,6 +93,7 @@ class Toolbox:
         self.kmsg_origin = kmsg_origin  # "flag" or "env": who set --kmsg (for messages)
         self.host_proc = host_proc
         self.host_sys = host_sys  # None: the backend's own facts, else /sys
+        self.journal = journal  # the persistent kernel log (journald dir/file or kern.log)
         self.host_proc_note = host_proc_note  # why pod mapping is off despite configuration
         self.pod_resources_socket = pod_resources_socket
         self.hostname = os.uname().nodename
@@ -210,13 +212,60 @@ class Toolbox:
         from agent.sxid import parse_gpu_events, parse_sxids
         from agent.xid import parse_xids
 
-        source, boot, records = self.kernel_log(backend)
+        failure: KmsgUnavailable | None = None
+        try:
+            source, boot, records = self.kernel_log(backend)
+        except KmsgDisabled:
+            raise
+        except KmsgUnavailable as exc:
+            if self.journal is None and getattr(backend, "journal", None) is None:
+                raise
+            from agent.kmsg import boot_time
+
+            failure, source, boot, records = exc, "", boot_time(), []
+        journal, older = self.journal_records(backend, boot)
+        status = journal or {}
+        if older is not None:
+            if failure is None:  # the ring buffer has this boot; the journal what came before
+                records = [r for r in older if r.usec_since_boot < 0] + list(records)
+                source = f"{source} + {status.get('source')}"
+            else:
+                records, source = older, str(status.get("source"))
+        elif failure is not None:
+            why = status.get("reason") or "none configured"
+            raise KmsgUnavailable(f"{failure} The persistent log failed too: {why}")
         return LogEvents(
             source,
             parse_xids(records, boot, gpus),
             parse_sxids(records, boot),
             parse_gpu_events(records, boot, gpus),
+            journal,
         )
+
+    def journal_records(
+        self, backend: Backend, boot: float
+    ) -> tuple[Json | None, list[KmsgRecord] | None]:
+        """(status for "sources", records) of the persistent log: --journal (an explicit
+        path wins), else the backend's own (the fake scenario's), else none."""
+        supplied = getattr(backend, "journal", None)
+        if self.journal is None:
+            records = supplied() if supplied is not None else None
+            if records is None:
+                return None, None
+            status: Json = {"source": "scenario journal", "readable": True, "reason": None}
+        else:
+            from agent.journal import read_journal
+
+            try:
+                what, records = read_journal(self.journal, boot)
+            except KmsgUnavailable as exc:
+                return {"source": self.journal, "readable": False, "reason": str(exc)}, None
+            status = {"source": what, "readable": True, "reason": None}
+        status["before_this_boot"] = sum(1 for r in records if r.usec_since_boot < 0)
+        status["limits"] = (
+            "journal DATA objects stored compressed are skipped; newest files first, up to 512 MiB"
+        )
+        return status, records
 
     def host_facts(self, backend: Backend, bus_ids: list[str]) -> HostFacts:
         """AER counters and RDMA ports: an explicit --host-sys wins over the backend's
@@ -318,7 +367,7 @@ class Toolbox:
                 "unmatched_events": unmatched,
             },
             "infiniband": ib_rows(host.infiniband),
-            "sources": self.sources(source, reason, host, data),
+            "sources": self.sources(source, reason, host, data, log),
         }
 
     @staticmethod
@@ -332,12 +381,26 @@ class Toolbox:
         return issues
 
     def sources(
-        self, kernel_log: str, reason: str | None, host: HostFacts, data: Sequence[Any]
+        self,
+        kernel_log: str,
+        reason: str | None,
+        host: HostFacts,
+        data: Sequence[Any],
+        log: LogEvents | None,
     ) -> Json:
         """Which node sources this answer rests on (and which were not available)."""
         fabric = [d.fabric_state for d in data if not d.lost]
+        journal = log.journal if log is not None else None
+        if journal is None and self.journal is None:
+            journal = {
+                "source": None,
+                "readable": False,
+                "reason": "no persistent log configured (--journal / GPU_AGENT_JOURNAL): "
+                "XIDs from before the last reboot are not visible",
+            }
         return {
             "kernel_log": {"source": kernel_log, "readable": reason is None},
+            "journal": journal,
             "sysfs": {
                 "root": host.source,
                 "pcie_aer_gpus": len(host.aer),
@@ -444,6 +507,7 @@ class LogEvents(NamedTuple):
     xids: list[XidEvent]
     sxids: list[SxidEvent]
     gpu_events: list[GpuEvent]
+    journal: Json | None = None  # the persistent log's status, when one is configured
 
 
 def ib_rows(ports: Sequence[IbPort] | None) -> list[Json] | None:
