@@ -346,6 +346,11 @@ TOOL_DEFINITIONS: list[Json] = [
                     "required": ["driver_version", "cuda_driver_version", "gpu_count"],
                 },
                 "gpus": {"type": "array", "items": _INVENTORY_GPU},
+                "infiniband": {
+                    "type": ["array", "null"],
+                    "items": _IB_PORT,
+                    "description": "RDMA ports (null: no InfiniBand/RoCE devices seen)",
+                },
             },
             "required": ["node", "driver", "gpus"],
         },

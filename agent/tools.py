@@ -283,10 +283,14 @@ class Toolbox:
     def get_gpu_inventory(self, arguments: Json) -> Json:
         backend = self.backend()
         info = backend.driver()
+        gpus = backend.inventory()
+        # RDMA ports are part of what a node is (drift compares the active count).
+        host = self.host_facts(backend, [])
         return {
             "node": self.node(backend),
             "driver": _plain(info),
-            "gpus": _plain(backend.inventory()),
+            "gpus": _plain(gpus),
+            "infiniband": ib_rows(host.infiniband),
         }
 
     def get_gpu_health(self, arguments: Json) -> Json:

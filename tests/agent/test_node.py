@@ -239,3 +239,6 @@ def test_host_sys_comes_from_the_option_or_the_environment(
     health = w.call("get_gpu_health")["structuredContent"]
     assert health["sources"]["sysfs"]["root"] == root
     assert health["infiniband"][0]["device"] == "mlx5_0"
+    inventory = w.call("get_gpu_inventory")["structuredContent"]
+    jsonschema.validate(inventory, SCHEMAS["get_gpu_inventory"])
+    assert [(p["device"], p["active"]) for p in inventory["infiniband"]] == [("mlx5_0", True)]
