@@ -84,7 +84,7 @@ def parse_call(words: Sequence[str]) -> tuple[str, dict[str, Any]] | str:
 def call(options: Any, name: str, arguments: dict[str, Any]) -> int:
     """Run one tool through a protocol session and print its structured result."""
     from agent.app import session_from
-    from agent.protocol import LATEST_VERSION, dumps
+    from agent.protocol import LATEST_VERSION, dumps, encode
 
     answers: dict[Any, dict[str, Any]] = {}
     arrived = threading.Condition()
@@ -115,7 +115,8 @@ def call(options: Any, name: str, arguments: dict[str, Any]) -> int:
     if result.get("isError"):
         text = " ".join(c.get("text", "") for c in result.get("content", []))
         return _fail(f"{name} failed: {text}", EXIT_TOOL_ERROR)
-    sys.stdout.write(dumps(result.get("structuredContent")) + "\n")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(encode(result.get("structuredContent") or {}))  # never a bad byte
     return EXIT_OK
 
 
