@@ -316,6 +316,11 @@ def session_from(
         raise UsageError(
             f"--host-proc {options.host_proc}: not a directory (mount the host's /proc there)"
         )
+    if options.host_sys is not None and not os.path.isdir(options.host_sys):
+        raise UsageError(
+            f"--host-sys {options.host_sys}: not a directory (mount the host's /sys there, "
+            "read-only)"
+        )
     settings = Settings(options, os.environ if env is None else env)
     protocol.log_threshold = protocol.LOG_LEVELS[settings.log_level]
     toolbox = Toolbox(

@@ -242,3 +242,11 @@ def test_host_sys_comes_from_the_option_or_the_environment(
     inventory = w.call("get_gpu_inventory")["structuredContent"]
     jsonschema.validate(inventory, SCHEMAS["get_gpu_inventory"])
     assert [(p["device"], p["active"]) for p in inventory["infiniband"]] == [("mlx5_0", True)]
+
+
+def test_a_host_sys_that_is_not_a_directory_is_a_usage_error(tmp_path: Path) -> None:
+    from agent.app import create_session
+    from agent.errors import UsageError
+
+    with pytest.raises(UsageError, match="--host-sys .*not a directory"):
+        create_session(["--backend", "fake", "--host-sys", str(tmp_path / "no")], lambda _: None)
