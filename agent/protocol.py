@@ -5,9 +5,12 @@ reader (stdin in ``gpu-agent``, an exec stream in the simulated cluster). Cheap
 methods (``initialize``, ``ping``, ``tools/list``) are answered on the caller's
 thread; ``tools/call`` runs on a small pool of persistent daemon worker threads, so
 several requests may be in flight and are answered in any order. Every tool call has a
-deadline, kept by one process-wide watcher thread: a call stuck in a driver is answered
-with an error result when the deadline passes, and its thread is abandoned (daemon
-threads never block exit) and replaced in the pool.
+deadline counted from its receipt (time in the queue included), kept by one process-wide
+watcher thread: a call stuck in a driver, or still queued behind stuck ones, is answered
+with an error result when the deadline passes; a stuck thread is abandoned (daemon
+threads never block exit) and replaced while the pool stays under its thread bound.
+Nothing a client sends can end the session: answers that cannot be UTF-8 (lone
+surrogates) go out \\u-escaped, and errors repeat client input only clipped.
 
 The agent deliberately does not use the ``mcp`` SDK: importing it costs ~1.3 CPU-s
 and 63 MiB, far over the in-pod budget (see DESIGN.md).
