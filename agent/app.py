@@ -406,6 +406,27 @@ def _command(args: Sequence[str]) -> tuple[list[str], list[str]]:
     return options, words
 
 
+def run_command(
+    args: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[int, bytes, bytes] | None:
+    """``gpu-agent ARGS`` in this process when ARGS is a one-shot command (``call``,
+    ``tools``): (exit code, stdout, stderr). None: ARGS start the MCP server (use
+    create_session). For the simulated cluster's in-process exec; blocks up to the call
+    deadline, so run it off the event loop."""
+    options_args, words = _command(args)
+    if not words:
+        return None
+    from agent import oneshot
+
+    output = oneshot.Output(captured=True)
+    try:
+        options = parse_options(options_args, raise_errors=True)
+    except UsageError as exc:
+        return oneshot.EXIT_USAGE, b"", f"gpu-agent: {exc}\n".encode()
+    code = oneshot.main(options, words, output, env)
+    return code, bytes(output.stdout), bytes(output.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpu-agent``: serve MCP on stdin/stdout until stdin closes; ``gpu-agent call``
     and ``gpu-agent tools``: one tool's JSON, or the tool list (agent.oneshot)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent.catalog import TOOL_DEFINITIONS, TOOL_NAMES
@@ -38,24 +38,48 @@ def split_command(args: Sequence[str], value_flags: Sequence[str]) -> tuple[list
     return list(args), []
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> int:
-    sys.stderr.write(f"gpu-agent: {message}\n")
-    sys.stderr.flush()
+class Output:
+    """Where one-shot output goes: this process's stdout/stderr, or (``captured``) two
+    buffers, for the simulated cluster's in-process exec."""
+
+    def __init__(self, captured: bool = False) -> None:
+        self.captured = captured
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+
+    def out(self, data: bytes) -> None:
+        if self.captured:
+            self.stdout += data
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+
+    def err(self, text: str) -> None:
+        if self.captured:
+            self.stderr += text.encode("utf-8", "backslashreplace")
+        else:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+
+def _fail(output: Output, message: str, code: int = EXIT_USAGE) -> int:
+    output.err(f"gpu-agent: {message}\n")
     return code
 
 
-def _usage(message: str) -> int:
+def _usage(output: Output, message: str) -> int:
     return _fail(
+        output,
         f"{message}\nusage: gpu-agent [OPTIONS] call TOOL ['{{\"arg\": value}}']   "
-        "(or: gpu-agent tools)\ntools: " + ", ".join(TOOL_NAMES)
+        "(or: gpu-agent tools)\ntools: " + ", ".join(TOOL_NAMES),
     )
 
 
-def list_tools() -> int:
+def list_tools(output: Output) -> int:
     """``gpu-agent tools``: each tool's name and title, one a line."""
     width = max(len(name) for name in TOOL_NAMES)
     for tool in TOOL_DEFINITIONS:
-        sys.stdout.write(f"{tool['name']:<{width}}  {tool.get('title', '')}\n")
+        output.out(f"{tool['name']:<{width}}  {tool.get('title', '')}\n".encode())
     return EXIT_OK
 
 
@@ -81,7 +105,13 @@ def parse_call(words: Sequence[str]) -> tuple[str, dict[str, Any]] | str:
     return name, arguments
 
 
-def call(options: Any, name: str, arguments: dict[str, Any]) -> int:
+def call(
+    options: Any,
+    name: str,
+    arguments: dict[str, Any],
+    output: Output,
+    env: Mapping[str, str] | None = None,
+) -> int:
     """Run one tool through a protocol session and print its structured result."""
     from agent.app import session_from
     from agent.protocol import LATEST_VERSION, dumps, encode
@@ -96,9 +126,9 @@ def call(options: Any, name: str, arguments: dict[str, Any]) -> int:
             arrived.notify_all()
 
     try:
-        session = session_from(options, write)
+        session = session_from(options, write, env)
     except AgentError as exc:
-        return _fail(str(exc))
+        return _fail(output, str(exc))
     init = {"protocolVersion": LATEST_VERSION, "capabilities": {}}
     session.feed(dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}))
     params = {"name": name, "arguments": arguments}
@@ -108,26 +138,32 @@ def call(options: Any, name: str, arguments: dict[str, Any]) -> int:
     answer = answers.get(1)
     session.close(grace=0)
     if answer is None:
-        return _fail(f"{name} gave no answer within {options.call_timeout:g} s", EXIT_TOOL_ERROR)
+        message = f"{name} gave no answer within {options.call_timeout:g} s"
+        return _fail(output, message, EXIT_TOOL_ERROR)
     if "error" in answer:  # the session refused the call: its arguments are wrong
-        return _fail(f"{name}: {answer['error'].get('message', answer['error'])}")
+        return _fail(output, f"{name}: {answer['error'].get('message', answer['error'])}")
     result = answer["result"]
     if result.get("isError"):
         text = " ".join(c.get("text", "") for c in result.get("content", []))
-        return _fail(f"{name} failed: {text}", EXIT_TOOL_ERROR)
-    sys.stdout.flush()
-    sys.stdout.buffer.write(encode(result.get("structuredContent") or {}))  # never a bad byte
+        return _fail(output, f"{name} failed: {text}", EXIT_TOOL_ERROR)
+    output.out(encode(result.get("structuredContent") or {}))  # bytes: never a bad character
     return EXIT_OK
 
 
-def main(options: Any, words: Sequence[str]) -> int:
+def main(
+    options: Any,
+    words: Sequence[str],
+    output: Output | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
     """``gpu-agent [OPTIONS] call|tools ...``; ``words`` starts with the command."""
+    output = output or Output()
     command, rest = words[0], list(words[1:])
     if command == "tools":
-        return list_tools() if not rest else _usage("tools takes no arguments")
+        return list_tools(output) if not rest else _usage(output, "tools takes no arguments")
     if rest == ["--list"]:
-        return list_tools()
+        return list_tools(output)
     parsed = parse_call(rest)
     if isinstance(parsed, str):
-        return _usage(parsed)
-    return call(options, *parsed)
+        return _usage(output, parsed)
+    return call(options, *parsed, output, env)

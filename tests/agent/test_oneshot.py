@@ -134,3 +134,22 @@ def test_plain_kubectl_exec_without_stdin(kubectl: Path, tmp_path: Path) -> None
         done = kubectl_exec("call", "nope")
         assert done.returncode == 2 and "command terminated with exit code 2" in done.stderr
         assert "unknown tool 'nope'" in done.stderr
+
+
+def test_run_command_serves_the_simulated_clusters_in_process_exec() -> None:
+    from agent.app import run_command
+
+    assert run_command(["--backend", "fake"]) is None  # the MCP server: create_session
+    code, out, err = run_command(["--backend", "fake", "call", "get_gpu_inventory"]) or (
+        9,
+        b"",
+        b"",
+    )
+    assert (code, err) == (0, b"")
+    assert len(json.loads(out)["gpus"]) == 8
+    code, out, err = run_command(["--backend", "fake", "call", "nope"]) or (9, b"", b"")
+    assert (code, out) == (2, b"") and b"unknown tool 'nope'" in err
+    code, out, err = run_command(["--bogus", "call", "get_gpu_health"]) or (9, b"", b"")
+    assert code == 2 and b"unrecognized arguments" in err
+    code, out, _ = run_command(["tools"]) or (9, b"", b"")
+    assert code == 0 and out.decode().split()[0] == "get_gpu_inventory"
