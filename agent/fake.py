@@ -1,7 +1,12 @@
 """A scenario-driven GPU backend: GPUs, faults and kernel-log lines from a JSON document.
 
-``--backend fake`` uses it for demos, tests and the simulated cluster. The scenario format
-is in notes/AGENT_CONTRACT.md; every key is optional and ``{}`` is a healthy 8x H100 node.
+``--backend fake`` uses it for demos, tests and the simulated cluster. Every key is
+optional and ``{}`` is a healthy 8x H100 node. Top-level keys (``_TOP_KEYS``): node,
+driver_version, cuda_driver_version, uptime_s, product (``PRESETS``), gpu_count;
+``gpus`` (per-GPU overrides of any field, null = unsupported), ``faults`` (``FAULT_KINDS``:
+each ``{"gpu": N, "kind": ..., params}``), ``processes``, ``unsupported``, ``kmsg`` and
+``journal`` (``{"ago_s", "line"}``; journal lines may predate the boot), ``mig``,
+``infiniband`` (RDMA ports), ``disabled_tools``. Errors name the key and what is wanted.
 Standard library only and cheap to import (it is on the agent's start-up path): no
 hashlib (its OpenSSL import alone costs ~4 ms), identities come from zlib.crc32.
 """
@@ -170,6 +175,7 @@ FAULT_KINDS: dict[str, frozenset[str]] = {
     "retired_pages_pending": frozenset({"dbe", "sbe", "xid", "ago_s"}),
     "recovery_action": frozenset({"action", "xid", "ago_s"}),
     "slow_nvml": frozenset({"seconds"}),
+    "gpu_hang": frozenset({"seconds"}),
     "sxid": frozenset({"sxid", "fatal", "link", "switch", "ago_s", "count"}),
     "pcie_aer": frozenset({"correctable", "nonfatal", "fatal"}),
     "fabric_manager": frozenset({"state", "status"}),
@@ -414,6 +420,7 @@ class FakeBackend:
         self.disabled_tools = frozenset(self._tool_names(top))
         self._closed = threading.Event()
         self._slow_s = 0.0
+        self._hang_s = 0.0  # one GPU hangs: calls wait this long, then report it hung
         self._kmsg: list[tuple[float, int, str]] = []  # (ago_s, priority, line)
         self._aer: dict[int, AerCounts] = {}
         self._procs: dict[int, list[GpuProcess]] = {i: [] for i in range(count)}
@@ -952,6 +959,18 @@ class FakeBackend:
         if action and r.bool_("xid", True):
             self._log(self._ago(r, 300.0), self._recovery_line(gpu, action))
 
+    def _fault_gpu_hang(self, r: _Reader, gpu: int) -> None:
+        """One GPU stops answering NVML while the others work: what the NVML backend
+        reports after its per-GPU bound (the GPU listed as lost, "appears hung")."""
+        seconds = r.number_("seconds", 1.0, 0.0, 60.0)
+        self._hang_s = max(self._hang_s, seconds)
+        g = self._gpus[gpu]
+        g["lost"] = True
+        g["error"] = (
+            f"NVML has not answered a query on this GPU for {seconds:.1f} s: the GPU or its "
+            "driver appears hung (check the kernel log for XIDs)"
+        )
+
     def _fault_slow_nvml(self, r: _Reader, gpu: int) -> None:
         self._slow_s = max(self._slow_s, r.number_("seconds", 30.0, 0.0, 3600.0))
 
@@ -1098,6 +1117,8 @@ class FakeBackend:
         """A slow_nvml fault: stall like a hung NVML call (until the timeout or close())."""
         if self._slow_s:
             self._closed.wait(self._slow_s)
+        elif self._hang_s:
+            self._closed.wait(self._hang_s)
 
 
 _PROC_KEYS = frozenset({"gpu", "pid", "name", "used_memory_mib", "kind"})

@@ -13,7 +13,7 @@ Nothing a client sends can end the session: answers that cannot be UTF-8 (lone
 surrogates) go out \\u-escaped, and errors repeat client input only clipped.
 
 The agent deliberately does not use the ``mcp`` SDK: importing it costs ~1.3 CPU-s
-and 63 MiB, far over the in-pod budget (see DESIGN.md).
+and 63 MiB, far over the in-pod budget (50Mi, 100m CPU).
 """
 
 from __future__ import annotations
@@ -803,7 +803,7 @@ class Session:
         call still running with an error, abandon it and stop the workers. The backend is
         released unless a thread is still inside it.
 
-        A client closes its input only after every answer arrived (DESIGN.md), so a call
+        A client closes its input only after every answer arrived (MCP stdio), so a call
         still running well after EOF has no one waiting for it: a call stuck in the
         driver must not keep the process (or the simulated node) alive until its deadline.
         """

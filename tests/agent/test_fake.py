@@ -340,6 +340,18 @@ def test_fault_gpu_reset() -> None:
     assert kinds == [("reset", 3), ("reattached", 3)]
 
 
+def test_fault_gpu_hang() -> None:
+    """One GPU hangs, the others answer: the call waits the hang bound, then says so."""
+    b = one_fault("gpu_hang", gpu=6, seconds=0.2)
+    started = time.monotonic()
+    health = b.health()
+    assert time.monotonic() - started >= 0.2
+    assert health[6].lost and "appears hung" in (health[6].error or "")
+    assert not any(h.lost for h in health if h.index != 6)
+    assert judge_gpu(health[6], [])["status"] == "critical"
+    assert b.processes()[6].lost and b.inventory()[5].uuid is not None
+
+
 def test_fault_power_cap() -> None:
     h = one_fault("power_cap", gpu=4).health()[4]
     assert h.power_limit_w == 350 and h.power_default_limit_w == 700.0
