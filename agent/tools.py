@@ -351,6 +351,13 @@ class Toolbox:
                 status = worst(status, issue["severity"])
         counts = {s: sum(1 for g in gpus if g["status"] == s) for s in STATUSES}
         summary = f"{len(gpus)} GPU(s): " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        node_level = [
+            f"{i['check']} {i['severity']}"
+            for i in issues
+            if i["severity"] in STATUSES and i["check"] != "kernel_log"
+        ]
+        if node_level:
+            summary += "; node: " + ", ".join(node_level)
         if disabled:
             summary += "; XID analysis disabled by configuration"
         elif reason is not None:

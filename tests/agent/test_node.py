@@ -185,6 +185,7 @@ def test_health_through_a_session_with_a_fake_sysfs_and_kernel_log(
     assert checks["nvswitch"]["severity"] == "critical"
     assert checks["infiniband"]["severity"] == "warning"
     assert health["status"] == "critical"
+    assert health["summary"].endswith("; node: infiniband warning, nvswitch critical")
     gpu0 = health["gpus"][0]
     assert gpu0["metrics"]["pcie_aer"] == {"correctable": 192, "nonfatal": 2, "fatal": 0}
     assert [i["check"] for i in gpu0["issues"]] == ["pcie_aer"]
