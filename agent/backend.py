@@ -254,6 +254,9 @@ class KmsgRecord:
     sequence: int
     usec_since_boot: int
     message: str
+    # Microseconds since the boot that logged it, when that differs from this boot (the
+    # persistent log's older boots): tells boots apart.
+    monotonic_usec: int | None = None
 
 
 class Backend(Protocol):

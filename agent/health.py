@@ -142,11 +142,17 @@ class _Verdict:
 
 
 def judge_gpu(
-    data: GpuHealthData, xids: Sequence[XidEvent], *, node: str | None = None
+    data: GpuHealthData,
+    xids: Sequence[XidEvent],
+    *,
+    node: str | None = None,
+    boot_time: float | None = None,
 ) -> dict[str, Any]:
     """One GPU's verdict: status, issues (worst first), raw metrics and the queries it does
     not support. ``xids``: recent Xid events (those of other GPUs are ignored). ``node``
-    names the Kubernetes node in the suggested kubectl commands."""
+    names the Kubernetes node in the suggested kubectl commands. ``boot_time``: Xids
+    before it (from the persistent log) are history the reboot cleared: at most a
+    warning, and their recovery requests are done."""
     v = _Verdict(data, node or _NODE)
     mine = [
         e
@@ -154,6 +160,10 @@ def judge_gpu(
         if e.gpu_index == data.index
         or (e.gpu_index is None and data.pci_bus_id is not None and e.pci_bus_id == data.pci_bus_id)
     ]
+    if boot_time is not None:
+        before = [e for e in mine if e.timestamp < boot_time]
+        mine = [e for e in mine if e.timestamp >= boot_time]
+        _check_xids_before_boot(v, before, boot_time)
     if data.lost:
         _check_lost(v)
     else:
@@ -595,6 +605,29 @@ def _check_xids(v: _Verdict, events: Sequence[XidEvent]) -> None:
             f"last at {iso_utc(last.timestamp)}{who}.",
             recommended_action(info).replace("<index>", str(v.i)),
         )
+
+
+def _check_xids_before_boot(v: _Verdict, events: Sequence[XidEvent], boot_time: float) -> None:
+    """Xids logged before the last reboot: the reboot reset the GPU, so they are history,
+    but a GPU that failed before often fails again."""
+    serious = [e for e in events if e.xid != 154]
+    if not serious:
+        return
+    from agent.xid import event_severity, iso_utc
+
+    worst_first = sorted(serious, key=lambda e: event_severity(e) != "critical")
+    codes = sorted({e.xid for e in serious})
+    if event_severity(worst_first[0]) == "info":
+        return
+    v.add(
+        "xid_before_reboot",
+        "warning",
+        f"Xid {', '.join(map(str, codes))} logged on {v.who} before the last reboot "
+        f"(boot at {iso_utc(boot_time)}; last at {iso_utc(max(e.timestamp for e in serious))}): "
+        "the reboot reset the GPU, which answers now.",
+        "Watch it (analyze_xid_errors): the same Xid again after a reboot means the GPU or "
+        "its slot needs service; check the cause of the reboot.",
+    )
 
 
 def _check_recovery_action(v: _Verdict, events: Sequence[XidEvent]) -> int | None:

@@ -124,12 +124,14 @@ def _kernel_messages(data: mmap.mmap, boot_time: float) -> Iterator[KmsgRecord]:
             stamp = _kernel_entry_time(data, offset, compact)
             if stamp is None:
                 continue
+            (monotonic,) = struct.unpack_from("<Q", data, offset + 32)
             seq += 1
             yield KmsgRecord(
                 priority=3,
                 sequence=seq,
                 usec_since_boot=stamp - boot_us,
                 message=message.decode("utf-8", "replace"),
+                monotonic_usec=int(monotonic),
             )
 
 

@@ -117,12 +117,13 @@ def judge_gpu_events(events: Sequence[GpuEvent]) -> list[Issue]:
                 "check": "gpu_reset",
                 "severity": "info",
                 "message": (
-                    f"{_names(reset)} was reset or recovered in this window (the driver "
-                    "attached it again): work running on it then was lost."
+                    f"{_names(reset)} was reset or re-initialised in this window (the "
+                    "driver attached it again): work running on it then was lost."
                 ),
                 "action": (
-                    "Nothing if the reset was planned; otherwise look for the Xid that "
-                    "preceded it (analyze_xid_errors)."
+                    "Nothing if the reset was planned (or the GPU runs without persistence "
+                    "mode, which re-initialises it when its last client exits); otherwise "
+                    "look for the Xid that preceded it (analyze_xid_errors)."
                 ),
             }
         )

@@ -107,8 +107,9 @@ def parse_gpu_events(
     gpus: Sequence[tuple[int, str | None, str | None]] = (),
 ) -> list[GpuEvent]:
     """GPU reset / recovery / PCIe events, oldest first. A GPU attached more than once
-    in the log was reset or recovered: its later attachments are "reattached" (the
-    first is the driver loading at boot, not news)."""
+    in one boot was re-initialised (a reset, a recovery, or, without persistence mode,
+    its last client closing): its later attachments are "reattached" (the first is the
+    driver loading, not news). ``records`` must be in time order."""
     by_pci: dict[str, tuple[int | None, str | None]] = {}
     for index, uuid, pci in gpus:
         key = normalize_pci_bus_id(pci) if pci else None
@@ -116,7 +117,20 @@ def parse_gpu_events(
             by_pci[key] = (index, uuid)
     seen: set[str] = set()
     events: list[GpuEvent] = []
+    last_mono: int | None = None
+    last_usec: int | None = None
     for record in records:
+        mono = record.monotonic_usec
+        if mono is None:
+            mono = record.usec_since_boot
+        # A new boot starts where the monotonic clock goes back (between older boots in
+        # the persistent log) or where this boot's records begin: its first attach of a
+        # GPU is the driver loading, not news.
+        if (last_mono is not None and mono < last_mono) or (
+            last_usec is not None and last_usec < 0 <= record.usec_since_boot
+        ):
+            seen.clear()
+        last_mono, last_usec = mono, record.usec_since_boot
         text = record.message
         if "NVRM" not in text and "AER" not in text and "eset" not in text and "FLR" not in text:
             continue

@@ -240,6 +240,7 @@ class Toolbox:
             parse_sxids(records, boot),
             parse_gpu_events(records, boot, gpus),
             journal,
+            boot if older is not None else None,
         )
 
     def journal_records(
@@ -344,7 +345,8 @@ class Toolbox:
         for d in data:
             d.pcie_aer = host.aer.get(d.pci_bus_id) if d.pci_bus_id else None
         issues.extend(self.node_issues(log, host, cutoff))
-        gpus = [judge_gpu(d, recent, node=node["name"]) for d in data]
+        boot = log.boot_time if log is not None else None
+        gpus = [judge_gpu(d, recent, node=node["name"], boot_time=boot) for d in data]
         status = judge_node(gpus)
         for issue in issues:
             if issue["severity"] in STATUSES:
@@ -387,8 +389,10 @@ class Toolbox:
 
         issues = judge_infiniband(host.infiniband)
         if log is not None:
-            issues += judge_sxids([e for e in log.sxids if e.timestamp >= cutoff])
-            issues += judge_gpu_events([e for e in log.gpu_events if e.timestamp >= cutoff])
+            # Faults before a reboot were reset by it: analyze_xid_errors lists them.
+            since = max(cutoff, log.boot_time) if log.boot_time is not None else cutoff
+            issues += judge_sxids([e for e in log.sxids if e.timestamp >= since])
+            issues += judge_gpu_events([e for e in log.gpu_events if e.timestamp >= since])
         return issues
 
     def sources(
@@ -519,6 +523,7 @@ class LogEvents(NamedTuple):
     sxids: list[SxidEvent]
     gpu_events: list[GpuEvent]
     journal: Json | None = None  # the persistent log's status, when one is configured
+    boot_time: float | None = None  # set when records from before this boot were read
 
 
 def ib_rows(ports: Sequence[IbPort] | None) -> list[Json] | None:

@@ -179,3 +179,32 @@ def test_the_fake_scenario_has_a_journal_with_pre_reboot_xids(
     xids = w.call("analyze_xid_errors", {"since_minutes": 30})["structuredContent"]
     assert sorted(g["xid"] for g in xids["xids"]) == [13, 79]  # 79 only in the journal
     assert xids["source"] == "scenario + scenario journal"
+
+
+def test_faults_before_the_reboot_are_history_not_the_verdict(
+    wire: Callable[..., Wire], tmp_path: Path, scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    """A reboot resets GPUs and the NVLink fabric: pre-reboot Xid 79 is a warning, a
+    pre-reboot fatal SXid no node issue, and this boot's first attach of a GPU no reset."""
+    sxid = "nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 24007, Fatal, Link 12 sourcetrack timeout"
+    attach = "NVRM: GPU at PCI:0000:18:00: GPU-96bbf14a-e1bc-c1dc-78b5-90660fb2a0f0"
+    old_boot = BOOT - 86400
+    rows = [
+        (us(old_boot + 20), {**kernel(attach)}),
+        (us(BOOT - 600), kernel(XID79)),
+        (us(BOOT - 590), kernel(sxid)),
+    ]
+    journal = write_journal(tmp_path / "system.journal", rows)
+    node = scenario({"uptime_s": 600, "kmsg": [{"ago_s": 580, "line": attach}]})
+    w = wire("--backend", "fake", "--scenario", node, "--journal", str(journal))
+    w.initialize()
+    health = w.call("get_gpu_health", {"since_minutes": 525600})["structuredContent"]
+    gpu0 = health["gpus"][0]
+    assert [(i["check"], i["severity"]) for i in gpu0["issues"]] == [
+        ("xid_before_reboot", "warning")
+    ]
+    assert "before the last reboot" in gpu0["issues"][0]["message"]
+    assert health["status"] == "warning" and health["issues"] == []
+    xids = w.call("analyze_xid_errors", {"since_minutes": 525600})["structuredContent"]
+    assert [g["sxid"] for g in xids["sxids"]] == [24007]  # still listed, with its time
+    assert xids["gpu_events"] == []  # one attach per boot: no reset

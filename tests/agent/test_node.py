@@ -251,3 +251,15 @@ def test_a_host_sys_that_is_not_a_directory_is_a_usage_error(tmp_path: Path) -> 
 
     with pytest.raises(UsageError, match="--host-sys .*not a directory"):
         create_session(["--backend", "fake", "--host-sys", str(tmp_path / "no")], lambda _: None)
+
+
+def test_each_boot_in_the_persistent_log_attaches_its_gpus_afresh() -> None:
+    attach = "NVRM: GPU at PCI:0000:18:00: GPU-aaaaaaaa-1111-2222-3333-444444444444"
+    rows = [
+        KmsgRecord(3, 1, -900_000_000, attach, monotonic_usec=20_000_000),  # boot A
+        KmsgRecord(3, 2, -500_000_000, attach, monotonic_usec=18_000_000),  # boot B
+        KmsgRecord(3, 3, -100_000_000, attach, monotonic_usec=418_000_000),  # B: again
+        KmsgRecord(3, 4, 30_000_000, attach),  # this boot
+    ]
+    events = parse_gpu_events(rows, 0.0, [(0, None, GPU0)])
+    assert [(e.kind, e.timestamp) for e in events] == [("reattached", -100.0)]
