@@ -194,6 +194,7 @@ _XID_GROUP: Json = {
         "processes": _STR_LIST,
         "recovery_action": _n("string"),
         "last_message": {"type": "string"},
+        "before_last_boot": {"type": "boolean"},
     },
     "required": [
         "xid",
@@ -439,6 +440,10 @@ TOOL_DEFINITIONS: list[Json] = [
                     "type": "array",
                     "items": _XID_GROUP,
                     "description": "Groups of the same XID on the same GPU, worst first",
+                },
+                "booted_at": {
+                    "type": "string",
+                    "description": "UTC ISO-8601 start of this boot: what came before was reset",
                 },
                 "sxids": {
                     "type": "array",

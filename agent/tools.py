@@ -241,6 +241,7 @@ class Toolbox:
             parse_gpu_events(records, boot, gpus),
             journal,
             boot if older is not None else None,
+            boot,
         )
 
     def journal_records(
@@ -430,7 +431,7 @@ class Toolbox:
 
     def analyze_xid_errors(self, arguments: Json) -> Json:
         from agent.sxid import event_rows, sxid_groups
-        from agent.xid import analyze
+        from agent.xid import analyze, iso_utc
 
         since = float(arguments.get("since_minutes", DEFAULT_SINCE_MINUTES))
         backend = self.backend()
@@ -438,13 +439,19 @@ class Toolbox:
         gpus = [(g.index, g.uuid, g.pci_bus_id) for g in backend.inventory()]
         log = self.log_events(backend, gpus)  # KmsgUnavailable -> isError result
         cutoff = time.time() - since * 60
-        return {
+        result = {
             "node": node,
             "source": log.source,
             **analyze(log.xids, since),
             "sxids": sxid_groups([e for e in log.sxids if e.timestamp >= cutoff]),
             "gpu_events": event_rows([e for e in log.gpu_events if e.timestamp >= cutoff]),
         }
+        if log.booted_at is not None:
+            booted = iso_utc(log.booted_at)
+            result["booted_at"] = booted
+            for row in result["xids"]:  # the persistent log reaches past the last reboot
+                row["before_last_boot"] = row["last_seen"] < booted
+        return result
 
     def get_gpu_processes(self, arguments: Json) -> Json:
         backend = self.backend()
@@ -524,6 +531,7 @@ class LogEvents(NamedTuple):
     gpu_events: list[GpuEvent]
     journal: Json | None = None  # the persistent log's status, when one is configured
     boot_time: float | None = None  # set when records from before this boot were read
+    booted_at: float | None = None  # this boot's start (epoch seconds), as the log says
 
 
 def ib_rows(ports: Sequence[IbPort] | None) -> list[Json] | None:

@@ -207,4 +207,7 @@ def test_faults_before_the_reboot_are_history_not_the_verdict(
     assert health["status"] == "warning" and health["issues"] == []
     xids = w.call("analyze_xid_errors", {"since_minutes": 525600})["structuredContent"]
     assert [g["sxid"] for g in xids["sxids"]] == [24007]  # still listed, with its time
+    jsonschema.validate(xids, SCHEMAS["analyze_xid_errors"])
+    assert [(g["xid"], g["before_last_boot"]) for g in xids["xids"]] == [(79, True)]
+    assert xids["booted_at"] > xids["xids"][0]["last_seen"]
     assert xids["gpu_events"] == []  # one attach per boot: no reset
