@@ -7,7 +7,7 @@ TOOLS  := .tools/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv tools lint test bench demo image image-test zipapp clean
+.PHONY: help venv tools lint test fuzz bench demo image image-test zipapp clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,6 +32,9 @@ lint: $(STAMP)  ## ruff + mypy --strict on agent/ and broker/
 
 test: lint tools  ## lint, then the whole pytest suite
 	$(BIN)/pytest -q
+
+fuzz: $(STAMP)  ## the long fuzz runs: agent protocol, broker stdio and HTTP (FUZZ_EXAMPLES=N scales the agent's)
+	$(BIN)/pytest -q -m fuzz
 
 bench: $(STAMP) tools  ## print performance figures against the budgets in ARCHITECTURE.md
 	$(PY) -m tests.bench

@@ -29,6 +29,12 @@ Read-only NVIDIA GPU diagnostics for one Kubernetes node, served as an MCP serve
 
 Tools: get_gpu_inventory, get_gpu_health, analyze_xid_errors, get_gpu_processes,
 get_nvlink_topology.
+
+One-shot mode, for `kubectl exec POD -- gpu-agent call get_gpu_health` (no stdin):
+  gpu-agent [OPTIONS] call TOOL ['{"arg": value}']   print the tool's JSON, exit
+  gpu-agent tools                                    list the tools (also: call --list)
+Exit codes: 0 JSON on stdout; 1 the tool failed (stderr says why); 2 usage (unknown
+tool, arguments not a JSON object or rejected by the tool's schema, bad options).
 """
 
 EPILOG = """\
@@ -38,10 +44,13 @@ examples:
   gpu-agent --backend fake --scenario s.json # your own simulated node
   gpu-agent --host-proc /host/proc           # map GPU processes to pods
   gpu-agent --kmsg off                       # no kernel-log (XID) reading
+  gpu-agent call get_gpu_health '{"since_minutes": 30}'
 
 environment (set by the Helm chart on the pod; a command-line option wins):
   GPU_AGENT_KMSG                  like --kmsg: a path, auto or off
   GPU_AGENT_HOST_PROC             like --host-proc
+  GPU_AGENT_HOST_SYS              like --host-sys
+  GPU_AGENT_JOURNAL               like --journal
   GPU_AGENT_POD_RESOURCES_SOCKET  the kubelet PodResources socket (reported, not yet used)
   GPU_AGENT_LOG_LEVEL             like --log-level
   NODE_NAME                       the Kubernetes node name shown in every answer
@@ -59,6 +68,8 @@ DEFAULTS: dict[str, Any] = {
     "scenario": None,
     "kmsg": None,
     "host_proc": None,
+    "host_sys": None,
+    "journal": None,
     "call_timeout": 20.0,
     "log_level": None,  # GPU_AGENT_LOG_LEVEL, else warning
 }
@@ -67,6 +78,8 @@ BACKENDS = ("nvml", "fake")
 
 ENV_KMSG = "GPU_AGENT_KMSG"
 ENV_HOST_PROC = "GPU_AGENT_HOST_PROC"
+ENV_HOST_SYS = "GPU_AGENT_HOST_SYS"
+ENV_JOURNAL = "GPU_AGENT_JOURNAL"
 ENV_POD_RESOURCES = "GPU_AGENT_POD_RESOURCES_SOCKET"
 ENV_NODE_NAME = "NODE_NAME"
 ENV_LOG_LEVEL = "GPU_AGENT_LOG_LEVEL"
@@ -86,11 +99,15 @@ class Options:
         host_proc: str | None,
         call_timeout: float,
         log_level: str | None,
+        host_sys: str | None = None,
+        journal: str | None = None,
     ) -> None:
         self.backend = backend
         self.scenario = scenario
         self.kmsg = kmsg
         self.host_proc = host_proc
+        self.host_sys = host_sys
+        self.journal = journal
         self.call_timeout = call_timeout
         self.log_level = log_level
 
@@ -198,6 +215,19 @@ def build_parser(raise_errors: bool = False) -> argparse.ArgumentParser:
         help="the host's /proc, to map GPU processes to pods (default: no pod mapping)",
     )
     parser.add_argument(
+        "--host-sys",
+        metavar="PATH",
+        help="the host's /sys, for PCIe AER counters and InfiniBand/RoCE ports (default: "
+        "/sys; with --backend fake the scenario's own)",
+    )
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="the host's persistent kernel log, read-only: a journald directory "
+        "(/var/log/journal) or file, or a text kern.log; keeps XIDs from before a reboot "
+        "(default: none)",
+    )
+    parser.add_argument(
         "--call-timeout",
         type=_seconds_type,
         default=DEFAULTS["call_timeout"],
@@ -244,6 +274,8 @@ class Settings:
                     "the agent's container (is the chart's hostPath mount of the host's /proc "
                     "missing?)."
                 )
+        self.host_sys = options.host_sys or env.get(ENV_HOST_SYS, "").strip() or None
+        self.journal = options.journal or env.get(ENV_JOURNAL, "").strip() or None
         self.pod_resources_socket = env.get(ENV_POD_RESOURCES, "").strip() or None
         self.node_name = env.get(ENV_NODE_NAME, "").strip() or None
         env_level = env.get(ENV_LOG_LEVEL, "").strip().lower()
@@ -284,6 +316,11 @@ def session_from(
         raise UsageError(
             f"--host-proc {options.host_proc}: not a directory (mount the host's /proc there)"
         )
+    if options.host_sys is not None and not os.path.isdir(options.host_sys):
+        raise UsageError(
+            f"--host-sys {options.host_sys}: not a directory (mount the host's /sys there, "
+            "read-only)"
+        )
     settings = Settings(options, os.environ if env is None else env)
     protocol.log_threshold = protocol.LOG_LEVELS[settings.log_level]
     toolbox = Toolbox(
@@ -292,6 +329,8 @@ def session_from(
         kmsg_path=settings.kmsg,
         kmsg_origin=settings.kmsg_origin,
         host_proc=settings.host_proc,
+        host_sys=settings.host_sys,
+        journal=settings.journal,
         host_proc_note=settings.host_proc_note,
         pod_resources_socket=settings.pod_resources_socket,
         node_name=settings.node_name,
@@ -342,9 +381,67 @@ def serve(session: Session, stream: object) -> None:
         session.feed(line)
 
 
+def _command(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(options, command words): ``gpu-agent [OPTIONS] call TOOL [JSON] [OPTIONS]``. Words
+    are empty for the MCP server; options may also follow the command."""
+    if not any(word in ("call", "tools") for word in args):  # the common case, cheaply
+        return list(args), []
+    from agent.oneshot import COMMANDS, split_command
+
+    value_flags = tuple(_FLAGS)
+    options, rest = split_command(args, value_flags)
+    if not rest or rest[0] not in COMMANDS:
+        return list(args), []  # argparse explains what is wrong
+    words = [rest[0]]
+    i = 1
+    while i < len(rest):
+        word = rest[i]
+        if word.startswith("--") and word != "--list":
+            step = 2 if word in value_flags else 1
+            options.extend(rest[i : i + step])
+            i += step
+        else:
+            words.append(word)
+            i += 1
+    return options, words
+
+
+def run_command(
+    args: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[int, bytes, bytes] | None:
+    """``gpu-agent ARGS`` in this process when ARGS is a one-shot command (``call``,
+    ``tools``): (exit code, stdout, stderr). None: ARGS start the MCP server (use
+    create_session). For the simulated cluster's in-process exec; blocks up to the call
+    deadline, so run it off the event loop."""
+    options_args, words = _command(args)
+    if not words:
+        return None
+    from agent import oneshot
+
+    output = oneshot.Output(captured=True)
+    try:
+        options = parse_options(options_args, raise_errors=True)
+    except UsageError as exc:
+        return oneshot.EXIT_USAGE, b"", f"gpu-agent: {exc}\n".encode()
+    code = oneshot.main(options, words, output, env)
+    return code, bytes(output.stdout), bytes(output.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``gpu-agent``: serve MCP on stdin/stdout until stdin closes."""
-    options = parse_options(sys.argv[1:] if argv is None else argv)
+    """``gpu-agent``: serve MCP on stdin/stdout until stdin closes; ``gpu-agent call``
+    and ``gpu-agent tools``: one tool's JSON, or the tool list (agent.oneshot)."""
+    args, words = _command(sys.argv[1:] if argv is None else argv)
+    options = parse_options(args)
+    if words:
+        from agent import oneshot
+
+        code = oneshot.main(options, words)
+        try:
+            sys.stdout.flush()
+        except OSError:  # the reader went away
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.stderr.flush()
+        os._exit(code)  # a call stuck in the driver must not hold the process
     out = sys.stdout.buffer
 
     def write(data: bytes) -> None:

@@ -24,6 +24,9 @@ CLOCK_EVENT_HW_THERMAL_SLOWDOWN = 0x40
 CLOCK_EVENT_HW_POWER_BRAKE_SLOWDOWN = 0x80
 CLOCK_EVENT_DISPLAY_CLOCK_SETTING = 0x100
 
+# nvmlGpuFabricState_t, by value.
+FABRIC_STATES = ("not_supported", "not_started", "in_progress", "completed")
+
 # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION values (nvmlDeviceGpuRecoveryAction_t).
 RECOVERY_ACTION_NONE = 0
 RECOVERY_ACTION_GPU_RESET = 1
@@ -68,11 +71,23 @@ class GpuInventory:
     mig_mode_pending: bool | None = None
     mig_instances: list[MigInstance] = field(default_factory=list)
     persistence_mode: bool | None = None
-    power_limit_w: float | None = None
+    ecc_mode_current: bool | None = None  # nvmlDeviceGetEccMode
+    ecc_mode_pending: bool | None = None  # what it will be after the next reset
+    power_limit_w: float | None = None  # enforced
+    power_default_limit_w: float | None = None
+    power_max_limit_w: float | None = None  # nvmlDeviceGetPowerManagementLimitConstraints
     sm_clock_mhz: int | None = None
     mem_clock_mhz: int | None = None
     sm_clock_max_mhz: int | None = None
     mem_clock_max_mhz: int | None = None
+    app_sm_clock_mhz: int | None = None  # applications clocks (nvmlDeviceGetApplicationsClock)
+    app_mem_clock_mhz: int | None = None
+    pcie_link_gen: int | None = None  # current; drops at idle to save power
+    pcie_link_gen_max: int | None = None  # what this GPU in this slot can reach
+    pcie_link_width: int | None = None
+    pcie_link_width_max: int | None = None
+    nvlink_links_up: int | None = None
+    nvlink_links_total: int | None = None
     compute_capability: str | None = None  # "9.0"
     vbios_version: str | None = None
     lost: bool = False  # NVML says the GPU is gone (GPU_IS_LOST) or it cannot be opened
@@ -120,6 +135,14 @@ class GpuHealthData:
     power_limit_w: float | None = None  # enforced limit
     power_default_limit_w: float | None = None  # nvmlDeviceGetPowerManagementDefaultLimit
     clock_event_reasons: int | None = None  # bitmask, CLOCK_EVENT_* above
+    sm_clock_mhz: int | None = None
+    sm_clock_max_mhz: int | None = None
+    utilization_gpu_pct: int | None = None  # nvmlDeviceGetUtilizationRates, last sample period
+    utilization_memory_pct: int | None = None
+    pcie_link_gen: int | None = None
+    pcie_link_gen_max: int | None = None
+    pcie_link_width: int | None = None
+    pcie_link_width_max: int | None = None
     ecc_enabled: bool | None = None
     ecc_volatile_uncorrected: int | None = None
     ecc_aggregate_uncorrected: int | None = None
@@ -131,6 +154,14 @@ class GpuHealthData:
     pcie_replay_counter: int | None = None
     nvlinks: list[NvLinkState] = field(default_factory=list)
     recovery_action: int | None = None  # RECOVERY_ACTION_* (drivers that have the field)
+    # NVLink fabric registration with Fabric Manager (nvmlDeviceGetGpuFabricInfoV, Hopper+
+    # on NVSwitch systems): FABRIC_STATES below; status "success" or NVML's error text.
+    fabric_state: str | None = None
+    fabric_status: str | None = None
+    fabric_clique_id: int | None = None
+    fabric_degraded_bandwidth: bool | None = None
+    # PCIe AER counters from sysfs (set by the tools layer, not the backend: not NVML).
+    pcie_aer: AerCounts | None = None
     unsupported: list[str] = field(default_factory=list)
 
 
@@ -179,6 +210,43 @@ class NvLinkTopology:
 
 
 @dataclass(frozen=True)
+class AerCounts:
+    """A GPU's PCIe Advanced Error Reporting totals since boot, with the nonzero detail
+    counters (e.g. {"BadTLP": 3})."""
+
+    correctable: int | None
+    nonfatal: int | None
+    fatal: int | None
+    details: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IbPort:
+    """One InfiniBand or RoCE port."""
+
+    device: str  # mlx5_0
+    port: int
+    state: str | None  # ACTIVE, DOWN, INIT, ARMED
+    phys_state: str | None  # LinkUp, Polling, Disabled, ...
+    rate: str | None  # "400 Gb/sec (4X NDR)"
+    link_layer: str | None  # InfiniBand | Ethernet
+
+    @property
+    def active(self) -> bool:
+        return self.state == "ACTIVE" and self.phys_state in (None, "LinkUp")
+
+
+@dataclass
+class HostFacts:
+    """What the host's sysfs says beyond NVML (agent.sysfs reads it; the fake backend's
+    scenario supplies it). None: not available on this node or not readable."""
+
+    aer: dict[str, AerCounts]  # NVML PCI bus id -> counters (GPUs with AER only)
+    infiniband: list[IbPort] | None
+    source: str  # the sysfs root read, or "scenario"
+
+
+@dataclass(frozen=True)
 class KmsgRecord:
     """One /dev/kmsg record: microseconds since boot and the message text."""
 
@@ -186,6 +254,9 @@ class KmsgRecord:
     sequence: int
     usec_since_boot: int
     message: str
+    # Microseconds since the boot that logged it, when that differs from this boot (the
+    # persistent log's older boots): tells boots apart.
+    monotonic_usec: int | None = None
 
 
 class Backend(Protocol):

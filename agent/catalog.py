@@ -94,11 +94,23 @@ _INVENTORY_GPU: Json = {
         "mig_mode_pending": _n("boolean"),
         "mig_instances": {"type": "array", "items": _MIG_INSTANCE},
         "persistence_mode": _n("boolean"),
+        "ecc_mode_current": _n("boolean"),
+        "ecc_mode_pending": _n("boolean"),
         "power_limit_w": _n("number"),
+        "power_default_limit_w": _n("number"),
+        "power_max_limit_w": _n("number"),
         "sm_clock_mhz": _n("integer"),
         "mem_clock_mhz": _n("integer"),
         "sm_clock_max_mhz": _n("integer"),
         "mem_clock_max_mhz": _n("integer"),
+        "app_sm_clock_mhz": _n("integer"),
+        "app_mem_clock_mhz": _n("integer"),
+        "pcie_link_gen": _n("integer"),
+        "pcie_link_gen_max": _n("integer"),
+        "pcie_link_width": _n("integer"),
+        "pcie_link_width_max": _n("integer"),
+        "nvlink_links_up": _n("integer"),
+        "nvlink_links_total": _n("integer"),
         "compute_capability": _n("string"),
         "vbios_version": _n("string"),
         "lost": {"type": "boolean"},
@@ -128,7 +140,15 @@ _HEALTH_GPU: Json = {
         "pci_bus_id": _n("string"),
         "status": {"type": "string", "enum": list(STATUSES)},
         "issues": {"type": "array", "items": _ISSUE},
-        "metrics": {"type": "object"},
+        "metrics": {
+            "type": "object",
+            "description": (
+                "Raw readings (null: unsupported): temperature_c, power_w, power_limit_w, "
+                "sm_clock_mhz, utilization_gpu_pct, clock_slowdown_reasons (idle and "
+                "configuration masked), pcie_link_gen/width (+ _max), pcie_replay_counter, "
+                "nvlink error sums, ECC and memory-repair counters."
+            ),
+        },
         "unsupported": _STR_LIST,
     },
     "required": ["index", "uuid", "pci_bus_id", "status", "issues", "unsupported"],
@@ -174,6 +194,7 @@ _XID_GROUP: Json = {
         "processes": _STR_LIST,
         "recovery_action": _n("string"),
         "last_message": {"type": "string"},
+        "before_last_boot": {"type": "boolean"},
     },
     "required": [
         "xid",
@@ -204,6 +225,71 @@ _XID_SUMMARY: Json = {
         },
     },
     "required": ["events", "groups", "critical", "warning", "info", "worst_severity"],
+}
+
+_IB_PORT: Json = {
+    "type": "object",
+    "properties": {
+        "device": {"type": "string"},
+        "port": {"type": "integer"},
+        "state": _n("string"),
+        "phys_state": _n("string"),
+        "rate": _n("string"),
+        "link_layer": _n("string"),
+        "active": {"type": "boolean"},
+    },
+    "required": ["device", "port", "state", "active"],
+}
+
+_SOURCES: Json = {
+    "type": "object",
+    "description": "Which node sources the answer rests on, and which were not available.",
+    "properties": {
+        "kernel_log": {"type": "object"},
+        "journal": {"type": ["object", "null"]},
+        "sysfs": {"type": "object"},
+        "fabric_manager": {"type": "string"},
+    },
+}
+
+_SXID_GROUP: Json = {
+    "type": "object",
+    "properties": {
+        "sxid": {"type": "integer"},
+        "fatal": {"type": "boolean"},
+        "severity": {"type": "string", "enum": ["warning", "critical"]},
+        "switch": {"type": "string"},
+        "pci_bus_id": {"type": "string"},
+        "links": {"type": "array", "items": {"type": "integer"}},
+        "count": {"type": "integer", "minimum": 1},
+        "first_seen": {"type": "string"},
+        "last_seen": {"type": "string"},
+        "last_message": {"type": "string"},
+    },
+    "required": ["sxid", "fatal", "severity", "switch", "pci_bus_id", "count", "last_seen"],
+}
+
+_GPU_EVENT: Json = {
+    "type": "object",
+    "properties": {
+        "kind": {
+            "type": "string",
+            "enum": [
+                "reattached",
+                "reset",
+                "init_failed",
+                "fell_off_bus",
+                "pcie_aer_fatal",
+                "pcie_aer_nonfatal",
+            ],
+        },
+        "gpu_index": _n("integer"),
+        "gpu_uuid": _n("string"),
+        "pci_bus_id": {"type": "string"},
+        "time": {"type": "string", "description": "UTC ISO-8601"},
+        "message": {"type": "string"},
+    },
+    "required": ["kind", "pci_bus_id", "time", "message"],
 }
 
 _NVLINK: Json = {
@@ -238,8 +324,10 @@ TOOL_DEFINITIONS: list[Json] = [
         "description": (
             "List the NVIDIA GPUs on this node and the driver: driver and CUDA driver "
             "version, and per GPU its index, model name, UUID, serial, PCI bus id, memory, "
-            "MIG mode (and MIG instances when enabled), persistence mode, power limit, "
-            "clocks and compute capability. Use it to learn what hardware is installed; "
+            "VBIOS, MIG mode (and instances), ECC and persistence mode, power limits, "
+            "current/application/max clocks, PCIe generation and width (current and max), "
+            "NVLinks up and compute capability. Use it to learn what hardware is installed "
+            "or to compare nodes' configuration; "
             "use get_gpu_health to learn whether it is working. Null fields are queries "
             "this GPU or driver does not support."
         ),
@@ -259,6 +347,11 @@ TOOL_DEFINITIONS: list[Json] = [
                     "required": ["driver_version", "cuda_driver_version", "gpu_count"],
                 },
                 "gpus": {"type": "array", "items": _INVENTORY_GPU},
+                "infiniband": {
+                    "type": ["array", "null"],
+                    "items": _IB_PORT,
+                    "description": "RDMA ports (null: no InfiniBand/RoCE devices seen)",
+                },
             },
             "required": ["node", "driver", "gpus"],
         },
@@ -297,6 +390,12 @@ TOOL_DEFINITIONS: list[Json] = [
                 },
                 "gpus": {"type": "array", "items": _HEALTH_GPU},
                 "xid_log": _XID_LOG,
+                "infiniband": {
+                    "type": ["array", "null"],
+                    "items": _IB_PORT,
+                    "description": "RDMA ports (null: no InfiniBand/RoCE devices seen)",
+                },
+                "sources": _SOURCES,
             },
             "required": ["node", "status", "summary", "issues", "gpus", "xid_log"],
         },
@@ -341,6 +440,20 @@ TOOL_DEFINITIONS: list[Json] = [
                     "type": "array",
                     "items": _XID_GROUP,
                     "description": "Groups of the same XID on the same GPU, worst first",
+                },
+                "booted_at": {
+                    "type": "string",
+                    "description": "UTC ISO-8601 start of this boot: what came before was reset",
+                },
+                "sxids": {
+                    "type": "array",
+                    "items": _SXID_GROUP,
+                    "description": "NVSwitch SXids grouped per code and switch, fatal first",
+                },
+                "gpu_events": {
+                    "type": "array",
+                    "items": _GPU_EVENT,
+                    "description": "GPU resets/re-attachments, init failures, PCIe AER lines",
                 },
             },
             "required": ["node", "source", "window", "summary", "xids"],

@@ -1,7 +1,12 @@
 """A scenario-driven GPU backend: GPUs, faults and kernel-log lines from a JSON document.
 
-``--backend fake`` uses it for demos, tests and the simulated cluster. The scenario format
-is in notes/AGENT_CONTRACT.md; every key is optional and ``{}`` is a healthy 8x H100 node.
+``--backend fake`` uses it for demos, tests and the simulated cluster. Every key is
+optional and ``{}`` is a healthy 8x H100 node. Top-level keys (``_TOP_KEYS``): node,
+driver_version, cuda_driver_version, uptime_s, product (``PRESETS``), gpu_count;
+``gpus`` (per-GPU overrides of any field, null = unsupported), ``faults`` (``FAULT_KINDS``:
+each ``{"gpu": N, "kind": ..., params}``), ``processes``, ``unsupported``, ``kmsg`` and
+``journal`` (``{"ago_s", "line"}``; journal lines may predate the boot), ``mig``,
+``infiniband`` (RDMA ports), ``disabled_tools``. Errors name the key and what is wanted.
 Standard library only and cheap to import (it is on the agent's start-up path): no
 hashlib (its OpenSSL import alone costs ~4 ms), identities come from zlib.crc32.
 """
@@ -23,11 +28,15 @@ from agent.backend import (
     CLOCK_EVENT_HW_THERMAL_SLOWDOWN,
     CLOCK_EVENT_SW_POWER_CAP,
     CLOCK_EVENT_SW_THERMAL_SLOWDOWN,
+    FABRIC_STATES,
+    AerCounts,
     DriverInfo,
     GpuHealthData,
     GpuInventory,
     GpuProcess,
     GpuProcesses,
+    HostFacts,
+    IbPort,
     KmsgRecord,
     MigInstance,
     NvLinkState,
@@ -57,6 +66,7 @@ class Preset(NamedTuple):
     vbios_version: str
     serial_prefix: str
     pci_buses: tuple[int, ...]  # a typical 8-GPU server's layout, GPU 0 first
+    pcie_gen_max: int
     nvlinks: int = 0
     nvswitch_buses: tuple[int, ...] = ()  # links are spread over these NVSwitches, in blocks
     mig: bool = False
@@ -82,6 +92,7 @@ PRESETS: dict[str, Preset] = {
         vbios_version="96.00.99.00.01",
         serial_prefix="1654",
         pci_buses=(0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB),
+        pcie_gen_max=5,
         nvlinks=18,
         nvswitch_buses=(0x05, 0x06, 0x07, 0x08),
         mig=True,
@@ -101,6 +112,7 @@ PRESETS: dict[str, Preset] = {
         vbios_version="92.00.45.00.06",
         serial_prefix="1562",
         pci_buses=(0x07, 0x0F, 0x47, 0x4E, 0x87, 0x90, 0xB7, 0xBD),
+        pcie_gen_max=4,
         nvlinks=12,
         nvswitch_buses=(0xC4, 0xC5, 0xC6, 0xC7, 0xC8, 0xC9),
         mig=True,
@@ -120,6 +132,7 @@ PRESETS: dict[str, Preset] = {
         vbios_version="95.04.29.00.06",
         serial_prefix="1321",
         pci_buses=(0x01, 0x02, 0x41, 0x42, 0x81, 0x82, 0xC1, 0xC2),
+        pcie_gen_max=4,
     ),
     "T4": Preset(
         name="Tesla T4",
@@ -136,6 +149,7 @@ PRESETS: dict[str, Preset] = {
         vbios_version="90.04.96.00.02",
         serial_prefix="1324",
         pci_buses=(0x1A, 0x1B, 0x3D, 0x3E, 0x88, 0x89, 0xB1, 0xB2),
+        pcie_gen_max=3,
         row_remapping=False,
     ),
 }
@@ -155,16 +169,22 @@ FAULT_KINDS: dict[str, frozenset[str]] = {
         {"link", "crc_flit", "crc_data", "replay", "recovery", "down", "ago_s"}
     ),
     "pcie_replay": frozenset({"count"}),
+    "pcie_link_degraded": frozenset({"gen", "width"}),
     "power_cap": frozenset({"limit_w", "power_w"}),
     "ecc_uncorrectable": frozenset({"volatile", "aggregate", "xid", "ago_s", "pid", "process"}),
     "retired_pages_pending": frozenset({"dbe", "sbe", "xid", "ago_s"}),
     "recovery_action": frozenset({"action", "xid", "ago_s"}),
     "slow_nvml": frozenset({"seconds"}),
+    "gpu_hang": frozenset({"seconds"}),
+    "sxid": frozenset({"sxid", "fatal", "link", "switch", "ago_s", "count"}),
+    "pcie_aer": frozenset({"correctable", "nonfatal", "fatal"}),
+    "fabric_manager": frozenset({"state", "status"}),
+    "gpu_reset": frozenset({"ago_s"}),
 }
 
 _TOP_KEYS = _names(
     "node driver_version cuda_driver_version uptime_s product gpu_count gpus faults "
-    "processes unsupported kmsg mig disabled_tools"
+    "processes unsupported kmsg mig disabled_tools infiniband journal"
 )
 
 _INVENTORY_FIELDS = tuple(f.name for f in fields(GpuInventory))
@@ -173,23 +193,30 @@ _IDENTITY = frozenset({"index", "uuid", "name", "serial", "pci_bus_id", "lost", 
 # Per-GPU overrides by JSON type (null means "the GPU does not support this query").
 _INT_FIELDS = _names(
     "memory_total_mib memory_used_mib sm_clock_mhz mem_clock_mhz sm_clock_max_mhz "
-    "mem_clock_max_mhz temperature_c temp_slowdown_c temp_shutdown_c "
+    "mem_clock_max_mhz app_sm_clock_mhz app_mem_clock_mhz pcie_link_gen pcie_link_gen_max "
+    "pcie_link_width pcie_link_width_max utilization_gpu_pct utilization_memory_pct "
+    "fabric_clique_id temperature_c temp_slowdown_c temp_shutdown_c "
     "clock_event_reasons ecc_volatile_uncorrected ecc_aggregate_uncorrected "
     "ecc_volatile_corrected retired_pages_dbe retired_pages_sbe pcie_replay_counter "
     "recovery_action"
 )
-_FLOAT_FIELDS = frozenset({"power_w", "power_limit_w", "power_default_limit_w"})
+_FLOAT_FIELDS = _names("power_w power_limit_w power_default_limit_w power_max_limit_w")
 _BOOL_FIELDS = _names(
-    "mig_mode_current mig_mode_pending persistence_mode ecc_enabled retired_pages_pending lost"
+    "mig_mode_current mig_mode_pending persistence_mode ecc_enabled ecc_mode_pending "
+    "retired_pages_pending lost fabric_degraded_bandwidth"
 )
-_STR_FIELDS = frozenset(
-    {"name", "uuid", "serial", "pci_bus_id", "compute_capability", "vbios_version", "error"}
+# Inventory fields computed from others: ECC's current mode is the health query's
+# ecc_enabled; NVLink counts come from the links (unsupported with "nvlinks").
+_DERIVED = frozenset({"ecc_mode_current", "nvlink_links_up", "nvlink_links_total"})
+_STR_FIELDS = _names(
+    "name uuid serial pci_bus_id compute_capability vbios_version error fabric_state fabric_status"
 )
 # Names a scenario may list under "unsupported": the query-backed fields, plus processes.
 QUERIES = (
     frozenset(_INVENTORY_FIELDS + _HEALTH_FIELDS)
     - _IDENTITY
-    - {"unsupported", "mig_instances", "memory_used_mib"}
+    - {"unsupported", "mig_instances", "memory_used_mib", "pcie_aer"}
+    - _DERIVED
 ) | {"processes"}
 _GPU_OVERRIDE_KEYS = _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STR_FIELDS
 _GPU_OVERRIDE_KEYS |= {"remapped_rows", "nvlinks", "unsupported", "index"}
@@ -397,7 +424,9 @@ class FakeBackend:
         self.disabled_tools = frozenset(self._tool_names(top))
         self._closed = threading.Event()
         self._slow_s = 0.0
+        self._hang_s = 0.0  # one GPU hangs: calls wait this long, then report it hung
         self._kmsg: list[tuple[float, int, str]] = []  # (ago_s, priority, line)
+        self._aer: dict[int, AerCounts] = {}
         self._procs: dict[int, list[GpuProcess]] = {i: [] for i in range(count)}
 
         for i, item in enumerate(top.list_("processes")):
@@ -412,6 +441,8 @@ class FakeBackend:
         self._apply_overrides(top, count)
         for i, item in enumerate(top.list_("kmsg")):
             self._add_kmsg_line(_Reader(source, f"kmsg[{i}]", item, _KMSG_KEYS))
+        self._infiniband = self._ib_ports(top)
+        self._journal = self._journal_lines(top)
         self._finish()
 
     # ---- Backend protocol ----------------------------------------------------------
@@ -429,17 +460,35 @@ class FakeBackend:
         self._block()
         out = []
         for g, unsupported in zip(self._gpus, self._unsupported, strict=True):
-            kw = {k: g[k] for k in _INVENTORY_FIELDS if k != "unsupported"}
+            kw = {k: g[k] for k in _INVENTORY_FIELDS if k not in _DERIVED and k != "unsupported"}
             kw["mig_instances"] = list(g["mig_instances"])
-            kw["unsupported"] = [q for q in _INVENTORY_FIELDS if q in unsupported]
+            derived = []
+            kw["ecc_mode_current"] = g["ecc_enabled"]
+            if "ecc_enabled" in unsupported:
+                derived.append("ecc_mode_current")
+            if "nvlinks" in unsupported:
+                derived += ["nvlink_links_total", "nvlink_links_up"]
+            elif not g["lost"]:
+                kw["nvlink_links_total"] = len(g["nvlinks"])
+                kw["nvlink_links_up"] = sum(1 for link in g["nvlinks"] if link.active)
+            kw["unsupported"] = sorted([q for q in _INVENTORY_FIELDS if q in unsupported] + derived)
             out.append(GpuInventory(**kw))
         return out
+
+    def host(self) -> HostFacts:
+        """The simulated node's sysfs facts (AER counters, RDMA ports) from the scenario:
+        never the real /sys of the machine the fake runs on."""
+        aer = {
+            g["pci_bus_id"]: self._aer[g["index"]] for g in self._gpus if g["index"] in self._aer
+        }
+        ports = None if self._infiniband is None else list(self._infiniband)
+        return HostFacts(aer=aer, infiniband=ports, source="scenario")
 
     def health(self) -> list[GpuHealthData]:
         self._block()
         out = []
         for g, unsupported in zip(self._gpus, self._unsupported, strict=True):
-            kw = {k: g[k] for k in _HEALTH_FIELDS if k != "unsupported"}
+            kw = {k: g[k] for k in _HEALTH_FIELDS if k not in ("unsupported", "pcie_aer")}
             kw["nvlinks"] = list(g["nvlinks"])
             kw["unsupported"] = [q for q in _HEALTH_FIELDS if q in unsupported]
             out.append(GpuHealthData(**kw))
@@ -544,6 +593,9 @@ class FakeBackend:
             out.add("remapped_rows")
         if not p.nvlinks:
             out.add("nvlinks")
+        if not p.nvswitch_buses or p.compute_capability < "9":  # fabric info: Hopper HGX+
+            out |= {"fabric_state", "fabric_status", "fabric_clique_id"}
+            out.add("fabric_degraded_bandwidth")
         major = self.driver_version.split(".")[0]
         if major.isdigit() and int(major) < 565:
             out.add("recovery_action")  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION came with R565
@@ -582,12 +634,23 @@ class FakeBackend:
             "mig_mode_pending": False,
             "mig_instances": [],
             "persistence_mode": True,
+            "ecc_mode_pending": True,
             "power_limit_w": p.power_limit_w,
             "power_default_limit_w": p.power_limit_w,
+            "power_max_limit_w": p.power_limit_w,
             "sm_clock_mhz": p.sm_clock_max_mhz if busy else p.sm_clock_idle_mhz,
             "mem_clock_mhz": p.mem_clock_max_mhz if busy else p.mem_clock_idle_mhz,
             "sm_clock_max_mhz": p.sm_clock_max_mhz,
             "mem_clock_max_mhz": p.mem_clock_max_mhz,
+            "app_sm_clock_mhz": p.sm_clock_max_mhz,
+            "app_mem_clock_mhz": p.mem_clock_max_mhz,
+            # Real links train down at idle; the fake keeps them up so drift stays simple.
+            "pcie_link_gen": p.pcie_gen_max,
+            "pcie_link_gen_max": p.pcie_gen_max,
+            "pcie_link_width": 16,
+            "pcie_link_width_max": 16,
+            "utilization_gpu_pct": 95 + jitter % 5 if busy else 0,
+            "utilization_memory_pct": 38 + jitter * 3 if busy else 0,
             "compute_capability": p.compute_capability,
             "vbios_version": p.vbios_version,
             "lost": False,
@@ -611,6 +674,10 @@ class FakeBackend:
             "pcie_replay_counter": 0,
             "nvlinks": nvlinks,
             "recovery_action": 0,
+            "fabric_state": "completed",
+            "fabric_status": "success",
+            "fabric_clique_id": 1,
+            "fabric_degraded_bandwidth": False,
         }
 
     def _apply_mig(self, top: _Reader, count: int) -> None:
@@ -796,6 +863,65 @@ class FakeBackend:
         self._needs(r, gpu, "pcie_replay_counter")
         self._gpus[gpu]["pcie_replay_counter"] = r.int_("count", 2400)
 
+    def _fault_pcie_link_degraded(self, r: _Reader, gpu: int) -> None:
+        """The link trained below what the GPU and slot can do (riser, retimer, seating)."""
+        self._needs(r, gpu, "pcie_link_gen", "pcie_link_width")
+        g = self._gpus[gpu]
+        gen_max, width_max = g["pcie_link_gen_max"] or 5, g["pcie_link_width_max"] or 16
+        g["pcie_link_gen"] = r.int_("gen", max(1, gen_max - 1), 1, gen_max)
+        g["pcie_link_width"] = r.int_("width", width_max // 2, 1, width_max)
+
+    def _fault_sxid(self, r: _Reader, gpu: int) -> None:
+        """An NVSwitch error on a switch this GPU's links go through."""
+        if not self.preset.nvswitch_buses:
+            r.fail("kind", f"{self.preset.name} nodes have no NVSwitch")
+        if "sxid" not in r.obj:
+            r.fail("sxid", "missing; say which SXid code to log (e.g. 12028 non-fatal)")
+        code = r.int_("sxid", 0, 1, 99999)
+        fatal = r.bool_("fatal", False)
+        switch = r.int_("switch", 0, 0, len(self.preset.nvswitch_buses) - 1)
+        link = r.int_("link", 4 * gpu + 1, 0, 63)
+        bus = self.preset.nvswitch_buses[switch]
+        text = (
+            "Fatal, Link {link} sourcetrack timeout error"
+            if fatal
+            else ("Non-fatal, Link {link} egress non-posted PRIV error (First)")
+        )
+        ago = self._ago(r, 420.0)
+        for n in range(r.int_("count", 1, 1, 1000)):
+            self._log(
+                ago + n,
+                f"nvidia-nvswitch{switch}: SXid (PCI:0000:{bus:02x}:00.0): {code}, "
+                + text.format(link=link),
+            )
+
+    def _fault_pcie_aer(self, r: _Reader, gpu: int) -> None:
+        """PCIe Advanced Error Reporting counters in sysfs (since boot)."""
+        correctable = r.int_("correctable", 0)
+        nonfatal, fatal = r.int_("nonfatal", 0), r.int_("fatal", 0)
+        details = {k: v for k, v in (("BadTLP", correctable), ("CmpltTO", nonfatal)) if v}
+        self._aer[gpu] = AerCounts(correctable, nonfatal, fatal, details)
+
+    def _fault_fabric_manager(self, r: _Reader, gpu: int) -> None:
+        """The GPU is not (yet) registered with Fabric Manager (nvidia-fabricmanager down)."""
+        self._needs(r, gpu, "fabric_state", "fabric_status")
+        state = r.str_("state", "not_started")
+        if state not in FABRIC_STATES:
+            r.fail("state", f"expected one of {', '.join(FABRIC_STATES)}, got {state!r}")
+        g = self._gpus[gpu]
+        g["fabric_state"] = state
+        g["fabric_status"] = r.str_("status", "success")
+
+    def _fault_gpu_reset(self, r: _Reader, gpu: int) -> None:
+        """The GPU was reset (nvidia-smi -r or a driver recovery): the driver attaches it
+        again, which the kernel log shows as a second "GPU at PCI" line."""
+        g = self._gpus[gpu]
+        ago = self._ago(r, 1200.0)
+        pci = _xid_pci(g["pci_bus_id"])
+        self._log(self.uptime_s, f"NVRM: GPU at PCI:{pci}: {g['uuid']}", _KMSG_INFO)
+        self._log(ago, f"nvidia {pci}.0: GPU reset requested by nvidia-smi", _KMSG_INFO)
+        self._log(ago - 1, f"NVRM: GPU at PCI:{pci}: {g['uuid']}", _KMSG_INFO)
+
     def _fault_power_cap(self, r: _Reader, gpu: int) -> None:
         """The enforced limit was lowered (BMC/DCGM power capping, `nvidia-smi -pl`)."""
         g = self._gpus[gpu]
@@ -836,6 +962,18 @@ class FakeBackend:
         self._gpus[gpu]["recovery_action"] = action
         if action and r.bool_("xid", True):
             self._log(self._ago(r, 300.0), self._recovery_line(gpu, action))
+
+    def _fault_gpu_hang(self, r: _Reader, gpu: int) -> None:
+        """One GPU stops answering NVML while the others work: what the NVML backend
+        reports after its per-GPU bound (the GPU listed as lost, "appears hung")."""
+        seconds = r.number_("seconds", 1.0, 0.0, 60.0)
+        self._hang_s = max(self._hang_s, seconds)
+        g = self._gpus[gpu]
+        g["lost"] = True
+        g["error"] = (
+            f"NVML has not answered a query on this GPU for {seconds:.1f} s: the GPU or its "
+            "driver appears hung (check the kernel log for XIDs)"
+        )
 
     def _fault_slow_nvml(self, r: _Reader, gpu: int) -> None:
         self._slow_s = max(self._slow_s, r.number_("seconds", 30.0, 0.0, 3600.0))
@@ -930,14 +1068,66 @@ class FakeBackend:
                 g["mig_instances"] = []
             self._unsupported.append(frozenset(gone))
 
+    def journal(self) -> list[KmsgRecord] | None:
+        """The scenario's persistent log (journald), lines from before this boot included
+        (negative times: ``ago_s`` beyond the uptime); None when it has none."""
+        if self._journal is None:
+            return None
+        return [
+            KmsgRecord(
+                priority=prio,
+                sequence=n,
+                usec_since_boot=int((self.uptime_s - ago) * 1e6),
+                message=line,
+            )
+            for n, (ago, prio, line) in enumerate(sorted(self._journal, key=lambda r: -r[0]))
+        ]
+
+    def _journal_lines(self, top: _Reader) -> list[tuple[float, int, str]] | None:
+        if "journal" not in top.obj:
+            return None
+        lines = []
+        for n, raw in enumerate(top.list_("journal")):
+            r = _Reader(self.source, f"journal[{n}]", raw, _KMSG_KEYS)
+            if "line" not in r.obj:
+                r.fail("line", "missing; give the kernel log message text")
+            ago = r.number_("ago_s", 0.0, 0.0, 10 * 365 * 86400.0)
+            lines.append((ago, r.int_("priority", _KMSG_ERR, 0, 7), r.str_("line", "")))
+        # This boot's lines are in the ring buffer too, as on a real node.
+        for ago, prio, line in lines:
+            if ago <= self.uptime_s:
+                self._log(ago, line, prio)
+        return lines
+
+    def _ib_ports(self, top: _Reader) -> list[IbPort] | None:
+        if "infiniband" not in top.obj:
+            return None  # no RDMA devices on this node
+        ports = []
+        for n, raw in enumerate(top.list_("infiniband")):
+            r = _Reader(self.source, f"infiniband[{n}]", raw, _IB_KEYS)
+            ports.append(
+                IbPort(
+                    device=r.str_("device", f"mlx5_{n}"),
+                    port=r.int_("port", 1, 1, 255),
+                    state=r.str_("state", "ACTIVE"),
+                    phys_state=r.str_("phys_state", "LinkUp"),
+                    rate=r.str_("rate", "400 Gb/sec (4X NDR)"),
+                    link_layer=r.str_("link_layer", "InfiniBand"),
+                )
+            )
+        return ports
+
     def _block(self) -> None:
         """A slow_nvml fault: stall like a hung NVML call (until the timeout or close())."""
         if self._slow_s:
             self._closed.wait(self._slow_s)
+        elif self._hang_s:
+            self._closed.wait(self._hang_s)
 
 
 _PROC_KEYS = frozenset({"gpu", "pid", "name", "used_memory_mib", "kind"})
 _KMSG_KEYS = frozenset({"ago_s", "line", "priority"})
+_IB_KEYS = _names("device port state phys_state rate link_layer")
 _REMAP_KEYS = frozenset({"corrected", "uncorrected", "pending", "failure"})
 _LINK_KEYS = _names(
     "link active remote_pci_bus_id replay_errors recovery_errors crc_flit_errors crc_data_errors"

@@ -52,6 +52,9 @@ POWER_OVER_LIMIT_RATIO = 1.05
 POWER_CAPPED_RATIO = 0.90
 # Cumulative counters since the driver loaded / the GPU was reset.
 PCIE_REPLAY_WARN = 100
+# AER correctable errors since boot: a few are normal on a busy link; many mean the link
+# is marginal (the same story as replays).
+PCIE_AER_CORRECTABLE_WARN = 100
 NVLINK_CRC_FLIT_WARN = 100
 NVLINK_REPLAY_WARN = 100
 # Page retirement (pre-Ampere): 64 pages is the table size; NVIDIA's RMA guidance starts
@@ -79,6 +82,15 @@ CLOCK_EVENTS_BENIGN = (
     | CLOCK_EVENT_SYNC_BOOST
     | CLOCK_EVENT_DISPLAY_CLOCK_SETTING
     | CLOCK_EVENT_SW_POWER_CAP
+)
+
+# What slows a working GPU down, for comparing nodes (stragglers): idle and pure
+# configuration masked; the power cap kept (a capped GPU is slower than its peers).
+CLOCK_EVENTS_SLOWDOWN_MASK = (
+    CLOCK_EVENT_GPU_IDLE
+    | CLOCK_EVENT_APPLICATIONS_CLOCKS_SETTING
+    | CLOCK_EVENT_SYNC_BOOST
+    | CLOCK_EVENT_DISPLAY_CLOCK_SETTING
 )
 
 CLOCK_EVENTS_FAULT = (
@@ -130,11 +142,17 @@ class _Verdict:
 
 
 def judge_gpu(
-    data: GpuHealthData, xids: Sequence[XidEvent], *, node: str | None = None
+    data: GpuHealthData,
+    xids: Sequence[XidEvent],
+    *,
+    node: str | None = None,
+    boot_time: float | None = None,
 ) -> dict[str, Any]:
     """One GPU's verdict: status, issues (worst first), raw metrics and the queries it does
     not support. ``xids``: recent Xid events (those of other GPUs are ignored). ``node``
-    names the Kubernetes node in the suggested kubectl commands."""
+    names the Kubernetes node in the suggested kubectl commands. ``boot_time``: Xids
+    before it (from the persistent log) are history the reboot cleared: at most a
+    warning, and their recovery requests are done."""
     v = _Verdict(data, node or _NODE)
     mine = [
         e
@@ -142,6 +160,10 @@ def judge_gpu(
         if e.gpu_index == data.index
         or (e.gpu_index is None and data.pci_bus_id is not None and e.pci_bus_id == data.pci_bus_id)
     ]
+    if boot_time is not None:
+        before = [e for e in mine if e.timestamp < boot_time]
+        mine = [e for e in mine if e.timestamp >= boot_time]
+        _check_xids_before_boot(v, before, boot_time)
     if data.lost:
         _check_lost(v)
     else:
@@ -152,6 +174,9 @@ def judge_gpu(
         _check_retired_pages(v)
         _check_remapped_rows(v)
         _check_pcie(v)
+        _check_pcie_link(v)
+        _check_pcie_aer(v)
+        _check_fabric(v)
         _check_nvlink(v)
     _check_xids(v, mine)
     recovery = _check_recovery_action(v, mine)
@@ -404,6 +429,108 @@ def _check_pcie(v: _Verdict) -> None:
         )
 
 
+def _idle(d: GpuHealthData) -> bool | None:
+    """Is the GPU idle now (None: cannot tell)? Links train down to save power at idle."""
+    if d.clock_event_reasons is not None and d.clock_event_reasons & CLOCK_EVENT_GPU_IDLE:
+        return True
+    if d.utilization_gpu_pct is not None:
+        return d.utilization_gpu_pct == 0
+    return None if d.clock_event_reasons is None else False
+
+
+def _or_q(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _check_pcie_link(v: _Verdict) -> None:
+    """A link narrower than it can be (always a fault: width does not change at idle), or
+    slower than it can be while the GPU works (speed drops at idle by design)."""
+    d = v.d
+    width, width_max = d.pcie_link_width, d.pcie_link_width_max
+    gen, gen_max = d.pcie_link_gen, d.pcie_link_gen_max
+    narrow = width is not None and width_max is not None and 0 < width < width_max
+    slow = gen is not None and gen_max is not None and 0 < gen < gen_max and _idle(d) is False
+    if not (narrow or slow):
+        return
+    now = f"Gen{_or_q(gen)} x{_or_q(width)}"
+    best = f"Gen{_or_q(gen_max)} x{_or_q(width_max)}"
+    v.add(
+        "pcie_link",
+        "degraded" if narrow else "warning",
+        f"{v.who}'s PCIe link runs at {now}, below the {best} it can reach"
+        + (" while the GPU is busy" if slow and not narrow else "")
+        + ": host-to-GPU transfers (data loading, NCCL over PCIe) are slower than on its peers.",
+        "Check the slot, riser and retimer (`nvidia-smi -q -d PCIE`, `lspci -vv` LnkSta vs "
+        "LnkCap) and the AER counters; reseat the GPU or riser at the next maintenance.",
+    )
+
+
+def _check_pcie_aer(v: _Verdict) -> None:
+    aer = v.d.pcie_aer
+    if aer is None:
+        return
+    hard = [(n, c) for n, c in (("fatal", aer.fatal), ("non-fatal", aer.nonfatal)) if c]
+    detail = ", ".join(f"{k} {n}" for k, n in sorted(aer.details.items())[:6])
+    more = f" ({detail})" if detail else ""
+    if hard:
+        counts = " and ".join(f"{c} {n}" for n, c in hard)
+        v.add(
+            "pcie_aer",
+            "degraded",
+            f"{v.who} has {counts} uncorrectable PCIe AER error(s) since boot{more}: the "
+            "link lost data, which ends in Xid 79 (fallen off the bus) or silent job failures.",
+            "Check the kernel log for the AER lines and the slot/riser/retimer; reseat the GPU "
+            "or riser and, if it repeats, replace the riser or move the GPU.",
+        )
+    elif aer.correctable is not None and aer.correctable >= PCIE_AER_CORRECTABLE_WARN:
+        v.add(
+            "pcie_aer",
+            "warning",
+            f"{v.who} has {aer.correctable} correctable PCIe AER errors since boot "
+            f"(warning at {PCIE_AER_CORRECTABLE_WARN}){more}: a marginal link.",
+            "Compare with its peers and the PCIe replay counter; reseat the GPU or riser at "
+            "the next maintenance.",
+        )
+
+
+def _check_fabric(v: _Verdict) -> None:
+    """NVSwitch systems: a GPU Fabric Manager has not registered cannot run CUDA work."""
+    d = v.d
+    state, status = d.fabric_state, d.fabric_status
+    if state is None or state == "not_supported":
+        return
+    action = (
+        "Check nvidia-fabricmanager on the node (`systemctl status nvidia-fabricmanager`, "
+        "its log in /var/log/fabricmanager.log) and that its version matches the driver; "
+        "restart it, then reset the GPUs if they stay unregistered."
+    )
+    if state == "not_started" or (state == "completed" and status not in (None, "success")):
+        why = "never started" if state == "not_started" else f"failed ({status})"
+        v.add(
+            "fabric_manager",
+            "critical",
+            f"{v.who}'s NVLink fabric registration {why}: CUDA programs on it fail with "
+            "'system not yet initialized' until Fabric Manager registers it.",
+            action,
+        )
+    elif state == "in_progress":
+        v.add(
+            "fabric_manager",
+            "warning",
+            f"{v.who}'s NVLink fabric registration is still in progress: CUDA work waits or "
+            "fails until it completes (normal for a minute after boot, a fault if it stays).",
+            action,
+        )
+    elif d.fabric_degraded_bandwidth:
+        v.add(
+            "fabric_bandwidth",
+            "degraded",
+            f"{v.who}: the NVLink fabric reports degraded bandwidth (links or switches lost).",
+            "Check get_nvlink_topology and SXids (analyze_xid_errors); schedule the node for "
+            "an NVSwitch/NVLink check.",
+        )
+
+
 def _check_nvlink(v: _Verdict) -> None:
     links = v.d.nvlinks
     if not links:
@@ -478,6 +605,29 @@ def _check_xids(v: _Verdict, events: Sequence[XidEvent]) -> None:
             f"last at {iso_utc(last.timestamp)}{who}.",
             recommended_action(info).replace("<index>", str(v.i)),
         )
+
+
+def _check_xids_before_boot(v: _Verdict, events: Sequence[XidEvent], boot_time: float) -> None:
+    """Xids logged before the last reboot: the reboot reset the GPU, so they are history,
+    but a GPU that failed before often fails again."""
+    serious = [e for e in events if e.xid != 154]
+    if not serious:
+        return
+    from agent.xid import event_severity, iso_utc
+
+    worst_first = sorted(serious, key=lambda e: event_severity(e) != "critical")
+    codes = sorted({e.xid for e in serious})
+    if event_severity(worst_first[0]) == "info":
+        return
+    v.add(
+        "xid_before_reboot",
+        "warning",
+        f"Xid {', '.join(map(str, codes))} logged on {v.who} before the last reboot "
+        f"(boot at {iso_utc(boot_time)}; last at {iso_utc(max(e.timestamp for e in serious))}): "
+        "the reboot reset the GPU, which answers now.",
+        "Watch it (analyze_xid_errors): the same Xid again after a reboot means the GPU or "
+        "its slot needs service; check the cause of the reboot.",
+    )
 
 
 def _check_recovery_action(v: _Verdict, events: Sequence[XidEvent]) -> int | None:
@@ -557,6 +707,38 @@ def _metrics(d: GpuHealthData, recovery: int | None, xid_events: int) -> dict[st
             if reasons is None
             else [name for bit, name in CLOCK_EVENT_NAMES.items() if reasons & bit]
         ),
+        "clock_slowdown_reasons": (
+            None
+            if reasons is None
+            else [
+                name
+                for bit, name in CLOCK_EVENT_NAMES.items()
+                if reasons & bit & ~CLOCK_EVENTS_SLOWDOWN_MASK
+            ]
+        ),
+        "sm_clock_mhz": d.sm_clock_mhz,
+        "sm_clock_max_mhz": d.sm_clock_max_mhz,
+        "utilization_gpu_pct": d.utilization_gpu_pct,
+        "utilization_memory_pct": d.utilization_memory_pct,
+        "pcie_link_gen": d.pcie_link_gen,
+        "pcie_link_gen_max": d.pcie_link_gen_max,
+        "pcie_link_width": d.pcie_link_width,
+        "pcie_link_width_max": d.pcie_link_width_max,
+        "pcie_aer": None
+        if d.pcie_aer is None
+        else {
+            "correctable": d.pcie_aer.correctable,
+            "nonfatal": d.pcie_aer.nonfatal,
+            "fatal": d.pcie_aer.fatal,
+        },
+        "fabric": None
+        if d.fabric_state is None
+        else {
+            "state": d.fabric_state,
+            "status": d.fabric_status,
+            "clique_id": d.fabric_clique_id,
+            "degraded_bandwidth": d.fabric_degraded_bandwidth,
+        },
         "ecc_enabled": d.ecc_enabled,
         "ecc_volatile_uncorrected": d.ecc_volatile_uncorrected,
         "ecc_aggregate_uncorrected": d.ecc_aggregate_uncorrected,

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pynvml
 
 from agent.backend import (
+    FABRIC_STATES,
     DriverInfo,
     GpuHealthData,
     GpuInventory,
@@ -69,8 +70,18 @@ _TOPOLOGY_LEVELS = {
 }
 _UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 _CORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
-# Cached facts that belong to health(), not inventory().
-_HEALTH_STATIC = frozenset({"temp_slowdown_c", "temp_shutdown_c", "power_default_limit_w"})
+# Cached facts that health() reports; inventory() reports all but the thresholds.
+_HEALTH_STATIC = frozenset(
+    {
+        "temp_slowdown_c",
+        "temp_shutdown_c",
+        "power_default_limit_w",
+        "sm_clock_max_mhz",
+        "pcie_link_gen_max",
+        "pcie_link_width_max",
+    }
+)
+_HEALTH_ONLY = frozenset({"temp_slowdown_c", "temp_shutdown_c"})
 _NVLINK_DEVICE_TYPE_SWITCH = 2
 _P2P_CAPS_INDEX_NVLINK = 2
 _P2P_STATUS_OK = 0
@@ -159,6 +170,9 @@ class _Static:
     temp_slowdown_c: int | None = None
     temp_shutdown_c: int | None = None
     power_default_limit_w: float | None = None
+    power_max_limit_w: float | None = None
+    pcie_link_gen_max: int | None = None
+    pcie_link_width_max: int | None = None
     unsupported: list[str] = field(default_factory=list)
 
 
@@ -347,6 +361,16 @@ class NvmlBackend:
         s.power_default_limit_w = _watts(
             read("power_default_limit_w", pynvml.nvmlDeviceGetPowerManagementDefaultLimit, handle)
         )
+        limits = read(
+            "power_max_limit_w", pynvml.nvmlDeviceGetPowerManagementLimitConstraints, handle
+        )
+        s.power_max_limit_w = None if limits is None else _watts(limits[1])
+        s.pcie_link_gen_max = _int(
+            read("pcie_link_gen_max", pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle)
+        )
+        s.pcie_link_width_max = _int(
+            read("pcie_link_width_max", pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle)
+        )
         s.unsupported = probe.unsupported
         r.errors.extend(probe.errors)
         if r.gone is None and not probe.errors:
@@ -465,7 +489,15 @@ class NvmlBackend:
             gpu.pci_bus_id, gpu.vbios_version = s.pci_bus_id, s.vbios_version
             gpu.compute_capability = s.compute_capability
             gpu.sm_clock_max_mhz, gpu.mem_clock_max_mhz = s.sm_clock_max_mhz, s.mem_clock_max_mhz
-            r.unsupported.extend(n for n in s.unsupported if n not in _HEALTH_STATIC)
+            gpu.power_default_limit_w, gpu.power_max_limit_w = (
+                s.power_default_limit_w,
+                s.power_max_limit_w,
+            )
+            gpu.pcie_link_gen_max, gpu.pcie_link_width_max = (
+                s.pcie_link_gen_max,
+                s.pcie_link_width_max,
+            )
+            r.unsupported.extend(n for n in s.unsupported if n not in _HEALTH_ONLY)
             memory = r.get("memory_total_mib", pynvml.nvmlDeviceGetMemoryInfo, handle)
             if memory is not None:
                 gpu.memory_total_mib, gpu.memory_used_mib = _mib(memory.total), _mib(memory.used)
@@ -486,8 +518,45 @@ class NvmlBackend:
                     gpu.mig_instances = self._mig_instances(r, handle)
             elif "mig_mode_current" in r.unsupported:
                 r.note("mig_mode_pending")
+            self._read_config(r, handle, gpu)
         self._finish(r, gpu)
         return gpu
+
+    def _read_config(self, r: _Reads, handle: Any, gpu: GpuInventory) -> None:
+        """The settings nodes of one product should share (compared for drift)."""
+        ecc = r.get("ecc_mode_current", pynvml.nvmlDeviceGetEccMode, handle)
+        if ecc is not None:
+            gpu.ecc_mode_current, gpu.ecc_mode_pending = bool(ecc[0]), bool(ecc[1])
+        elif "ecc_mode_current" in r.unsupported:
+            r.note("ecc_mode_pending")
+        app = pynvml.nvmlDeviceGetApplicationsClock
+        gpu.app_sm_clock_mhz = _int(r.get("app_sm_clock_mhz", app, handle, pynvml.NVML_CLOCK_SM))
+        gpu.app_mem_clock_mhz = _int(r.get("app_mem_clock_mhz", app, handle, pynvml.NVML_CLOCK_MEM))
+        gpu.pcie_link_gen, gpu.pcie_link_width = self._pcie_link(r, handle)
+        if r.gone is not None:
+            return
+        if "nvlinks" in self._unsupported.get(r.index, ()):
+            r.note("nvlink_links_up")
+            r.note("nvlink_links_total")
+            return
+        total = self._link_count(r, handle)
+        if "nvlinks" in self._unsupported.get(r.index, ()):
+            r.note("nvlink_links_up")
+            r.note("nvlink_links_total")
+            return
+        states = [
+            r.get("nvlink_links_up", pynvml.nvmlDeviceGetNvLinkState, handle, link)
+            for link in range(total)
+        ]
+        gpu.nvlink_links_total = total
+        if all(state is not None for state in states):
+            gpu.nvlink_links_up = sum(1 for state in states if state)
+
+    @staticmethod
+    def _pcie_link(r: _Reads, handle: Any) -> tuple[int | None, int | None]:
+        gen = r.get("pcie_link_gen", pynvml.nvmlDeviceGetCurrPcieLinkGeneration, handle)
+        width = r.get("pcie_link_width", pynvml.nvmlDeviceGetCurrPcieLinkWidth, handle)
+        return _int(gen), _int(width)
 
     def _mig_instances(self, r: _Reads, handle: Any) -> list[MigInstance]:
         slots = _int(r.get("mig_instances", pynvml.nvmlDeviceGetMaxMigDeviceCount, handle)) or 0
@@ -533,6 +602,11 @@ class NvmlBackend:
             gpu.uuid, gpu.name, gpu.pci_bus_id = s.uuid, s.name, s.pci_bus_id
             gpu.temp_slowdown_c, gpu.temp_shutdown_c = s.temp_slowdown_c, s.temp_shutdown_c
             gpu.power_default_limit_w = s.power_default_limit_w
+            gpu.sm_clock_max_mhz = s.sm_clock_max_mhz
+            gpu.pcie_link_gen_max, gpu.pcie_link_width_max = (
+                s.pcie_link_gen_max,
+                s.pcie_link_width_max,
+            )
             r.unsupported.extend(n for n in s.unsupported if n in _HEALTH_STATIC)
             self._read_health(r, handle, gpu)
         self._finish(r, gpu)
@@ -547,6 +621,15 @@ class NvmlBackend:
         gpu.clock_event_reasons = _int(
             r.get("clock_event_reasons", self._clock_event_reasons, handle)
         )
+        gpu.sm_clock_mhz = _int(
+            r.get("sm_clock_mhz", pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM)
+        )
+        util = r.get("utilization_gpu_pct", pynvml.nvmlDeviceGetUtilizationRates, handle)
+        if util is not None:
+            gpu.utilization_gpu_pct, gpu.utilization_memory_pct = int(util.gpu), int(util.memory)
+        elif "utilization_gpu_pct" in r.unsupported:
+            r.note("utilization_memory_pct")
+        gpu.pcie_link_gen, gpu.pcie_link_width = self._pcie_link(r, handle)
         ecc = r.get("ecc_enabled", pynvml.nvmlDeviceGetEccMode, handle)
         gpu.ecc_enabled = None if ecc is None else bool(ecc[0])
         counts = (
@@ -590,6 +673,32 @@ class NvmlBackend:
         )
         gpu.nvlinks = self._read_links(r, handle, remote=False)
         gpu.recovery_action = _int(r.get("recovery_action", _recovery_action, handle))
+        fabric = r.get("fabric_state", self._fabric_info, handle)
+        if fabric is not None:
+            state, status, clique, health_mask = fabric
+            gpu.fabric_state = FABRIC_STATES[state] if 0 <= state < 4 else f"unknown ({state})"
+            gpu.fabric_status = "success" if status == pynvml.NVML_SUCCESS else _nvml_text(status)
+            gpu.fabric_clique_id = clique
+            degraded = health_mask & 0x3  # NVML_GPU_FABRIC_HEALTH_MASK_*_DEGRADED_BW
+            gpu.fabric_degraded_bandwidth = None if degraded == 0 else degraded == 1
+        for name in ("fabric_status", "fabric_clique_id", "fabric_degraded_bandwidth"):
+            if "fabric_state" in r.unsupported:
+                r.note(name)
+
+    def _fabric_info(self, handle: Any) -> tuple[int, int, int, int]:
+        """(state, status, clique id, health mask); NotSupported where the GPU has no
+        fabric (no NVSwitch, or before Hopper)."""
+        if "nvmlDeviceGetGpuFabricInfoV" not in self._legacy:
+            info = pynvml.c_nvmlGpuFabricInfoV_t()
+            try:
+                pynvml.nvmlDeviceGetGpuFabricInfoV(handle, pynvml.byref(info))
+            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLError_ArgumentVersionMismatch):
+                self._legacy.add("nvmlDeviceGetGpuFabricInfoV")
+            else:
+                return _fabric_tuple(info, int(info.healthMask))
+        old = pynvml.c_nvmlGpuFabricInfo_t()
+        pynvml.nvmlDeviceGetGpuFabricInfo(handle, pynvml.byref(old))
+        return _fabric_tuple(old, 0)
 
     def _current_or_legacy(self, current: str, legacy: str, handle: Any, *args: Any) -> Any:
         """Call pynvml's ``current`` function; on a driver (or pynvml) that lacks it, the
@@ -770,6 +879,20 @@ class NvmlBackend:
         elif r.errors:
             result.error = "; ".join(r.errors)
         return result
+
+
+def _fabric_tuple(info: Any, health_mask: int) -> tuple[int, int, int, int]:
+    state = int(info.state)
+    if state == 0:  # NVML_GPU_FABRIC_STATE_NOT_SUPPORTED
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    return state, int(info.status), int(info.cliqueId), health_mask
+
+
+def _nvml_text(code: int) -> str:
+    try:
+        return str(pynvml.NVMLError(code))
+    except Exception:  # an unknown code
+        return f"NVML error {code}"
 
 
 def _ask(fn: Callable[..., Any], *args: Any) -> Any:

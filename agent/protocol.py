@@ -5,12 +5,15 @@ reader (stdin in ``gpu-agent``, an exec stream in the simulated cluster). Cheap
 methods (``initialize``, ``ping``, ``tools/list``) are answered on the caller's
 thread; ``tools/call`` runs on a small pool of persistent daemon worker threads, so
 several requests may be in flight and are answered in any order. Every tool call has a
-deadline, kept by one process-wide watcher thread: a call stuck in a driver is answered
-with an error result when the deadline passes, and its thread is abandoned (daemon
-threads never block exit) and replaced in the pool.
+deadline counted from its receipt (time in the queue included), kept by one process-wide
+watcher thread: a call stuck in a driver, or still queued behind stuck ones, is answered
+with an error result when the deadline passes; a stuck thread is abandoned (daemon
+threads never block exit) and replaced while the pool stays under its thread bound.
+Nothing a client sends can end the session: answers that cannot be UTF-8 (lone
+surrogates) go out \\u-escaped, and errors repeat client input only clipped.
 
 The agent deliberately does not use the ``mcp`` SDK: importing it costs ~1.3 CPU-s
-and 63 MiB, far over the in-pod budget (see DESIGN.md).
+and 63 MiB, far over the in-pod budget (50Mi, 100m CPU).
 """
 
 from __future__ import annotations
@@ -376,7 +379,9 @@ class Session:
         try:
             message = json.loads(line, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-            self._send_error(None, PARSE_ERROR, f"Parse error: {_short(exc)}")
+            # e.g. NaN in params: the client still waits on its id, so answer it when the
+            # id can be read (JSON-RPC allows null only when it cannot).
+            self._send_error(scan_id(line), PARSE_ERROR, f"Parse error: {_short(exc)}")
             return
         try:
             self._dispatch(message)
@@ -798,7 +803,7 @@ class Session:
         call still running with an error, abandon it and stop the workers. The backend is
         released unless a thread is still inside it.
 
-        A client closes its input only after every answer arrived (DESIGN.md), so a call
+        A client closes its input only after every answer arrived (MCP stdio), so a call
         still running well after EOF has no one waiting for it: a call stuck in the
         driver must not keep the process (or the simulated node) alive until its deadline.
         """

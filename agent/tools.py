@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent import __version__
 from agent.catalog import (
@@ -25,7 +25,8 @@ from agent.catalog import (
 from agent.errors import BackendUnavailable, KmsgDisabled, KmsgUnavailable
 
 if TYPE_CHECKING:
-    from agent.backend import Backend, KmsgRecord
+    from agent.backend import Backend, HostFacts, IbPort, KmsgRecord
+    from agent.sxid import GpuEvent, SxidEvent
     from agent.xid import XidEvent
 
 Json = dict[str, Any]
@@ -76,6 +77,8 @@ class Toolbox:
         backend_name: str,
         kmsg_path: str | None = None,
         host_proc: str | None = None,
+        host_sys: str | None = None,
+        journal: str | None = None,
         node_name: str | None = None,
         eager: bool = False,
         kmsg_origin: str = "flag",
@@ -89,6 +92,8 @@ class Toolbox:
         self.kmsg_path = kmsg_path or KMSG_AUTO
         self.kmsg_origin = kmsg_origin  # "flag" or "env": who set --kmsg (for messages)
         self.host_proc = host_proc
+        self.host_sys = host_sys  # None: the backend's own facts, else /sys
+        self.journal = journal  # the persistent kernel log (journald dir/file or kern.log)
         self.host_proc_note = host_proc_note  # why pod mapping is off despite configuration
         self.pod_resources_socket = pod_resources_socket
         self.hostname = os.uname().nodename
@@ -196,20 +201,98 @@ class Toolbox:
     def xid_events(
         self, backend: Backend, gpus: Sequence[tuple[int, str | None, str | None]]
     ) -> tuple[str, list[XidEvent]]:
+        log = self.log_events(backend, gpus)
+        return log.source, log.xids
+
+    def log_events(
+        self, backend: Backend, gpus: Sequence[tuple[int, str | None, str | None]]
+    ) -> LogEvents:
+        """Xids, SXids and GPU events from one read of the kernel log (KmsgUnavailable /
+        KmsgDisabled when it cannot or must not be read)."""
+        from agent.sxid import parse_gpu_events, parse_sxids
         from agent.xid import parse_xids
 
-        source, boot, records = self.kernel_log(backend)
-        return source, parse_xids(records, boot, gpus)
+        failure: KmsgUnavailable | None = None
+        try:
+            source, boot, records = self.kernel_log(backend)
+        except KmsgDisabled:
+            raise
+        except KmsgUnavailable as exc:
+            if self.journal is None and getattr(backend, "journal", None) is None:
+                raise
+            from agent.kmsg import boot_time
+
+            failure, source, boot, records = exc, "", boot_time(), []
+        journal, older = self.journal_records(backend, boot)
+        status = journal or {}
+        if older is not None:
+            if failure is None:  # the ring buffer has this boot; the journal what came before
+                records = [r for r in older if r.usec_since_boot < 0] + list(records)
+                source = f"{source} + {status.get('source')}"
+            else:
+                records, source = older, str(status.get("source"))
+        elif failure is not None:
+            why = status.get("reason") or "none configured"
+            raise KmsgUnavailable(f"{failure} The persistent log failed too: {why}")
+        return LogEvents(
+            source,
+            parse_xids(records, boot, gpus),
+            parse_sxids(records, boot),
+            parse_gpu_events(records, boot, gpus),
+            journal,
+            boot if older is not None else None,
+            boot,
+        )
+
+    def journal_records(
+        self, backend: Backend, boot: float
+    ) -> tuple[Json | None, list[KmsgRecord] | None]:
+        """(status for "sources", records) of the persistent log: --journal (an explicit
+        path wins), else the backend's own (the fake scenario's), else none."""
+        supplied = getattr(backend, "journal", None)
+        if self.journal is None:
+            records = supplied() if supplied is not None else None
+            if records is None:
+                return None, None
+            status: Json = {"source": "scenario journal", "readable": True, "reason": None}
+        else:
+            from agent.journal import read_journal
+
+            try:
+                what, records = read_journal(self.journal, boot)
+            except KmsgUnavailable as exc:
+                return {"source": self.journal, "readable": False, "reason": str(exc)}, None
+            status = {"source": what, "readable": True, "reason": None}
+        status["before_this_boot"] = sum(1 for r in records if r.usec_since_boot < 0)
+        status["limits"] = (
+            "journal DATA objects stored compressed are skipped; newest files first, up to 512 MiB"
+        )
+        return status, records
+
+    def host_facts(self, backend: Backend, bus_ids: list[str]) -> HostFacts:
+        """AER counters and RDMA ports: an explicit --host-sys wins over the backend's
+        own (the fake backend's scenario); else the real /sys."""
+        supplied = getattr(backend, "host", None)
+        if self.host_sys is None and supplied is not None:
+            facts: HostFacts = supplied()
+            return facts
+        from agent.sysfs import DEFAULT_ROOT, read_host
+
+        return read_host(self.host_sys or DEFAULT_ROOT, bus_ids)
 
     # --- handlers --------------------------------------------------------------------------
 
     def get_gpu_inventory(self, arguments: Json) -> Json:
         backend = self.backend()
         info = backend.driver()
+        gpus = backend.inventory()
+        # RDMA ports are part of what a node is (drift compares the active count).
+        host = self.host_facts(backend, [])
         return {
             "node": self.node(backend),
             "driver": _plain(info),
-            "gpus": _plain(backend.inventory()),
+            "gpus": _plain(gpus),
+            "infiniband": ib_rows(host.infiniband),
         }
 
     def get_gpu_health(self, arguments: Json) -> Json:
@@ -224,10 +307,10 @@ class Toolbox:
         reason: str | None = None
         disabled = False
         unmatched = 0
+        log: LogEvents | None = None
         try:
-            source, events = self.xid_events(
-                backend, [(d.index, d.uuid, d.pci_bus_id) for d in data]
-            )
+            log = self.log_events(backend, [(d.index, d.uuid, d.pci_bus_id) for d in data])
+            source = log.source
         except KmsgDisabled as exc:
             # A choice made on purpose: said plainly, but no mark against the node.
             source, reason, disabled = KMSG_OFF, str(exc), True
@@ -254,18 +337,30 @@ class Toolbox:
                     ),
                 }
             )
-        else:
-            cutoff = time.time() - since * 60
-            recent = [e for e in events if e.timestamp >= cutoff]
+        cutoff = time.time() - since * 60
+        if log is not None:
+            recent = [e for e in log.xids if e.timestamp >= cutoff]
             known = {d.pci_bus_id for d in data}
             unmatched = sum(1 for e in recent if e.gpu_index is None and e.pci_bus_id not in known)
-        gpus = [judge_gpu(d, recent, node=node["name"]) for d in data]
+        host = self.host_facts(backend, [d.pci_bus_id for d in data if d.pci_bus_id])
+        for d in data:
+            d.pcie_aer = host.aer.get(d.pci_bus_id) if d.pci_bus_id else None
+        issues.extend(self.node_issues(log, host, cutoff))
+        boot = log.boot_time if log is not None else None
+        gpus = [judge_gpu(d, recent, node=node["name"], boot_time=boot) for d in data]
         status = judge_node(gpus)
         for issue in issues:
             if issue["severity"] in STATUSES:
                 status = worst(status, issue["severity"])
         counts = {s: sum(1 for g in gpus if g["status"] == s) for s in STATUSES}
         summary = f"{len(gpus)} GPU(s): " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        node_level = [
+            f"{i['check']} {i['severity']}"
+            for i in issues
+            if i["severity"] in STATUSES and i["check"] != "kernel_log"
+        ]
+        if node_level:
+            summary += "; node: " + ", ".join(node_level)
         if disabled:
             summary += "; XID analysis disabled by configuration"
         elif reason is not None:
@@ -285,17 +380,78 @@ class Toolbox:
                 "events_in_window": len(recent),
                 "unmatched_events": unmatched,
             },
+            "infiniband": ib_rows(host.infiniband),
+            "sources": self.sources(source, reason, host, data, log),
+        }
+
+    @staticmethod
+    def node_issues(log: LogEvents | None, host: HostFacts, cutoff: float) -> list[Json]:
+        from agent.node_checks import judge_gpu_events, judge_infiniband, judge_sxids
+
+        issues = judge_infiniband(host.infiniband)
+        if log is not None:
+            # Faults before a reboot were reset by it: analyze_xid_errors lists them.
+            since = max(cutoff, log.boot_time) if log.boot_time is not None else cutoff
+            issues += judge_sxids([e for e in log.sxids if e.timestamp >= since])
+            issues += judge_gpu_events([e for e in log.gpu_events if e.timestamp >= since])
+        return issues
+
+    def sources(
+        self,
+        kernel_log: str,
+        reason: str | None,
+        host: HostFacts,
+        data: Sequence[Any],
+        log: LogEvents | None,
+    ) -> Json:
+        """Which node sources this answer rests on (and which were not available)."""
+        fabric = [d.fabric_state for d in data if not d.lost]
+        journal = log.journal if log is not None else None
+        if journal is None and self.journal is None:
+            journal = {
+                "source": None,
+                "readable": False,
+                "reason": "no persistent log configured (--journal / GPU_AGENT_JOURNAL): "
+                "XIDs from before the last reboot are not visible",
+            }
+        return {
+            "kernel_log": {"source": kernel_log, "readable": reason is None},
+            "journal": journal,
+            "sysfs": {
+                "root": host.source,
+                "pcie_aer_gpus": len(host.aer),
+                "infiniband_ports": None if host.infiniband is None else len(host.infiniband),
+            },
+            "fabric_manager": (
+                "reported by NVML"
+                if any(s not in (None, "not_supported") for s in fabric)
+                else "not reported (no NVSwitch fabric, or a GPU/driver before Hopper)"
+            ),
         }
 
     def analyze_xid_errors(self, arguments: Json) -> Json:
-        from agent.xid import analyze
+        from agent.sxid import event_rows, sxid_groups
+        from agent.xid import analyze, iso_utc
 
         since = float(arguments.get("since_minutes", DEFAULT_SINCE_MINUTES))
         backend = self.backend()
         node = self.node(backend)
         gpus = [(g.index, g.uuid, g.pci_bus_id) for g in backend.inventory()]
-        source, events = self.xid_events(backend, gpus)  # KmsgUnavailable -> isError result
-        return {"node": node, "source": source, **analyze(events, since)}
+        log = self.log_events(backend, gpus)  # KmsgUnavailable -> isError result
+        cutoff = time.time() - since * 60
+        result = {
+            "node": node,
+            "source": log.source,
+            **analyze(log.xids, since),
+            "sxids": sxid_groups([e for e in log.sxids if e.timestamp >= cutoff]),
+            "gpu_events": event_rows([e for e in log.gpu_events if e.timestamp >= cutoff]),
+        }
+        if log.booted_at is not None:
+            booted = iso_utc(log.booted_at)
+            result["booted_at"] = booted
+            for row in result["xids"]:  # the persistent log reaches past the last reboot
+                row["before_last_boot"] = row["last_seen"] < booted
+        return result
 
     def get_gpu_processes(self, arguments: Json) -> Json:
         backend = self.backend()
@@ -364,6 +520,35 @@ class Toolbox:
             "unsupported": list(topo.unsupported),
             "errors": list(topo.errors),
         }
+
+
+class LogEvents(NamedTuple):
+    """What one read of the kernel log gave."""
+
+    source: str
+    xids: list[XidEvent]
+    sxids: list[SxidEvent]
+    gpu_events: list[GpuEvent]
+    journal: Json | None = None  # the persistent log's status, when one is configured
+    boot_time: float | None = None  # set when records from before this boot were read
+    booted_at: float | None = None  # this boot's start (epoch seconds), as the log says
+
+
+def ib_rows(ports: Sequence[IbPort] | None) -> list[Json] | None:
+    if ports is None:
+        return None
+    return [
+        {
+            "device": p.device,
+            "port": p.port,
+            "state": p.state,
+            "phys_state": p.phys_state,
+            "rate": p.rate,
+            "link_layer": p.link_layer,
+            "active": p.active,
+        }
+        for p in ports
+    ]
 
 
 def pod_resources_status(socket_path: str) -> Json:

@@ -232,6 +232,126 @@ def test_fault_pcie_replay() -> None:
     assert h.pcie_replay_counter == 150 and judge_gpu(h, [])["status"] == "warning"
 
 
+def test_fault_pcie_link_degraded() -> None:
+    """Issue 15's "Gen4 x8 on a Gen5 x16 GPU": inventory shows it, health judges it."""
+    b = one_fault("pcie_link_degraded", gpu=2, gen=4, width=8)
+    inv = b.inventory()[2]
+    assert (inv.pcie_link_gen, inv.pcie_link_width) == (4, 8)
+    assert (inv.pcie_link_gen_max, inv.pcie_link_width_max) == (5, 16)
+    verdict = judge_gpu(b.health()[2], [])
+    assert verdict["status"] == "degraded" and verdict["issues"][0]["check"] == "pcie_link"
+    assert "Gen4 x8, below the Gen5 x16" in verdict["issues"][0]["message"]
+    assert judge_gpu(b.health()[1], [])["status"] == "healthy"
+    with pytest.raises(ScenarioError, match="width: 32 is out of range"):
+        one_fault("pcie_link_degraded", width=32)
+
+
+def test_pcie_speed_below_max_counts_only_while_busy() -> None:
+    slow = {"faults": [{"gpu": 0, "kind": "pcie_link_degraded", "gen": 3, "width": 16}]}
+    idle = backend(slow).health()[0]
+    assert judge_gpu(idle, [])["status"] == "healthy"  # links train down at idle by design
+    busy = backend({**slow, "processes": [{"gpu": 0, "pid": 42}]}).health()[0]
+    verdict = judge_gpu(busy, [])
+    assert verdict["status"] == "warning" and "while the GPU is busy" in str(verdict["issues"])
+
+
+def test_drift_inputs_and_live_readings() -> None:
+    """Every configuration fact the fleet drift compares, and the straggler readings."""
+    b = backend(
+        {
+            "processes": [{"gpu": 1, "pid": 7}],
+            "gpus": [
+                {
+                    "index": 0,
+                    "vbios_version": "96.00.74.00.1C",
+                    "ecc_mode_pending": False,
+                    "app_sm_clock_mhz": 1755,
+                    "persistence_mode": False,
+                    "power_limit_w": 500.0,
+                },
+                {"index": 3, "unsupported": ["app_sm_clock_mhz", "nvlinks", "ecc_enabled"]},
+            ],
+            "faults": [{"gpu": 2, "kind": "nvlink_errors", "link": 5, "down": True}],
+        }
+    )
+    inv = b.inventory()
+    assert inv[0].vbios_version == "96.00.74.00.1C" and inv[1].vbios_version == "96.00.99.00.01"
+    assert (inv[0].ecc_mode_current, inv[0].ecc_mode_pending) == (True, False)
+    assert (inv[0].app_sm_clock_mhz, inv[0].app_mem_clock_mhz) == (1755, 2619)
+    assert (inv[0].power_limit_w, inv[0].power_default_limit_w, inv[0].power_max_limit_w) == (
+        500.0,
+        700.0,
+        700.0,
+    )
+    assert inv[0].persistence_mode is False
+    assert (inv[2].nvlink_links_up, inv[2].nvlink_links_total) == (17, 18)
+    assert inv[3].nvlink_links_up is None and inv[3].ecc_mode_current is None
+    assert {"app_sm_clock_mhz", "nvlink_links_up", "ecc_mode_current"} <= set(inv[3].unsupported)
+    health = b.health()
+    assert health[0].utilization_gpu_pct == 0 and health[1].utilization_gpu_pct >= 95
+    assert health[1].sm_clock_mhz == health[1].sm_clock_max_mhz == 1980
+    metrics = judge_gpu(health[1], [])["metrics"]
+    assert metrics["clock_slowdown_reasons"] == [] and metrics["pcie_link_width"] == 16
+    idle = judge_gpu(health[0], [])["metrics"]
+    assert idle["clock_event_reasons_active"] == ["gpu_idle"]
+    assert idle["clock_slowdown_reasons"] == []  # idle is masked
+
+
+def test_fault_sxid() -> None:
+    from agent.sxid import parse_sxids
+
+    b = one_fault("sxid", gpu=2, sxid=24007, fatal=True, switch=1, count=3)
+    boot, records = b.kmsg()
+    events = parse_sxids(records, boot)
+    assert [(e.sxid, e.fatal, e.switch, e.link) for e in events] == [
+        (24007, True, "nvidia-nvswitch1", 9)
+    ] * 3
+    assert events[0].pci_bus_id == "00000000:06:00.0"
+    with pytest.raises(ScenarioError, match="have no NVSwitch"):
+        backend({"product": "L4", "faults": [{"gpu": 0, "kind": "sxid", "sxid": 1}]})
+
+
+def test_fault_pcie_aer() -> None:
+    b = one_fault("pcie_aer", gpu=5, correctable=250, nonfatal=1)
+    host = b.host()
+    assert host.source == "scenario" and host.infiniband is None
+    ((bus, aer),) = host.aer.items()
+    assert bus == b.inventory()[5].pci_bus_id
+    assert (aer.correctable, aer.nonfatal, aer.fatal) == (250, 1, 0)
+
+
+def test_fault_fabric_manager() -> None:
+    b = one_fault("fabric_manager", gpu=0)
+    h = b.health()
+    assert (h[0].fabric_state, h[1].fabric_state) == ("not_started", "completed")
+    verdict = judge_gpu(h[0], [])
+    assert verdict["status"] == "critical" and verdict["issues"][0]["check"] == "fabric_manager"
+    a100 = backend({"product": "A100-80GB"}).health()[0]
+    assert a100.fabric_state is None and "fabric_state" in a100.unsupported
+
+
+def test_fault_gpu_reset() -> None:
+    from agent.sxid import parse_gpu_events
+
+    b = one_fault("gpu_reset", gpu=3, ago_s=100)
+    boot, records = b.kmsg()
+    gpus = [(g.index, g.uuid, g.pci_bus_id) for g in b.inventory()]
+    kinds = [(e.kind, e.gpu_index) for e in parse_gpu_events(records, boot, gpus)]
+    assert kinds == [("reset", 3), ("reattached", 3)]
+
+
+def test_fault_gpu_hang() -> None:
+    """One GPU hangs, the others answer: the call waits the hang bound, then says so."""
+    b = one_fault("gpu_hang", gpu=6, seconds=0.2)
+    started = time.monotonic()
+    health = b.health()
+    assert time.monotonic() - started >= 0.2
+    assert health[6].lost and "appears hung" in (health[6].error or "")
+    assert not any(h.lost for h in health if h.index != 6)
+    assert judge_gpu(health[6], [])["status"] == "critical"
+    assert b.processes()[6].lost and b.inventory()[5].uuid is not None
+
+
 def test_fault_power_cap() -> None:
     h = one_fault("power_cap", gpu=4).health()[4]
     assert h.power_limit_w == 350 and h.power_default_limit_w == 700.0

@@ -175,6 +175,101 @@ def test_mig_instances(nvml: Callable[..., Any]) -> None:
     assert gpus[3]["mig_mode_current"] is False and gpus[3]["mig_instances"] == []
 
 
+def test_inventory_has_every_drift_input(nvml: Callable[..., Any]) -> None:
+    """What issue 15's drift compares: VBIOS, ECC (current/pending), persistence, MIG,
+    power limits, application and max clocks, PCIe gen/width current vs max, NVLinks up."""
+    config = {
+        "gpu.1.vbios_version": "96.00.74.00.1C",
+        "gpu.1.ecc_pending": 0,
+        "gpu.1.power_limit_w": 500,
+        "gpu.1.app_sm_clock": 1755,
+        "gpu.1.pcie_gen": 4,
+        "gpu.1.pcie_width": 8,
+        "gpu.1.nvlink_down": "2,9",
+    }
+    gpus = nvml(config, "inventory")
+    same, odd = gpus[0], gpus[1]
+    assert same["vbios_version"] == "96.00.99.00.01" and odd["vbios_version"] == "96.00.74.00.1C"
+    assert (same["ecc_mode_current"], same["ecc_mode_pending"]) == (True, True)
+    assert (odd["ecc_mode_current"], odd["ecc_mode_pending"]) == (True, False)
+    assert (odd["power_limit_w"], odd["power_default_limit_w"], odd["power_max_limit_w"]) == (
+        500.0,
+        700.0,
+        700.0,
+    )
+    assert (same["app_sm_clock_mhz"], same["app_mem_clock_mhz"]) == (1980, 2619)
+    assert odd["app_sm_clock_mhz"] == 1755
+    assert (same["pcie_link_gen"], same["pcie_link_gen_max"]) == (5, 5)
+    assert (odd["pcie_link_gen"], odd["pcie_link_width"], odd["pcie_link_width_max"]) == (4, 8, 16)
+    assert (same["nvlink_links_up"], same["nvlink_links_total"]) == (18, 18)
+    assert (odd["nvlink_links_up"], odd["nvlink_links_total"]) == (16, 18)
+    assert not any(g["unsupported"] or g["error"] for g in gpus)
+
+
+def test_live_readings_for_stragglers(nvml: Callable[..., Any]) -> None:
+    config = {
+        "gpu.2.sm_clock": 1200,
+        "gpu.2.util_gpu": 99,
+        "gpu.2.util_memory": 61,
+        "gpu.2.clock_event_reasons": "0x4",
+        "gpu.2.pcie_gen": 3,
+    }
+    gpu = nvml(config, "health")[2]
+    assert (gpu["sm_clock_mhz"], gpu["sm_clock_max_mhz"]) == (1200, 1980)
+    assert (gpu["utilization_gpu_pct"], gpu["utilization_memory_pct"]) == (99, 61)
+    assert (gpu["pcie_link_gen"], gpu["pcie_link_gen_max"]) == (3, 5)
+    assert (gpu["pcie_link_width"], gpu["pcie_link_width_max"]) == (16, 16)
+
+
+def test_drift_and_reading_queries_a_driver_lacks_are_unsupported(
+    nvml: Callable[..., Any], fake_nvml_lib: Path
+) -> None:
+    missing = [
+        "nvmlDeviceGetApplicationsClock",
+        "nvmlDeviceGetCurrPcieLinkGeneration",
+        "nvmlDeviceGetMaxPcieLinkWidth",
+        "nvmlDeviceGetPowerManagementLimitConstraints",
+        "nvmlDeviceGetUtilizationRates",
+    ]
+    library = fakenvml.build(fake_nvml_lib.parent.parent, omit=missing)
+    inventory, health = nvml(None, "inventory", "health", library=library)
+    inv, gpu = inventory[0], health[0]
+    assert {
+        "app_sm_clock_mhz",
+        "app_mem_clock_mhz",
+        "pcie_link_gen",
+        "pcie_link_width_max",
+        "power_max_limit_w",
+    } <= set(inv["unsupported"])
+    assert inv["pcie_link_width"] == 16 and inv["app_sm_clock_mhz"] is None
+    assert {"utilization_gpu_pct", "utilization_memory_pct", "pcie_link_gen"} <= set(
+        gpu["unsupported"]
+    )
+    assert not inv["lost"] and inv["error"] is None and gpu["error"] is None
+
+
+def test_fabric_manager_state(nvml: Callable[..., Any], fake_nvml_lib: Path) -> None:
+    config = {
+        "gpu.1.fabric_state": 1,
+        "gpu.2.fabric_state": 3,
+        "gpu.2.fabric_status": 999,
+        "gpu.3.fabric_health_mask": 1,
+        "gpu.4.fabric_state": 0,
+    }
+    gpus = nvml(config, "health")
+    assert (gpus[0]["fabric_state"], gpus[0]["fabric_status"]) == ("completed", "success")
+    assert gpus[0]["fabric_clique_id"] == 1 and gpus[0]["fabric_degraded_bandwidth"] is False
+    assert gpus[1]["fabric_state"] == "not_started"
+    assert gpus[2]["fabric_status"] == "Unknown Error"
+    assert gpus[3]["fabric_degraded_bandwidth"] is True
+    assert gpus[4]["fabric_state"] is None and "fabric_state" in gpus[4]["unsupported"]
+    # A driver without the versioned call: the older one gives the state (no health mask).
+    library = fakenvml.build(fake_nvml_lib.parent.parent, omit=["nvmlDeviceGetGpuFabricInfoV"])
+    old = nvml(config, "health", library=library)
+    assert old[1]["fabric_state"] == "not_started" and old[0]["fabric_state"] == "completed"
+    assert old[3]["fabric_degraded_bandwidth"] is None
+
+
 # ---- health --------------------------------------------------------------------------
 
 
@@ -280,8 +375,15 @@ def test_unsupported_queries_are_listed_not_errors(nvml: Callable[..., Any]) -> 
     assert gpu["nvlinks"] == []
     assert gpu["temperature_c"] == 33 and gpu["power_w"] == 71.5  # the rest still read
     assert health[0]["pcie_replay_counter"] == 0 and "remapped_rows" not in health[0]["unsupported"]
-    # Thresholds and the default power limit are health facts, not inventory ones.
-    assert inventory[1]["unsupported"] == [] and inventory[1]["error"] is None
+    # Thresholds are health facts only; the rest shows in the inventory too.
+    assert set(inventory[1]["unsupported"]) == {
+        "power_default_limit_w",
+        "ecc_mode_current",
+        "ecc_mode_pending",
+        "nvlink_links_up",
+        "nvlink_links_total",
+    }
+    assert inventory[1]["error"] is None and inventory[1]["ecc_mode_current"] is None
 
 
 def test_missing_symbols_fall_back_or_are_unsupported(

@@ -108,10 +108,12 @@ def test_tools_list_rejects_a_non_string_cursor(fake_wire: Wire) -> None:
 
 # --- error codes ---------------------------------------------------------------------------
 
+# A line that does not parse is still answered with its id when the id can be read (the
+# client waits on it); null otherwise.
 ERROR_CASES: list[tuple[str, str, int, Any]] = [
-    ("broken json", '{"jsonrpc": "2.0", "id": 1, "method": "ping"', PARSE_ERROR, None),
-    ("not utf-8", b'{"jsonrpc":"2.0","id":1,"method":"\xff"}'.decode("latin-1"), -1, None),
-    ("NaN", '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":NaN}}', PARSE_ERROR, None),
+    ("broken json", '{"jsonrpc": "2.0", "id": 1, "method": "ping"', PARSE_ERROR, 1),
+    ("not utf-8", b'{"jsonrpc":"2.0","id":1,"method":"\xff"}'.decode("latin-1"), -1, 1),
+    ("NaN", '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":NaN}}', PARSE_ERROR, 1),
     ("deep nesting", "[" * 100_000 + "]" * 100_000, PARSE_ERROR, None),
     ("batch", '[{"jsonrpc":"2.0","id":1,"method":"ping"}]', INVALID_REQUEST, None),
     ("empty batch", "[]", INVALID_REQUEST, None),

@@ -197,6 +197,14 @@ def run() -> list[str]:
             f"  {name:4}: warm get_gpu_health, 8 GPUs: median {median * 1000:.2f} ms, "
             f"p90 {p90 * 1000:.2f} ms  ({WARM_CALLS} calls)"
         )
+    oneshot = _median(
+        [_cold([*AGENT, "--backend", "fake", "call", "get_gpu_health"], b"") for _ in range(RUNS)]
+    )
+    out.append(
+        f"  one-shot `gpu-agent --backend fake call get_gpu_health`: {oneshot.cpu:.3f} CPU-s, "
+        f"{oneshot.rss_mib:.1f} MiB peak RSS, {oneshot.wall * 1000:.0f} ms wall"
+    )
+    out.append(_journal_scan())
     return out
 
 
@@ -234,6 +242,38 @@ def _zipapp(nvml_env: dict[str, str] | None) -> list[str]:
             f"first exec in a pod {first.cpu:.3f} CPU-s, {first.rss_mib:.1f} MiB"
         )
     return out
+
+
+def _journal_scan(entries: int = 200_000) -> str:
+    """How fast --journal finds kernel Xid lines in a large journald file."""
+    import tempfile
+
+    from agent.journal import read_journal
+    from tests.agent.journalfile import write_journal
+
+    base = 1_764_000_000_000_000
+    xid = "NVRM: Xid (PCI:0000:18:00): 13, pid={n}, name=python3, Graphics SM Warp Exception"
+    rows = [
+        (
+            base + n * 1000,
+            {
+                "MESSAGE": xid.format(n=n) if n % 1000 == 0 else f"usb 1-1: event {n} on port 3",
+                "_TRANSPORT": "kernel",
+                "PRIORITY": "6",
+            },
+        )
+        for n in range(entries)
+    ]
+    with tempfile.TemporaryDirectory() as where:
+        path = write_journal(Path(where) / "system.journal", rows)
+        size = path.stat().st_size
+        started = time.process_time()
+        _, records = read_journal(str(path), base / 1e6)
+        cpu = time.process_time() - started
+    return (
+        f"  journal scan: {size / 2**20:.0f} MiB, {entries} entries, {len(records)} Xid lines "
+        f"found in {cpu:.2f} CPU-s ({size / 2**20 / max(cpu, 1e-6):.0f} MiB/CPU-s)"
+    )
 
 
 if __name__ == "__main__":

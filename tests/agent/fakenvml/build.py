@@ -21,7 +21,11 @@ over the plain ``key`` (all GPUs), which wins over the built-in default (8x H100
   ``compute_capability`` (9.0), ``memory_total_mib`` (81559), ``memory_used_mib``.
 - readings: ``temperature`` (33), ``temp_slowdown`` (89), ``temp_shutdown`` (92),
   ``power_w`` (71.5), ``power_limit_w`` (700, enforced), ``power_default_limit_w`` (700),
-  ``clock_event_reasons`` (0x1 = idle),
+  ``power_min_limit_w``/``power_max_limit_w`` (200/700), ``clock_event_reasons`` (0x1 = idle),
+  ``app_sm_clock``/``app_mem_clock`` (1980/2619), ``util_gpu``/``util_memory`` (0),
+  ``pcie_gen``/``pcie_gen_max`` (5), ``pcie_width``/``pcie_width_max`` (16),
+  ``ecc_pending`` (default: ``ecc_mode``), ``fabric_state`` (3 = completed; 0 = not
+  supported), ``fabric_status`` (NVML code), ``fabric_clique``, ``fabric_health_mask`` (2),
   ``sm_clock``/``mem_clock``/``sm_clock_max``/``mem_clock_max``, ``persistence_mode``,
   ``ecc_mode``, ``ecc_{volatile,aggregate}_{corrected,uncorrected}``,
   ``retired_sbe``/``retired_dbe``/``retired_pending``,

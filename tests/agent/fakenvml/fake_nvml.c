@@ -60,6 +60,28 @@ typedef struct {
 } nvmlTemperature_t;
 
 typedef struct {
+    unsigned int gpu;
+    unsigned int memory;
+} nvmlUtilization_t;
+
+/* nvmlGpuFabricInfo_v2_t (nvmlDeviceGetGpuFabricInfoV) and the older v1 layout. */
+typedef struct {
+    unsigned int version;
+    unsigned char clusterUuid[16];
+    nvmlReturn_t status;
+    unsigned int cliqueId;
+    unsigned int state;
+    unsigned int healthMask;
+} nvmlGpuFabricInfoV_t;
+
+typedef struct {
+    unsigned char clusterUuid[16];
+    nvmlReturn_t status;
+    unsigned int cliqueId;
+    unsigned int state;
+} nvmlGpuFabricInfo_t;
+
+typedef struct {
     unsigned int pid;
     unsigned long long usedGpuMemory;
     unsigned int gpuInstanceId;
@@ -121,6 +143,20 @@ static const char *const defaults[][2] = {
     {"power_w", "71.5"},
     {"power_limit_w", "700"},
     {"power_default_limit_w", "700"},
+    {"power_min_limit_w", "200"},
+    {"power_max_limit_w", "700"},
+    {"app_sm_clock", "1980"},
+    {"app_mem_clock", "2619"},
+    {"pcie_gen", "5"},
+    {"pcie_gen_max", "5"},
+    {"pcie_width", "16"},
+    {"pcie_width_max", "16"},
+    {"util_gpu", "0"},
+    {"fabric_state", "3"}, /* COMPLETED: Fabric Manager registered the GPU (HGX H100) */
+    {"fabric_status", "0"},
+    {"fabric_clique", "1"},
+    {"fabric_health_mask", "2"}, /* degraded bandwidth: false */
+    {"util_memory", "0"},
     {"temperature", "33"},
     {"temp_slowdown", "89"},
     {"temp_shutdown", "92"},
@@ -608,6 +644,75 @@ nvmlReturn_t nvmlDeviceGetPowerManagementDefaultLimit(nvmlDevice_t d, unsigned i
     return NVML_SUCCESS;
 }
 
+nvmlReturn_t nvmlDeviceGetPowerManagementLimitConstraints(nvmlDevice_t d, unsigned int *min_limit,
+                                                          unsigned int *max_limit) {
+    ENTER(d);
+    NEED(min_limit);
+    NEED(max_limit);
+    *min_limit = (unsigned int)(cfg_num(d->gpu, "power_min_limit_w") * 1000.0);
+    *max_limit = (unsigned int)(cfg_num(d->gpu, "power_max_limit_w") * 1000.0);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *utilization) {
+    ENTER(d);
+    NEED(utilization);
+    utilization->gpu = (unsigned int)cfg_ull(d->gpu, "util_gpu");
+    utilization->memory = (unsigned int)cfg_ull(d->gpu, "util_memory");
+    return NVML_SUCCESS;
+}
+
+/* ---- NVLink fabric (Fabric Manager) ---- */
+
+nvmlReturn_t nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t d, nvmlGpuFabricInfoV_t *info) {
+    ENTER(d);
+    NEED(info);
+    if (info->version != 0x02000024) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    memset(info->clusterUuid, 0xab, sizeof info->clusterUuid);
+    info->status = (nvmlReturn_t)cfg_ull(d->gpu, "fabric_status");
+    info->cliqueId = (unsigned int)cfg_ull(d->gpu, "fabric_clique");
+    info->state = (unsigned int)cfg_ull(d->gpu, "fabric_state");
+    info->healthMask = (unsigned int)cfg_ull(d->gpu, "fabric_health_mask");
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetGpuFabricInfo(nvmlDevice_t d, nvmlGpuFabricInfo_t *info) {
+    ENTER(d);
+    NEED(info);
+    memset(info->clusterUuid, 0xab, sizeof info->clusterUuid);
+    info->status = (nvmlReturn_t)cfg_ull(d->gpu, "fabric_status");
+    info->cliqueId = (unsigned int)cfg_ull(d->gpu, "fabric_clique");
+    info->state = (unsigned int)cfg_ull(d->gpu, "fabric_state");
+    return NVML_SUCCESS;
+}
+
+/* ---- PCIe link: current (trains down at idle on real GPUs) and max ---- */
+
+static nvmlReturn_t pcie_value(nvmlDevice_t d, const char *fn, const char *key,
+                               unsigned int *out) {
+    nvmlReturn_t rc = enter(d, fn);
+    if (rc != NVML_SUCCESS) return rc;
+    NEED(out);
+    *out = (unsigned int)cfg_ull(d->gpu, key);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t d, unsigned int *gen) {
+    return pcie_value(d, __func__, "pcie_gen", gen);
+}
+
+nvmlReturn_t nvmlDeviceGetMaxPcieLinkGeneration(nvmlDevice_t d, unsigned int *gen) {
+    return pcie_value(d, __func__, "pcie_gen_max", gen);
+}
+
+nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t d, unsigned int *width) {
+    return pcie_value(d, __func__, "pcie_width", width);
+}
+
+nvmlReturn_t nvmlDeviceGetMaxPcieLinkWidth(nvmlDevice_t d, unsigned int *width) {
+    return pcie_value(d, __func__, "pcie_width_max", width);
+}
+
 nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *power) {
     ENTER(d);
     NEED(power);
@@ -628,6 +733,15 @@ nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigned int *cloc
     const char *key = clock_key(type, 0);
     if (key == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     *clock = (unsigned int)cfg_ull(d->gpu, key);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetApplicationsClock(nvmlDevice_t d, int type, unsigned int *clock) {
+    ENTER(d);
+    NEED(clock);
+    if (type == 0 || type == 1) *clock = (unsigned int)cfg_ull(d->gpu, "app_sm_clock");
+    else if (type == 2) *clock = (unsigned int)cfg_ull(d->gpu, "app_mem_clock");
+    else return NVML_ERROR_INVALID_ARGUMENT;
     return NVML_SUCCESS;
 }
 
@@ -744,7 +858,9 @@ nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t d, unsigned int *current, unsigne
     ENTER(d);
     NEED(current);
     NEED(pending);
-    *current = *pending = (unsigned int)cfg_ull(d->gpu, "ecc_mode");
+    *current = (unsigned int)cfg_ull(d->gpu, "ecc_mode");
+    *pending = cfg(d->gpu, "ecc_pending") != NULL ? (unsigned int)cfg_ull(d->gpu, "ecc_pending")
+                                                  : *current;
     return NVML_SUCCESS;
 }
 
