@@ -423,7 +423,7 @@ def run_command(
         options = parse_options(options_args, raise_errors=True)
     except UsageError as exc:
         return oneshot.EXIT_USAGE, b"", f"gpu-agent: {exc}\n".encode()
-    code = oneshot.main(options, words, output, env)
+    code = oneshot.main(options, words, session_from, output, env)
     return code, bytes(output.stdout), bytes(output.stderr)
 
 
@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words:
         from agent import oneshot
 
-        code = oneshot.main(options, words)
+        code = oneshot.main(options, words, session_from)
         try:
             sys.stdout.flush()
         except OSError:  # the reader went away

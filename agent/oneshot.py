@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agent.catalog import TOOL_DEFINITIONS, TOOL_NAMES
@@ -105,15 +105,20 @@ def parse_call(words: Sequence[str]) -> tuple[str, dict[str, Any]] | str:
     return name, arguments
 
 
+# (options, write, env) -> a protocol Session: agent.app.session_from, handed in by the
+# caller (this module is below app, which starts it).
+OpenSession = Callable[[Any, Callable[[bytes], None], Mapping[str, str] | None], Any]
+
+
 def call(
     options: Any,
     name: str,
     arguments: dict[str, Any],
     output: Output,
+    session_from: OpenSession,
     env: Mapping[str, str] | None = None,
 ) -> int:
     """Run one tool through a protocol session and print its structured result."""
-    from agent.app import session_from
     from agent.protocol import LATEST_VERSION, dumps, encode
 
     answers: dict[Any, dict[str, Any]] = {}
@@ -153,6 +158,7 @@ def call(
 def main(
     options: Any,
     words: Sequence[str],
+    session_from: OpenSession,
     output: Output | None = None,
     env: Mapping[str, str] | None = None,
 ) -> int:
@@ -166,4 +172,4 @@ def main(
     parsed = parse_call(rest)
     if isinstance(parsed, str):
         return _usage(output, parsed)
-    return call(options, *parsed, output, env)
+    return call(options, *parsed, output, session_from, env)
