@@ -60,6 +60,10 @@ KINDS: tuple[Kind, ...] = (
     Kind("leases", "Lease", "coordination.k8s.io"),
     Kind("events", "Event", "events.k8s.io", short=("ev",)),
     Kind("runtimeclasses", "RuntimeClass", "node.k8s.io", namespaced=False),
+    Kind("tokenreviews", "TokenReview", "authentication.k8s.io", namespaced=False,
+         verbs=("create",)),
+    Kind("subjectaccessreviews", "SubjectAccessReview", "authorization.k8s.io",
+         namespaced=False, verbs=("create",)),
     Kind("selfsubjectaccessreviews", "SelfSubjectAccessReview", "authorization.k8s.io",
          namespaced=False, verbs=("create",)),
     Kind("selfsubjectrulesreviews", "SelfSubjectRulesReview", "authorization.k8s.io",
@@ -73,7 +77,8 @@ SUBRESOURCES: tuple[Subresource, ...] = (
 )
 
 # In the order a real API server lists them in /apis (its group priority order).
-GROUPS: tuple[str, ...] = ("apps", "events.k8s.io", "authorization.k8s.io", "batch",
+GROUPS: tuple[str, ...] = ("apps", "events.k8s.io", "authentication.k8s.io",
+                           "authorization.k8s.io", "batch",
                            "coordination.k8s.io", "node.k8s.io")  # fmt: skip
 assert set(GROUPS) == {k.group for k in KINDS if k.group}
 _BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
