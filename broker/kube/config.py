@@ -20,10 +20,13 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.errors import ConfigError
 from broker.kube.names import DEFAULT_NAMESPACE
+
+if TYPE_CHECKING:
+    from broker.kube.auth import Identity
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Refresh an exec-plugin token this long before it expires (kubectl uses a similar skew).
@@ -42,6 +45,7 @@ class ClusterConfig:
     namespace: str = DEFAULT_NAMESPACE
     request_timeout: float = 15.0  # one REST request (discovery)
     credential_timeout: float = 30.0  # one exec credential plugin run
+    impersonate: Identity | None = None  # act as this caller (the in-cluster broker)
 
     @classmethod
     def from_options(
@@ -255,6 +259,10 @@ class KubeApi:
             self.ws = WsApiClient(configuration=configuration)
             configuration.connection_pool_maxsize = 100
             self.rest = ApiClient(configuration=configuration)
+            if config.impersonate is not None:
+                from broker.kube.auth import impersonate
+
+                impersonate(self, config.impersonate)
         except (ssl.SSLError, OSError) as exc:
             files = ", ".join(
                 f"{k}={v}"
