@@ -27,6 +27,11 @@ class Transport(StrEnum):
     http = "http"
 
 
+class Auth(StrEnum):
+    token = "token"
+    kubernetes = "kubernetes"
+
+
 Kubeconfig = Annotated[
     str | None,
     typer.Option(
@@ -244,6 +249,17 @@ def serve(
     port: Annotated[
         int, typer.Option("--port", min=1, max=65535, help="HTTP: port.", rich_help_panel="HTTP")
     ] = 8080,
+    auth: Annotated[
+        Auth,
+        typer.Option(
+            "--auth",
+            help="HTTP: how clients authenticate. token (default): one bearer token "
+            "(K8S_GPU_MCP_TOKEN). kubernetes: each caller sends their own Kubernetes token; "
+            "the broker checks it with a TokenReview and acts as that user "
+            "(impersonation), so their own RBAC applies (the chart's in-cluster broker).",
+            rich_help_panel="HTTP",
+        ),
+    ] = Auth.token,
     auth_token: Annotated[
         str | None,
         typer.Option(
@@ -287,7 +303,8 @@ def serve(
         http=HttpSettings(
             host=host,
             port=port,
-            token=auth_token or None,
+            auth=auth.value,
+            token=(auth_token or None) if auth != Auth.kubernetes else None,
             allowed_hosts=tuple(allowed_host or ()),
         ),
         call_timeout=timeout,

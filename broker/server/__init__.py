@@ -16,6 +16,7 @@ from broker.kube.config import ClusterConfig
 from broker.server.app import BrokerApp
 from broker.server.fleet_tools import build_node_server, build_server
 from broker.server.http import HttpSettings, check_http_settings, http_app, run_http
+from broker.server.team import TeamOptions, team_app
 
 __all__ = [
     "BrokerApp",
@@ -39,6 +40,7 @@ class ServeOptions:
     http: HttpSettings = field(default_factory=HttpSettings)
     call_timeout: float = 30.0
     max_concurrency: int = 64
+    team: TeamOptions = field(default_factory=TeamOptions)  # --auth kubernetes
 
 
 async def serve(options: ServeOptions) -> None:
@@ -47,6 +49,9 @@ async def serve(options: ServeOptions) -> None:
         raise ConfigError(f"unknown transport {options.transport!r}: use stdio or http")
     if options.transport == "http":
         check_http_settings(options.http)
+        if options.http.auth == "kubernetes":
+            await _serve_team(options)
+            return
     async with BrokerContext.open(
         options.config,
         call_timeout=options.call_timeout,
@@ -60,3 +65,19 @@ async def serve(options: ServeOptions) -> None:
             await app.run_stdio_async()
         else:
             await run_http(app, options.http)
+
+
+async def _serve_team(options: ServeOptions) -> None:
+    """--auth kubernetes: every call as its caller (TokenReview + impersonation)."""
+    if options.node:
+        raise ConfigError(
+            "--node (one node's tools for one IDE) cannot be combined with --auth kubernetes "
+            "(a broker for many callers): drop --node, and call tools with node=<name>"
+        )
+    async with team_app(
+        options.config,
+        call_timeout=options.call_timeout,
+        max_concurrency=options.max_concurrency,
+        team=options.team,
+    ) as app:
+        await run_http(app, options.http)

@@ -37,6 +37,7 @@ class HttpSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    auth: str = "token"  # token | kubernetes (TokenReview + impersonation, broker.server.team)
     token: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # extra Host header values (e.g. a Service DNS name)
     allowed_origins: tuple[str, ...] = ()
@@ -57,6 +58,8 @@ def _is_wildcard(host: str) -> bool:
 
 def check_http_settings(settings: HttpSettings) -> None:
     """Refuse insecure combinations before binding anything. Raises ConfigError."""
+    if settings.auth == "kubernetes":
+        return  # every caller's own token, checked by TokenReview (broker.server.auth)
     if not is_loopback(settings.host) and not settings.token:
         raise ConfigError(
             f"refusing to listen on {settings.host} without authentication: a non-loopback "
@@ -91,7 +94,9 @@ def transport_security(settings: HttpSettings) -> TransportSecuritySettings:
 class BearerAuth:
     """ASGI middleware: every HTTP request except ``GET /healthz`` needs the token."""
 
-    def __init__(self, app: ASGIApp, token: str, open_paths: Sequence[str] = ("/healthz",)):
+    def __init__(
+        self, app: ASGIApp, token: str, open_paths: Sequence[str] = ("/healthz", "/readyz")
+    ):
         self.app = app
         self._token = token.encode()
         self._open = frozenset(open_paths)
@@ -126,12 +131,21 @@ def http_app(app: BrokerApp, settings: HttpSettings) -> ASGIApp:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "server": app.name, "version": __version__})
 
+    async def readyz(request: Request) -> Response:
+        problem = await app.readiness() if app.readiness is not None else None
+        if problem:
+            return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
     app.custom_route("/healthz", methods=["GET"], include_in_schema=False)(healthz)
+    app.custom_route("/readyz", methods=["GET"], include_in_schema=False)(readyz)
     starlette = app.streamable_http_app(
         streamable_http_path="/mcp",
         transport_security=transport_security(settings),
         host=settings.host,
     )
+    for wrap in app.http_middleware:  # e.g. --auth kubernetes (broker.server.auth)
+        starlette = wrap(starlette)
     if settings.token:
         return BearerAuth(starlette, settings.token)
     return starlette

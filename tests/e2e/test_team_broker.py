@@ -1,0 +1,147 @@
+"""The team broker (``--auth kubernetes``) end to end on the simulated cluster: callers
+send their own Kubernetes tokens, the broker checks them with a TokenReview and acts as
+each caller (impersonation), so the API server applies the caller's own RBAC and its
+record names the caller on every exec."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import aiohttp
+import anyio
+import pytest
+
+from broker.kube.config import ClusterConfig
+from broker.server import HttpSettings
+from broker.server.http import http_server
+from broker.server.team import TeamOptions, team_app
+from broker.sim import Rule, SimServer
+from tests.e2e.session import structured
+from tests.e2e.test_http import mcp_over_http, post
+
+pytestmark = pytest.mark.e2e
+
+BROKER = "system:serviceaccount:gpu-diagnostics:gpu-mcp-broker"
+# Exactly the chart's broker ClusterRole (templates/broker-rbac.yaml), nothing more.
+CHART_BROKER_RULES = [
+    Rule(verbs=("create",), resources=("tokenreviews",), api_groups=("authentication.k8s.io",)),
+    Rule(verbs=("impersonate",), resources=("users",), api_groups=("",)),
+    Rule(verbs=("impersonate",), resources=("groups",), api_groups=("",)),
+    Rule(verbs=("impersonate",), resources=("serviceaccounts",), api_groups=("",)),
+]
+
+
+@asynccontextmanager
+async def team_broker(sim: SimServer, team: TeamOptions | None = None) -> AsyncIterator[int]:
+    """The broker as the chart runs it (its own account: TokenReview + impersonate only),
+    serving HTTP on a free loopback port; yields the port."""
+    context = sim.add_user(BROKER, rules=CHART_BROKER_RULES)
+    config = ClusterConfig(kubeconfig=str(sim.kubeconfig), context=context)
+    settings = HttpSettings(host="127.0.0.1", auth="kubernetes")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    try:
+        async with team_app(config, call_timeout=20, team=team) as app:
+            server = http_server(app, replace(settings, port=port))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: server.serve(sockets=[sock]))
+                for _ in range(500):
+                    if server.started:
+                        break
+                    await anyio.sleep(0.01)
+                assert server.started, "uvicorn did not start"
+                try:
+                    yield port
+                finally:
+                    server.should_exit = True
+    finally:
+        sock.close()
+
+
+@pytest.mark.timeout(180)
+async def test_each_caller_acts_as_themselves(demo_sim: SimServer) -> None:
+    sim = demo_sim
+    async with team_broker(sim) as port:
+        # The allowed user (the chart's diagnosis roles): answers from every node.
+        async with mcp_over_http(port, sim.user_token("sre")) as session:
+            answer = structured(await session.call_tool("get_gpu_health", {}))
+            summary = answer["summary"]
+            assert summary["nodes"]["total"] == 10
+            assert not [u for u in summary["unreachable"] if u["kind"] == "rbac"], summary
+            nodes = structured(await session.call_tool("list_gpu_nodes", {}))
+            assert nodes
+
+        # A user who may read but not exec: the same clear RBAC error as on a laptop.
+        async with mcp_over_http(port, sim.user_token("viewer")) as session:
+            answer = structured(await session.call_tool("get_gpu_health", {}))
+            unreachable = answer["summary"]["unreachable"]
+            # Every node with a ready agent pod refuses the exec (the rest are not ready).
+            assert {u["kind"] for u in unreachable} == {"rbac", "not_ready"}
+            denied = [u for u in unreachable if u["kind"] == "rbac"]
+            assert denied and len(unreachable) == 10
+            reason = denied[0]["reason"]
+            assert "may not create pods/exec in namespace gpu-diagnostics" in reason
+            assert "kubectl auth can-i create pods --subresource=exec" in reason
+            assert structured(await session.call_tool("list_gpu_nodes", {}))  # reads: allowed
+
+        # An invalid token, and none at all: 401 saying what to send.
+        forged = await post(port, {"Authorization": "Bearer not-a-kubernetes-token"})
+        assert forged.status == 401
+        assert forged.headers["WWW-Authenticate"].startswith("Bearer")
+        anonymous = await post(port, {})
+        assert anonymous.status == 401
+
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"http://127.0.0.1:{port}/mcp",
+                json={},
+                headers={"Authorization": "Bearer forged-token-xyz"},
+            ) as resp:
+                body = await resp.json()
+                assert "did not accept your token" in body["message"]
+                assert "kubectl create token" in body["message"]
+            # Probes: no auth and no Host check (kubelet sends Host: <podIP>:<port>).
+            for path in ("/healthz", "/readyz"):
+                async with http.get(
+                    f"http://127.0.0.1:{port}{path}", headers={"Host": f"10.1.2.3:{port}"}
+                ) as resp:
+                    assert resp.status == 200, path
+
+    execs = [e for e in sim.audit if "/exec" in e.path]
+    assert execs, "no exec reached the API server"
+    assert {e.impersonated_by for e in execs} == {BROKER}, "an exec ran as the broker itself"
+    assert {e.user for e in execs} == {"sre", "viewer"}
+    assert {e.status for e in execs if e.user == "viewer"} == {403}
+    assert {e.status for e in execs if e.user == "sre"} == {101}
+    sre_groups = {e.groups for e in execs if e.user == "sre"}
+    assert sre_groups == {("system:authenticated",)}
+    # The broker's own requests are TokenReviews only: everything else is the callers'.
+    own = [e for e in sim.audit if e.user == BROKER]
+    assert own and all(e.path.endswith("/tokenreviews") for e in own), own
+    # Tokens are reviewed once per TTL, not per request.
+    assert len(own) <= 4, [e.path for e in own]
+
+
+async def test_groups_from_the_token_review_reach_the_api_server(demo_sim: SimServer) -> None:
+    """A user with no rules of their own, allowed through a group binding: every group the
+    TokenReview names is passed on (one Impersonate-Group header each)."""
+    sim = demo_sim
+    sim.add_user("carol", groups=["staff", "gpu-sre"])
+    sim.bind_group("gpu-sre", [
+        Rule(verbs=("get", "list", "watch"), resources=("nodes", "pods", "events"),
+             api_groups=("",)),
+        Rule(verbs=("create", "get"), resources=("pods/exec",), api_groups=("",),
+             namespaces=(sim.namespace,)),
+    ])  # fmt: skip
+    async with team_broker(sim) as port:
+        async with mcp_over_http(port, sim.user_token("carol")) as session:
+            answer = structured(await session.call_tool("get_gpu_health", {"node": "gpu-node-001"}))
+            assert answer["summary"]["unreachable"] == []
+    execs = [e for e in sim.audit if "/exec" in e.path]
+    assert execs and {e.user for e in execs} == {"carol"}
+    assert {e.groups for e in execs} == {("staff", "gpu-sre", "system:authenticated")}
