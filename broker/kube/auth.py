@@ -143,4 +143,3 @@ def _identity(raw: bytes) -> Identity:
         raise TokenRejected(str(result.get("error") or "the token is not valid"))
     groups = user.get("groups") or []
     return Identity(name, tuple(str(g) for g in groups if isinstance(g, str)))
-

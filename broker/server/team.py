@@ -94,4 +94,3 @@ def _api_readiness(api: KubeApi, cache_s: float = 5.0) -> Callable[[], Awaitable
         return problem
 
     return check
-

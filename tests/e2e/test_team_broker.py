@@ -138,10 +138,9 @@ async def test_groups_from_the_token_review_reach_the_api_server(demo_sim: SimSe
         Rule(verbs=("create", "get"), resources=("pods/exec",), api_groups=("",),
              namespaces=(sim.namespace,)),
     ])  # fmt: skip
-    async with team_broker(sim) as port:
-        async with mcp_over_http(port, sim.user_token("carol")) as session:
-            answer = structured(await session.call_tool("get_gpu_health", {"node": "gpu-node-001"}))
-            assert answer["summary"]["unreachable"] == []
+    async with team_broker(sim) as port, mcp_over_http(port, sim.user_token("carol")) as session:
+        answer = structured(await session.call_tool("get_gpu_health", {"node": "gpu-node-001"}))
+        assert answer["summary"]["unreachable"] == []
     execs = [e for e in sim.audit if "/exec" in e.path]
     assert execs and {e.user for e in execs} == {"carol"}
     assert {e.groups for e in execs} == {("staff", "gpu-sre", "system:authenticated")}
