@@ -96,7 +96,12 @@ class CallerContexts:
 
     @property
     def open_callers(self) -> int:
-        return sum(1 for e in self._entries.values() if e.ctx is not None)
+        return len(self.identities)
+
+    @property
+    def identities(self) -> list[Identity]:
+        """The callers whose contexts are open now."""
+        return [e.identity for e in self._entries.values() if e.ctx is not None]
 
     @asynccontextmanager
     async def use(self, identity: Identity) -> AsyncIterator[BrokerContext]:

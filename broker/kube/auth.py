@@ -2,22 +2,20 @@
 
 :func:`review_token` asks the API server who a bearer token belongs to (a
 ``TokenReview``, made with the broker's own credentials). :func:`impersonate` makes an
-API client act as that caller: ``Impersonate-User`` and one ``Impersonate-Group`` header
-per group on every request and exec websocket, so the API server applies the caller's
-RBAC and its audit log names the caller. Nothing else is impersonated (the chart grants
-impersonate on users, groups and serviceaccounts only).
+API client act as that caller (:mod:`broker.kube.identity`), so the API server applies
+the caller's RBAC and its audit log names the caller.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from broker.errors import ApiUnavailable, ConfigError, Unauthenticated
+from broker.kube.identity import Identity, impersonate_clients
 from broker.kube.reader import status_message
 from broker.kube.retry import RETRYABLE_STATUS, RetryPolicy
 
@@ -25,21 +23,6 @@ if TYPE_CHECKING:
     from broker.kube.config import KubeApi
 
 __all__ = ["Identity", "TokenRejected", "impersonate", "review_token"]
-
-USER_HEADER = "Impersonate-User"
-GROUP_HEADER = "Impersonate-Group"
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A caller as the API server knows them: user name and groups."""
-
-    user: str
-    groups: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return self.user
-
 
 class TokenRejected(Exception):
     """The TokenReview did not authenticate the token (``reason``: the API server's)."""
@@ -50,21 +33,8 @@ class TokenRejected(Exception):
 
 
 def impersonate(api: KubeApi, who: Identity) -> None:
-    """Make every request of ``api`` (REST and exec websockets) act as ``who``.
-
-    kubernetes_asyncio's default headers are a dict (one value per name); aiohttp's
-    session headers are a multidict and go out on every request and websocket upgrade,
-    so each group gets its own ``Impersonate-Group`` header, as kubectl --as-group sends.
-    """
-    if not who.user:
-        raise ValueError("impersonation needs a user name")
-    for client in (api.rest, api.ws):
-        headers = client.rest_client.pool_manager.headers
-        for name in (USER_HEADER, GROUP_HEADER):
-            headers.popall(name, None)
-        headers[USER_HEADER] = who.user
-        for group in who.groups:
-            headers.add(GROUP_HEADER, group)
+    """Make every request of ``api`` (REST and exec websockets) act as ``who``."""
+    impersonate_clients((api.rest, api.ws), who)
 
 
 async def review_token(

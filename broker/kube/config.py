@@ -20,13 +20,11 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broker.errors import ConfigError
+from broker.kube.identity import Identity, impersonate_clients
 from broker.kube.names import DEFAULT_NAMESPACE
-
-if TYPE_CHECKING:
-    from broker.kube.auth import Identity
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # Refresh an exec-plugin token this long before it expires (kubectl uses a similar skew).
@@ -260,9 +258,7 @@ class KubeApi:
             configuration.connection_pool_maxsize = 100
             self.rest = ApiClient(configuration=configuration)
             if config.impersonate is not None:
-                from broker.kube.auth import impersonate
-
-                impersonate(self, config.impersonate)
+                impersonate_clients((self.rest, self.ws), config.impersonate)
         except (ssl.SSLError, OSError) as exc:
             files = ", ".join(
                 f"{k}={v}"
