@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Identity", "TokenRejected", "impersonate", "review_token"]
 
+
 class TokenRejected(Exception):
     """The TokenReview did not authenticate the token (``reason``: the API server's)."""
 

@@ -4,6 +4,7 @@ caller (never shared, closed when idle, least recently used closed at the cap)."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import anyio
@@ -22,6 +23,16 @@ BROKER_RULES = [
     Rule(verbs=("create",), resources=("tokenreviews",), api_groups=("authentication.k8s.io",)),
     Rule(verbs=("impersonate",), resources=("users", "groups"), api_groups=("",)),
 ]
+
+
+async def until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
+    with anyio.fail_after(limit_s):
+        for _ in range(100_000):
+            if condition():
+                return
+            await anyio.sleep(0.01)
+
+
 READER = [Rule(verbs=("get", "list"), resources=("nodes", "pods"), api_groups=("",))]
 
 
@@ -95,13 +106,9 @@ async def test_idle_contexts_close_and_the_cap_evicts_the_least_recent(sim: SimS
         async with callers.use(Identity("a")):
             pass  # a is now more recent than b
         async with callers.use(Identity("c")):
-            with anyio.fail_after(5):
-                while callers.open_callers > 2:
-                    await anyio.sleep(0.01)
+            await until(lambda: callers.open_callers <= 2)
             assert {i.user for i in callers.identities} == {"a", "c"}
         assert callers.opened == 3
-        with anyio.fail_after(5):
-            while callers.open_callers:
-                await anyio.sleep(0.05)  # idle for 0.3 s: all closed
+        await until(lambda: callers.open_callers == 0)  # idle for 0.3 s: all closed
         async with callers.use(Identity("a")):
             assert callers.opened == 4  # re-opened on the next call
