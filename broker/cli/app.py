@@ -32,6 +32,11 @@ class Auth(StrEnum):
     kubernetes = "kubernetes"
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 Kubeconfig = Annotated[
     str | None,
     typer.Option(
@@ -280,6 +285,53 @@ def serve(
             rich_help_panel="HTTP",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics at /metrics on this port (no authentication: "
+            "restrict who reaches it, as the chart's NetworkPolicy does).",
+            rich_help_panel="Operations",
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="text, or json: one JSON object per line with a request id per tool call.",
+            rich_help_panel="Operations",
+        ),
+    ] = LogFormat.text,
+    caller_rate: Annotated[
+        float,
+        typer.Option(
+            "--caller-rate",
+            min=0.01,
+            help="HTTP: tool calls per second per caller (bursts of 20).",
+            rich_help_panel="Operations",
+        ),
+    ] = 2.0,
+    caller_concurrency: Annotated[
+        int,
+        typer.Option(
+            "--caller-concurrency",
+            min=1,
+            help="HTTP: tool calls in flight per caller.",
+            rich_help_panel="Operations",
+        ),
+    ] = 8,
+    breaker_failures: Annotated[
+        int,
+        typer.Option(
+            "--breaker-failures",
+            min=0,
+            help="HTTP: consecutive failures after which a node is skipped for 30 s "
+            "(doubling, up to 5 min, while trial calls fail); 0 = never skip.",
+            rich_help_panel="Operations",
+        ),
+    ] = 5,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     namespace: Namespace = DEFAULT_NAMESPACE,
@@ -294,6 +346,8 @@ def serve(
     stdio by default; --transport http serves streamable HTTP at /mcp and GET /healthz.
     """
     from broker.server import HttpSettings, ServeOptions
+    from broker.server.limits import CallerLimits
+    from broker.server.team import TeamOptions
 
     opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
     options = ServeOptions(
@@ -309,6 +363,12 @@ def serve(
         ),
         call_timeout=timeout,
         max_concurrency=concurrency,
+        team=TeamOptions(
+            limits=CallerLimits(rate_per_s=caller_rate, concurrent=caller_concurrency),
+            breaker_failures=breaker_failures,
+        ),
+        metrics_port=metrics_port,
+        log_format=log_format.value,
     )
     from broker.cli.commands import run_serve
 

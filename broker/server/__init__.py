@@ -8,7 +8,11 @@ Wiring only: :mod:`broker.server.app` (the server class and result helpers),
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+
+import anyio
 
 from broker.errors import ConfigError, ToolInputError
 from broker.fleet.context import BrokerContext
@@ -16,7 +20,9 @@ from broker.kube.config import ClusterConfig
 from broker.server.app import BrokerApp
 from broker.server.fleet_tools import build_node_server, build_server
 from broker.server.http import HttpSettings, check_http_settings, http_app, run_http
-from broker.server.team import TeamOptions, team_app
+from broker.server.logs import configure_logging
+from broker.server.metrics import BrokerMetrics, metrics_server
+from broker.server.team import TeamOptions, guard_app, observe_app, team_app
 
 __all__ = [
     "BrokerApp",
@@ -40,34 +46,59 @@ class ServeOptions:
     http: HttpSettings = field(default_factory=HttpSettings)
     call_timeout: float = 30.0
     max_concurrency: int = 64
-    team: TeamOptions = field(default_factory=TeamOptions)  # --auth kubernetes
+    team: TeamOptions = field(default_factory=TeamOptions)  # HTTP: limits, breaker, callers
+    metrics_port: int | None = None  # Prometheus /metrics on its own port
+    log_format: str = "text"  # text | json
 
 
 async def serve(options: ServeOptions) -> None:
     """Run the broker's MCP server until the client goes away (stdio) or cancelled."""
     if options.transport not in ("stdio", "http"):
         raise ConfigError(f"unknown transport {options.transport!r}: use stdio or http")
-    if options.transport == "http":
+    http = options.transport == "http"
+    if http:
         check_http_settings(options.http)
-        if options.http.auth == "kubernetes":
-            await _serve_team(options)
+    configure_logging(options.log_format)
+    async with _metrics(options) as metrics:
+        if http and options.http.auth == "kubernetes":
+            await _serve_team(options, metrics)
             return
-    async with BrokerContext.open(
-        options.config,
-        call_timeout=options.call_timeout,
-        max_concurrency=options.max_concurrency,
-    ) as ctx:
-        if options.node:
-            app = await build_node_server(ctx, options.node)
-        else:
-            app = build_server(ctx)
-        if options.transport == "stdio":
-            await app.run_stdio_async()
-        else:
-            await run_http(app, options.http)
+        breaker = options.team.breaker() if http else None
+        async with BrokerContext.open(
+            options.config,
+            call_timeout=options.call_timeout,
+            max_concurrency=options.max_concurrency,
+            **({"breaker": breaker} if breaker is not None else {}),
+        ) as ctx:
+            if options.node:
+                app = await build_node_server(ctx, options.node)
+            else:
+                app = build_server(ctx)
+            observe_app(app, metrics)
+            if options.transport == "stdio":
+                await app.run_stdio_async()
+            else:
+                guard_app(app, options.team.limits)  # one token: one shared budget
+                await run_http(app, options.http)
 
 
-async def _serve_team(options: ServeOptions) -> None:
+@asynccontextmanager
+async def _metrics(options: ServeOptions) -> AsyncIterator[BrokerMetrics | None]:
+    """Prometheus metrics served on --metrics-port while the block runs (None: off)."""
+    if options.metrics_port is None:
+        yield None
+        return
+    metrics = BrokerMetrics()
+    server = metrics_server(metrics, options.http.host, options.metrics_port)
+    async with metrics.observing(), anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        try:
+            yield metrics
+        finally:
+            server.should_exit = True
+
+
+async def _serve_team(options: ServeOptions, metrics: BrokerMetrics | None) -> None:
     """--auth kubernetes: every call as its caller (TokenReview + impersonation)."""
     if options.node:
         raise ConfigError(
@@ -79,5 +110,6 @@ async def _serve_team(options: ServeOptions) -> None:
         call_timeout=options.call_timeout,
         max_concurrency=options.max_concurrency,
         team=options.team,
+        metrics=metrics,
     ) as app:
         await run_http(app, options.http)

@@ -61,8 +61,10 @@ class KubernetesAuth:
         ttl_s: float = 60.0,
         rejected_ttl_s: float = 10.0,
         max_cached: int = 10_000,
+        on_review: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
+        self._on_review = on_review  # called with authenticated|rejected|error per review
         self._review = review
         self._open = frozenset(open_paths)
         self._ttl = ttl_s
@@ -105,11 +107,15 @@ class KubernetesAuth:
         if hit is not None and hit[0] > now:
             return hit[1]
         self.reviews += 1
+        outcome = "error"
         try:
             result: Identity | str = await self._review(token)
-            ttl = self._ttl
+            ttl, outcome = self._ttl, "authenticated"
         except TokenRejected as exc:
-            result, ttl = exc.reason, self._rejected_ttl
+            result, ttl, outcome = exc.reason, self._rejected_ttl, "rejected"
+        finally:
+            if self._on_review is not None:
+                self._on_review(outcome)
         self._remember(key, now + ttl, result)
         return result
 

@@ -1,5 +1,5 @@
 """The team broker: ``broker serve --transport http --auth kubernetes`` (the chart's
-in-cluster Deployment).
+in-cluster Deployment), and the guards every HTTP broker gets (limits, metrics, logs).
 
 Wiring only. The broker's own credentials (its ServiceAccount) are used for TokenReviews
 and nothing else; every read and exec runs as the caller (:mod:`broker.fleet.identities`,
@@ -11,18 +11,22 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
+from broker.fleet.breaker import CircuitBreaker
 from broker.fleet.identities import CallerContexts, caller_context
 from broker.kube.auth import Identity, review_token
 from broker.kube.config import ClusterConfig, KubeApi
 from broker.server.app import BrokerApp
 from broker.server.auth import KubernetesAuth, caller_guard
 from broker.server.fleet_tools import build_server
+from broker.server.limits import BodyLimit, CallerLimits, caller_limits
+from broker.server.logs import tool_call_logger
+from broker.server.metrics import BrokerMetrics
 
-__all__ = ["TeamOptions", "team_app"]
+__all__ = ["TeamOptions", "guard_app", "observe_app", "team_app"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,27 @@ class TeamOptions:
     max_callers: int = 64  # callers with open contexts (pools, API clients) at once
     caller_idle_s: float = 900.0  # a caller's context closes after this long unused
     audiences: tuple[str, ...] = ()  # TokenReview audiences (empty: the API server's)
+    limits: CallerLimits = field(default_factory=CallerLimits)
+    breaker_failures: int = 5  # consecutive node failures before the node is skipped
+    breaker_open_s: float = 30.0  # ... for this long (doubling while trials fail, max 5 min)
+
+    def breaker(self) -> CircuitBreaker | None:
+        if self.breaker_failures <= 0:
+            return None
+        return CircuitBreaker(self.breaker_failures, self.breaker_open_s)
+
+
+def observe_app(app: BrokerApp, metrics: BrokerMetrics | None) -> None:
+    """Count (Prometheus) and log (one line, with a request id) every tool call."""
+    if metrics is not None:
+        app.call_guards.append(metrics.guard())
+    app.call_guards.append(tool_call_logger())
+
+
+def guard_app(app: BrokerApp, limits: CallerLimits) -> None:
+    """Per-caller call limits and the request size cap (HTTP)."""
+    app.call_guards.append(caller_limits(limits))
+    app.http_middleware.append(lambda inner: BodyLimit(inner, limits.max_request_bytes))
 
 
 @asynccontextmanager
@@ -42,6 +67,7 @@ async def team_app(
     call_timeout: float = 30.0,
     max_concurrency: int = 64,
     team: TeamOptions | None = None,
+    metrics: BrokerMetrics | None = None,
 ) -> AsyncIterator[BrokerApp]:
     """The cluster-wide MCP server, each call run as its authenticated caller. Serve it
     with :func:`broker.server.http.http_server` and ``HttpSettings(auth="kubernetes")``."""
@@ -54,21 +80,39 @@ async def team_app(
             idle_s=options.caller_idle_s,
             call_timeout=call_timeout,
             max_concurrency=max_concurrency,
+            breaker=options.breaker(),  # one for all callers: a dead node is dead for all
         ) as contexts:
             app = build_server(caller_context())
 
             async def review(token: str) -> Identity:
                 return await review_token(own, token, options.audiences)
 
+            on_review: Callable[[str], None] | None = None
+            if metrics is not None:
+                metrics.callers_open.set_function(lambda: contexts.open_callers)
+                on_review = _count_reviews(metrics)
+
+            # Middleware inner first: authentication, then the size cap (guard_app) outside.
             app.http_middleware.append(
-                lambda inner: KubernetesAuth(inner, review, ttl_s=options.token_ttl_s)
+                lambda inner: KubernetesAuth(
+                    inner, review, ttl_s=options.token_ttl_s, on_review=on_review
+                )
             )
-            app.call_guards.append(caller_guard(contexts))
+            observe_app(app, metrics)
+            guard_app(app, options.limits)
+            app.call_guards.append(caller_guard(contexts))  # last: limits come first
             app.readiness = _api_readiness(own)
             yield app
     finally:
         with anyio.CancelScope(shield=True):
             await own.aclose()
+
+
+def _count_reviews(metrics: BrokerMetrics) -> Callable[[str], None]:
+    def count(result: str) -> None:
+        metrics.token_reviews.labels(result).inc()
+
+    return count
 
 
 def _api_readiness(api: KubeApi, cache_s: float = 5.0) -> Callable[[], Awaitable[str | None]]:

@@ -17,10 +17,11 @@ import pytest
 from broker.kube.config import ClusterConfig
 from broker.server import HttpSettings
 from broker.server.http import http_server
+from broker.server.limits import CallerLimits
 from broker.server.team import TeamOptions, team_app
 from broker.sim import Rule, SimServer
 from tests.e2e.session import structured
-from tests.e2e.test_http import mcp_over_http, post
+from tests.e2e.test_http import INIT, mcp_over_http, post
 
 pytestmark = pytest.mark.e2e
 
@@ -144,3 +145,23 @@ async def test_groups_from_the_token_review_reach_the_api_server(demo_sim: SimSe
     execs = [e for e in sim.audit if "/exec" in e.path]
     assert execs and {e.user for e in execs} == {"carol"}
     assert {e.groups for e in execs} == {("staff", "gpu-sre", "system:authenticated")}
+
+
+async def test_callers_are_rate_limited_and_big_requests_refused(demo_sim: SimServer) -> None:
+    sim = demo_sim
+    team = TeamOptions(limits=CallerLimits(rate_per_s=0.01, burst=2, max_request_bytes=4096))
+    async with team_broker(sim, team) as port:
+        async with mcp_over_http(port, sim.user_token("sre")) as session:
+            for _ in range(2):
+                structured(await session.call_tool("list_gpu_nodes", {}))
+            limited = await session.call_tool("list_gpu_nodes", {})
+            assert limited.is_error
+            text = limited.content[0].text  # type: ignore[union-attr]
+            assert "rate limit reached (0.01 calls/s per caller, bursts of 2)" in text
+            assert "retry in" in text
+        # Another caller has their own budget.
+        async with mcp_over_http(port, sim.user_token("viewer")) as session:
+            structured(await session.call_tool("list_gpu_nodes", {}))
+        big = {**INIT, "params": {**INIT["params"], "padding": "x" * 5000}}
+        refused = await post(port, {"Authorization": f"Bearer {sim.user_token('sre')}"}, big)
+        assert refused.status == 413
