@@ -70,7 +70,7 @@ class NodeResult:
     result: dict[str, Any] | None  # the tool's structuredContent (also when isError, if any)
     error: str | None
     error_kind: str | None  # unreachable|rbac|timeout|agent_error|tool_missing|not_ready|
-    #                         protocol|cancelled
+    #                         protocol|cancelled|circuit_open
     elapsed_s: float
 
     @classmethod

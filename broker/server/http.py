@@ -172,5 +172,7 @@ async def run_http(app: BrokerApp, settings: HttpSettings) -> None:
     server = http_server(app, settings)
     where = f"http://{settings.host}:{settings.port}/mcp"
     auth = "bearer token required" if settings.token else "no token (loopback only)"
+    if settings.auth == "kubernetes":
+        auth = "each caller's Kubernetes token, checked by TokenReview; calls run as the caller"
     print(f"broker: serving MCP at {where} ({auth}); health at /healthz", file=sys.stderr)
     await server.serve()
