@@ -3,11 +3,13 @@ server: the shapes and messages a real API server answers with, and the audit re
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from broker.sim import Rule, SimServer
+from broker.sim import Rule, SimScenarioError, SimServer, start_sim
+from broker.sim.auth import Attributes
 from tests.broker.sim.conftest import Api, Kubectl
 
 NS = "gpu-diagnostics"
@@ -208,3 +210,20 @@ def test_kubectl_as_and_as_group_go_through_impersonation(
     assert can.stdout.strip() == "yes", can.stderr
     assert any(e.user == "dave" and e.impersonated_by == "impersonator"
                for e in threaded_sim.audit)  # fmt: skip
+
+
+async def test_scenario_groups_bind_rules_to_their_members(tmp_path: Path) -> None:
+    scenario = {
+        "users": [{"name": "erin", "groups": ["gpu-sre"]}],
+        "groups": [{"name": "gpu-sre", "rules": [
+            {"verbs": ["list"], "resources": ["nodes"], "api_groups": [""]}]}],
+    }  # fmt: skip
+    async with start_sim(nodes=1, scenario=scenario, workdir=tmp_path / "sim") as sim:
+        who = sim.cluster.auth.by_token(sim.user_token("erin"))
+        assert who is not None
+        assert sim.cluster.auth.decide(who, Attributes("list", "nodes"))[0]
+        assert not sim.cluster.auth.decide(who, Attributes("list", "pods"))[0]
+    bad = {"groups": [{"name": "x", "rules": [{"verbs": ["get"]}]}]}
+    with pytest.raises(SimScenarioError, match=r"groups\[0\]\.rules\[0\]"):
+        async with start_sim(nodes=1, scenario=bad, workdir=tmp_path / "sim2"):
+            pass
