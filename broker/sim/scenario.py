@@ -311,8 +311,12 @@ def _check(sc: Scenario) -> None:
             raise SimScenarioError(f"{where}.service_ports: needs labels.app (the selector)")
     from .auth import Rule  # local: auth has no scenario dependency
 
-    for key, principals in (("users", sc.users), ("groups", sc.groups)):
-        for i, u in enumerate(principals):
+    principals: list[tuple[str, list[UserSpec] | list[GroupSpec]]] = [
+        ("users", sc.users),
+        ("groups", sc.groups),
+    ]
+    for key, specs in principals:
+        for i, u in enumerate(specs):
             for j, rule in enumerate(u.rules):
                 try:
                     Rule.from_dict(rule)
