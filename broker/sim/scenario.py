@@ -311,17 +311,14 @@ def _check(sc: Scenario) -> None:
             raise SimScenarioError(f"{where}.service_ports: needs labels.app (the selector)")
     from .auth import Rule  # local: auth has no scenario dependency
 
-    principals: list[tuple[str, list[UserSpec] | list[GroupSpec]]] = [
-        ("users", sc.users),
-        ("groups", sc.groups),
-    ]
-    for key, specs in principals:
-        for i, u in enumerate(specs):
-            for j, rule in enumerate(u.rules):
-                try:
-                    Rule.from_dict(rule)
-                except ValueError as exc:
-                    raise SimScenarioError(f"{key}[{i}].rules[{j}]: {exc}") from None
+    rule_sets = [("users", i, u.rules) for i, u in enumerate(sc.users)]
+    rule_sets += [("groups", i, g.rules) for i, g in enumerate(sc.groups)]
+    for key, i, rules in rule_sets:
+        for j, rule in enumerate(rules):
+            try:
+                Rule.from_dict(rule)
+            except ValueError as exc:
+                raise SimScenarioError(f"{key}[{i}].rules[{j}]: {exc}") from None
     if sc.cpu_nodes < 0:
         raise SimScenarioError("cpu_nodes: must not be negative")
     _check_faults(sc.cluster_faults, "cluster_faults")
