@@ -12,16 +12,18 @@ from dataclasses import replace
 
 import aiohttp
 import anyio
+import httpx2
 import pytest
 
+from broker.errors import ConfigError
 from broker.kube.config import ClusterConfig
-from broker.server import HttpSettings
-from broker.server.http import http_server
+from broker.server import HttpSettings, ServeOptions, serve
+from broker.server.http import http_app, http_server
 from broker.server.limits import CallerLimits
 from broker.server.team import TeamOptions, team_app
 from broker.sim import Rule, SimServer
 from tests.e2e.session import structured
-from tests.e2e.test_http import INIT, mcp_over_http, post
+from tests.e2e.test_http import INIT, JSON_HEADERS, mcp_over_http, post
 
 pytestmark = pytest.mark.e2e
 
@@ -165,3 +167,31 @@ async def test_callers_are_rate_limited_and_big_requests_refused(demo_sim: SimSe
         big = {**INIT, "params": {**INIT["params"], "padding": "x" * 5000}}
         refused = await post(port, {"Authorization": f"Bearer {sim.user_token('sre')}"}, big)
         assert refused.status == 413
+
+
+async def test_a_broker_that_cannot_review_tokens_says_so(demo_sim: SimServer) -> None:
+    """Without `create tokenreviews` the broker answers 503 naming the missing grant (the
+    caller's token is not blamed)."""
+    sim = demo_sim
+    sim.add_user(BROKER, rules=CHART_BROKER_RULES[1:])
+    context = f"sim-{BROKER}"
+    config = ClusterConfig(kubeconfig=str(sim.kubeconfig), context=context)
+    settings = HttpSettings(host="127.0.0.1", auth="kubernetes")
+    async with team_app(config) as app:
+        asgi = http_app(app, settings)
+        transport = httpx2.ASGITransport(app=asgi)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            headers = {"Authorization": f"Bearer {sim.user_token('sre')}", **JSON_HEADERS}
+            response = await http.post("/mcp", json=INIT, headers=headers)
+    assert response.status_code == 503
+    message = response.json()["message"]
+    assert "may not create TokenReviews" in message
+    assert "create tokenreviews.authentication.k8s.io" in message
+
+
+async def test_pinned_mode_is_for_one_ide_not_a_team() -> None:
+    options = ServeOptions(
+        node="gpu-node-001", transport="http", http=HttpSettings(auth="kubernetes")
+    )
+    with pytest.raises(ConfigError, match="cannot be combined with --auth kubernetes"):
+        await serve(options)
