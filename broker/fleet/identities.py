@@ -119,28 +119,31 @@ class CallerContexts:
     async def _acquire(self, identity: Identity) -> _Entry:
         if self._tg is None:
             raise RuntimeError("CallerContexts is not open: use `async with CallerContexts(...)`")
-        entry = self._entries.get(identity)
-        if entry is None or entry.stop.is_set():
-            self._evict()
-            entry = _Entry(identity)
-            self._entries[identity] = entry
-            self._tg.start_soon(self._own, entry)
-        entry.in_use += 1
-        try:
-            await entry.ready.wait()
-        except BaseException:
+        for _ in range(3):  # a context closing as we arrive: take the next one
+            entry = self._entries.get(identity)
+            if entry is None or entry.stop.is_set():
+                self._evict()
+                entry = _Entry(identity)
+                self._entries[identity] = entry
+                self._tg.start_soon(self._own, entry)
+            entry.in_use += 1
+            try:
+                await entry.ready.wait()
+            except BaseException:
+                entry.in_use -= 1
+                raise
+            if entry.ctx is not None and not entry.stop.is_set():
+                return entry
             entry.in_use -= 1
-            raise
-        if entry.ctx is None:
-            entry.in_use -= 1
-            error = entry.error
-            if isinstance(error, BrokerError):
-                raise error
-            raise ApiUnavailable(
-                f"could not open the Kubernetes API clients for {identity.user}: {error}; "
-                "check the broker's log"
-            )
-        return entry
+            if entry.ctx is None and entry.error is not None:
+                break
+        error = entry.error if entry is not None else None
+        if isinstance(error, BrokerError):
+            raise error
+        raise ApiUnavailable(
+            f"could not open the Kubernetes API clients for {identity.user}: {error}; "
+            "check the broker's log"
+        )
 
     def _evict(self) -> None:
         """Close the least recently used idle context when the cap is reached."""
@@ -163,6 +166,7 @@ class CallerContexts:
                 while not entry.stop.is_set():
                     quiet = time.monotonic() - entry.last_used
                     if entry.in_use == 0 and quiet >= self.idle_s:
+                        entry.stop.set()  # now, so no call joins a closing context
                         break
                     wait = self.idle_s if entry.in_use else max(0.05, self.idle_s - quiet)
                     with anyio.move_on_after(wait):
