@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import anyio
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from broker.errors import ConfigError
 from broker.fleet.identities import CallerContexts, caller_context
 from broker.kube.auth import Identity, TokenRejected, review_token
-from broker.kube.config import KubeApi
+from broker.kube.config import ClusterConfig, KubeApi
 from broker.kube.reader import ClusterReader
 from broker.sim import Rule, SimServer
 from tests.broker.agents import sim_config
@@ -112,3 +113,12 @@ async def test_idle_contexts_close_and_the_cap_evicts_the_least_recent(sim: SimS
         await until(lambda: callers.open_callers == 0)  # idle for 0.3 s: all closed
         async with callers.use(Identity("a")):
             assert callers.opened == 4  # re-opened on the next call
+
+
+async def test_a_context_that_cannot_open_fails_the_call_with_the_reason(tmp_path: Path) -> None:
+    config = ClusterConfig(kubeconfig=str(tmp_path / "missing-kubeconfig"))
+    async with CallerContexts(config) as callers:
+        with pytest.raises(ConfigError, match="missing-kubeconfig"):
+            async with callers.use(Identity("alice")):
+                pass
+        assert callers.open_callers == 0
