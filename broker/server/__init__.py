@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -21,8 +22,10 @@ from broker.server.app import BrokerApp
 from broker.server.fleet_tools import build_node_server, build_server
 from broker.server.http import HttpSettings, check_http_settings, http_app, run_http
 from broker.server.logs import configure_logging
-from broker.server.metrics import BrokerMetrics, metrics_server
 from broker.server.team import TeamOptions, guard_app, observe_app, team_app
+
+if TYPE_CHECKING:
+    from broker.server.metrics import BrokerMetrics
 
 __all__ = [
     "BrokerApp",
@@ -88,6 +91,8 @@ async def _metrics(options: ServeOptions) -> AsyncIterator[BrokerMetrics | None]
     if options.metrics_port is None:
         yield None
         return
+    from broker.server.metrics import BrokerMetrics, metrics_server  # prometheus: ~50 ms
+
     metrics = BrokerMetrics()
     server = metrics_server(metrics, options.http.host, options.metrics_port)
     async with metrics.observing(), anyio.create_task_group() as tg:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -24,7 +25,9 @@ from broker.server.auth import KubernetesAuth, caller_guard
 from broker.server.fleet_tools import build_server
 from broker.server.limits import BodyLimit, CallerLimits, caller_limits
 from broker.server.logs import tool_call_logger
-from broker.server.metrics import BrokerMetrics
+
+if TYPE_CHECKING:
+    from broker.server.metrics import BrokerMetrics
 
 __all__ = ["TeamOptions", "guard_app", "observe_app", "team_app"]
 
