@@ -3,7 +3,9 @@
 :class:`KubernetesAuth` (ASGI middleware) checks the token with a TokenReview, caches the
 answer briefly by the token's hash (never the token itself), and puts the caller's
 :class:`Identity` on the request (``request.state.identity``); a token the API server
-does not accept gets a 401 that says how to get a valid one. :func:`caller_guard` then
+does not accept gets a 401 that says how to get a valid one. An MCP session belongs to
+the caller who opened it: another caller presenting its id gets a 404, as for an unknown
+session. :func:`caller_guard` then
 runs each tool call in that caller's own context (impersonating API clients, own pool),
 reading the identity from the HTTP request of the MCP message being answered.
 """
@@ -13,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from mcp.server.mcpserver import Context
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.errors import BrokerError
 from broker.fleet.identities import CallerContexts
@@ -71,6 +74,8 @@ class KubernetesAuth:
         self._rejected_ttl = rejected_ttl_s
         self._max = max_cached
         self._cache: dict[bytes, tuple[float, Identity | str]] = {}
+        # MCP session id -> the caller who opened it: a session is used by its owner only.
+        self._sessions: OrderedDict[str, str] = OrderedDict()
         self.reviews = 0  # TokenReviews sent (tests, metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,7 +102,33 @@ class KubernetesAuth:
             await _unauthorized(message)(scope, receive, send)
             return
         scope.setdefault("state", {})["identity"] = found
-        await self.app(scope, receive, send)
+        session = _header(scope, b"mcp-session-id")
+        if session:
+            owner = self._sessions.get(session)
+            if owner is not None and owner != found.user:
+                # As for an unknown session (no hint that it exists): the client re-initialises.
+                await JSONResponse(
+                    {"error": "not_found", "message": "session not found: initialise a new one"},
+                    status_code=404,
+                )(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+
+        async def remember_session(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for key, value in message.get("headers") or ():
+                    if key.lower() == b"mcp-session-id":
+                        self._own_session(value.decode("latin-1"), found.user)
+            await send(message)
+
+        await self.app(scope, receive, remember_session)
+
+    def _own_session(self, session: str, user: str) -> None:
+        self._sessions[session] = user
+        self._sessions.move_to_end(session)
+        while len(self._sessions) > self._max:
+            self._sessions.popitem(last=False)
 
     async def identify(self, token: str) -> Identity | str:
         """The token's Identity, or why it was rejected (cached)."""
@@ -131,10 +162,14 @@ class KubernetesAuth:
 
 
 def _bearer(scope: Scope) -> str:
+    scheme, _, token = _header(scope, b"authorization").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _header(scope: Scope, name: bytes) -> str:
     for key, value in scope.get("headers") or ():
-        if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
+        if key == name:
+            return str(value.decode("latin-1"))
     return ""
 
 

@@ -90,6 +90,7 @@ async def test_each_caller_acts_as_themselves(demo_sim: SimServer) -> None:
             reason = denied[0]["reason"]
             assert "may not create pods/exec in namespace gpu-diagnostics" in reason
             assert "kubectl auth can-i create pods --subresource=exec" in reason
+            assert "checked as user 'viewer'" in reason
             assert structured(await session.call_tool("list_gpu_nodes", {}))  # reads: allowed
 
         # An invalid token, and none at all: 401 saying what to send.
@@ -195,3 +196,19 @@ async def test_pinned_mode_is_for_one_ide_not_a_team() -> None:
     )
     with pytest.raises(ConfigError, match="cannot be combined with --auth kubernetes"):
         await serve(options)
+
+
+async def test_an_mcp_session_belongs_to_the_caller_who_opened_it(demo_sim: SimServer) -> None:
+    sim = demo_sim
+    async with team_broker(sim) as port:
+        sre = {"Authorization": f"Bearer {sim.user_token('sre')}"}
+        opened = await post(port, sre)
+        assert opened.status == 200
+        session = {"mcp-session-id": opened.headers["mcp-session-id"]}
+        listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        ready = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await post(port, {**sre, **session}, ready)).status == 202
+        viewer = {"Authorization": f"Bearer {sim.user_token('viewer')}"}
+        stolen = await post(port, {**viewer, **session}, listing)
+        assert stolen.status == 404
+        assert (await post(port, {**sre, **session}, listing)).status == 200
