@@ -187,6 +187,29 @@ class NodeTimeout(BrokerError):
         )
 
 
+class NodeSkipped(BrokerError):
+    """The node's circuit breaker is open: it kept failing, so it is not called for a
+    while (one trial call at a time once the pause is over)."""
+
+    kind = "circuit_open"
+
+    def __init__(self, node: str, failures: int, retry_in_s: float, last: str) -> None:
+        self.node = node
+        self.retry_in_s = retry_in_s
+        when = f"in {retry_in_s:.0f} s" if retry_in_s > 0 else "once the trial call in flight ends"
+        super().__init__(
+            f"node {node}: skipped, it failed {failures} times in a row (last: {last}); "
+            f"the broker tries it again {when}. Check the node and its agent pod "
+            "(`broker doctor`, `kubectl describe node`)."
+        )
+
+
+class CallLimited(BrokerError):
+    """A caller went over their share (rate or concurrent calls): retry later."""
+
+    kind = "rate_limited"
+
+
 class CallCancelled(BrokerError):
     """The call was cancelled (the pool shut down, or the caller went away)."""
 

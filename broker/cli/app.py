@@ -35,6 +35,11 @@ class Auth(StrEnum):
     kubernetes = "kubernetes"
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 Kubeconfig = Annotated[
     str | None,
     typer.Option(
@@ -287,10 +292,13 @@ def serve(
         Auth,
         typer.Option(
             "--auth",
-            help="HTTP: how clients authenticate. token (default): a bearer token; without "
-            "one, loopback generates one per run, prints it once to stderr and saves it "
-            "(0600) under $XDG_RUNTIME_DIR/k8s-gpu-mcp or ~/.config/k8s-gpu-mcp. none: no "
-            "authentication (loopback only). kubernetes: not yet available.",
+            help="HTTP: how clients authenticate. token (default): a bearer token "
+            "(K8S_GPU_MCP_TOKEN); without one, loopback generates one per run, prints it once "
+            "to stderr and saves it (0600) under $XDG_RUNTIME_DIR/k8s-gpu-mcp or "
+            "~/.config/k8s-gpu-mcp. none: no authentication (loopback only). kubernetes: "
+            "each caller sends their own Kubernetes token; the broker checks it with a "
+            "TokenReview and acts as that user (impersonation), so their own RBAC applies "
+            "(the chart's in-cluster broker).",
             rich_help_panel="HTTP",
         ),
     ] = Auth.token,
@@ -324,6 +332,53 @@ def serve(
             rich_help_panel="HTTP",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics at /metrics on this port (no authentication: "
+            "restrict who reaches it, as the chart's NetworkPolicy does).",
+            rich_help_panel="Operations",
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="text, or json: one JSON object per line with a request id per tool call.",
+            rich_help_panel="Operations",
+        ),
+    ] = LogFormat.text,
+    caller_rate: Annotated[
+        float,
+        typer.Option(
+            "--caller-rate",
+            min=0.01,
+            help="HTTP: tool calls per second per caller (bursts of 20).",
+            rich_help_panel="Operations",
+        ),
+    ] = 2.0,
+    caller_concurrency: Annotated[
+        int,
+        typer.Option(
+            "--caller-concurrency",
+            min=1,
+            help="HTTP: tool calls in flight per caller.",
+            rich_help_panel="Operations",
+        ),
+    ] = 8,
+    breaker_failures: Annotated[
+        int,
+        typer.Option(
+            "--breaker-failures",
+            min=0,
+            help="HTTP: consecutive failures after which a node is skipped for 30 s "
+            "(doubling, up to 5 min, while trial calls fail); 0 = never skip.",
+            rich_help_panel="Operations",
+        ),
+    ] = 5,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     namespace: Namespace = DEFAULT_NAMESPACE,
@@ -338,6 +393,8 @@ def serve(
     stdio by default; --transport http serves streamable HTTP at /mcp and GET /healthz.
     """
     from broker.server import HttpSettings, ServeOptions
+    from broker.server.limits import CallerLimits
+    from broker.server.team import TeamOptions
 
     opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
     options = ServeOptions(
@@ -348,12 +405,18 @@ def serve(
             host=host,
             port=port,
             auth=auth.value,
-            token=auth_token or None,
+            token=(auth_token or None) if auth != Auth.kubernetes else None,
             allowed_hosts=tuple(allowed_host or ()),
             max_connections=max_connections,
         ),
         call_timeout=timeout,
         max_concurrency=concurrency,
+        team=TeamOptions(
+            limits=CallerLimits(rate_per_s=caller_rate, concurrent=caller_concurrency),
+            breaker_failures=breaker_failures,
+        ),
+        metrics_port=metrics_port,
+        log_format=log_format.value,
     )
     from broker.cli.commands import run_serve
 

@@ -309,7 +309,8 @@ def aggregate_output_schema(agent_output_schema: Mapping[str, Any] | None) -> Js
                                 "kind": {
                                     "type": "string",
                                     "description": "unreachable, rbac, timeout, agent_error, "
-                                    "tool_missing, not_ready, protocol or cancelled",
+                                    "tool_missing, not_ready, protocol, cancelled or "
+                                    "circuit_open (kept failing: skipped for a while)",
                                 },
                                 "reason": {"type": "string"},
                             },

@@ -44,6 +44,8 @@ from broker.errors import (
     UnknownNode,
     as_broker_error,
 )
+from broker.fleet import observe
+from broker.fleet.breaker import CircuitBreaker
 from broker.kube.config import ClusterConfig, KubeApi
 from broker.kube.discovery import Discovery, NodeTarget
 from broker.transport import Connect, ReadStream, TransportStreams
@@ -68,7 +70,7 @@ class NodeResult:
     result: dict[str, Any] | None  # the tool's structuredContent (also when isError, if any)
     error: str | None
     error_kind: str | None  # unreachable|rbac|timeout|agent_error|tool_missing|not_ready|
-    #                         protocol|cancelled
+    #                         protocol|cancelled|circuit_open
     elapsed_s: float
 
     @classmethod
@@ -241,6 +243,7 @@ class NodePool:
         discover: Discover | None = None,
         discovery_ttl: float = 30.0,
         validate_output: Literal["first", "always", "never"] = "first",
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -255,6 +258,7 @@ class NodePool:
         self.ping_interval = ping_interval
         self.agent_command = list(agent_command)
         self.validate_output = validate_output
+        self.breaker = breaker  # None: every node is always tried
         self._connect_override = connect
         self._discover_override = discover
         self._discovery_ttl = discovery_ttl
@@ -357,7 +361,7 @@ class NodePool:
         for the node's failures (they come back in the :class:`NodeResult`)."""
         self._require_open()
         (target,) = await self._resolve([node])
-        return await self._call_target(
+        return await self._checked_call(
             target, tool, arguments, time.monotonic() + self.call_timeout
         )
 
@@ -376,13 +380,14 @@ class NodePool:
         self._require_open()
         names = list(dict.fromkeys(nodes))
         targets = await self._resolve(names)
+        observe.fan_out(len(targets))
         deadline = time.monotonic() + self.call_timeout
         results: list[NodeResult | None] = [None] * len(targets)
         done = 0
 
         async def one(index: int, target: NodeTarget) -> None:
             nonlocal done
-            result = await self._call_target(target, tool, arguments, deadline)
+            result = await self._checked_call(target, tool, arguments, deadline)
             results[index] = result
             done += 1
             if on_progress is not None:
@@ -408,6 +413,26 @@ class NodePool:
             raise NodeTimeout(node, self.call_timeout, "opening the session") from None
         assert s.catalog is not None
         return list(s.catalog.tools)
+
+    async def _checked_call(
+        self, target: NodeTarget, tool: str, arguments: dict[str, Any], deadline: float
+    ) -> NodeResult:
+        """:meth:`_call_target` behind the node's circuit breaker, reported to observers."""
+        breaker = self.breaker
+        skipped = breaker.acquire(target.node) if breaker is not None else None
+        if skipped is not None:
+            result = NodeResult.failure(target.node, skipped, 0.0)
+        elif breaker is None:
+            result = await self._call_target(target, tool, arguments, deadline)
+        else:
+            try:
+                result = await self._call_target(target, tool, arguments, deadline)
+            except BaseException:  # cancelled: a trial call frees the trial slot
+                breaker.record(target.node, "cancelled")
+                raise
+            breaker.record(target.node, result.error_kind, result.error)
+        observe.node_call(target.node, result.error_kind, result.elapsed_s)
+        return result
 
     async def _call_target(
         self, target: NodeTarget, tool: str, arguments: dict[str, Any], deadline: float
@@ -548,6 +573,7 @@ class NodePool:
                 self._open_slots.release()
                 holding = False
                 self._stats["opened"] += 1
+                observe.session_opened()
                 s.ready.set()
                 await self._keep(s)
         except BaseException as exc:
@@ -559,12 +585,15 @@ class NodePool:
                     else as_broker_error(exc, s.target.node)
                 )
                 self._stats["open_failures"] += 1
+                observe.session_failed(s.error.kind)
             elif not cancelled:
                 s.failure = s.failure or as_broker_error(exc, s.target.node)
             if cancelled or not isinstance(exc, Exception):
                 raise
             logger.debug("session to %s ended: %s", s.target.node, exc)
         finally:
+            if s.client is not None and s.ready.is_set():
+                observe.session_closed()
             if holding:
                 self._open_slots.release()
             s.stop.set()

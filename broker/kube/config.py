@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from broker.errors import ConfigError, clip
+from broker.kube.identity import Identity, impersonate_clients
 from broker.kube.kubeconfig_check import (
     check_certificate_dates,
     check_documents,
@@ -60,6 +61,7 @@ class ClusterConfig:
     # One read with its retries, and one discovery (both lists): the CLI's --timeout.
     # None: bounded only by request_timeout x retry attempts (about a minute).
     read_deadline: float | None = None
+    impersonate: Identity | None = None  # act as this caller (the in-cluster broker)
 
     @classmethod
     def from_options(
@@ -301,6 +303,8 @@ class KubeApi:
             self.ws = WsApiClient(configuration=configuration)
             configuration.connection_pool_maxsize = 100
             self.rest = ApiClient(configuration=configuration)
+            if config.impersonate is not None:
+                impersonate_clients((self.rest, self.ws), config.impersonate)
         except (ssl.SSLError, OSError) as exc:
             files = ", ".join(
                 f"{k}={v}"

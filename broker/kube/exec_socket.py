@@ -78,7 +78,9 @@ async def open_exec_socket(
             asked = tuple(fallback)
             continue
         if status == 403:
-            raise RbacDenied("create", "pods/exec", target.namespace)
+            who = api.config.impersonate  # the team broker: say whose RBAC refused
+            detail = f"checked as user {who.user!r}" if who is not None else ""
+            raise RbacDenied("create", "pods/exec", target.namespace, detail)
         if status == 401:
             if not refreshed and await api.refresh_credentials(force=True):
                 refreshed = True

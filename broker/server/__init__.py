@@ -8,7 +8,12 @@ Wiring only: :mod:`broker.server.app` (the server class and result helpers),
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
 
 from broker.errors import ConfigError, ToolInputError
 from broker.fleet.context import BrokerContext
@@ -22,8 +27,12 @@ from broker.server.http import (
     http_app,
     run_http,
 )
-from broker.server.logs import install_plain_logging
+from broker.server.logs import configure_logging, install_plain_logging
 from broker.server.stdio import run_stdio
+from broker.server.team import TeamOptions, guard_app, observe_app, team_app
+
+if TYPE_CHECKING:
+    from broker.server.metrics import BrokerMetrics
 
 __all__ = [
     "BrokerApp",
@@ -47,6 +56,9 @@ class ServeOptions:
     http: HttpSettings = field(default_factory=HttpSettings)
     call_timeout: float = 30.0
     max_concurrency: int = 64
+    team: TeamOptions = field(default_factory=TeamOptions)  # HTTP: limits, breaker, callers
+    metrics_port: int | None = None  # Prometheus /metrics on its own port
+    log_format: str = "text"  # text | json
 
 
 async def serve(options: ServeOptions) -> None:
@@ -54,20 +66,67 @@ async def serve(options: ServeOptions) -> None:
     if options.transport not in ("stdio", "http"):
         raise ConfigError(f"unknown transport {options.transport!r}: use stdio or http")
     install_plain_logging()  # before any MCPServer installs its rich handler
-    http = options.http
-    if options.transport == "http":
-        check_http_settings(http)  # before any cluster access: a bad flag fails fast
-        http = generate_token(http)
-    async with BrokerContext.open(
+    configure_logging(options.log_format)
+    http = options.transport == "http"
+    settings = options.http
+    if http:
+        check_http_settings(settings)  # before any cluster access: a bad flag fails fast
+        settings = generate_token(settings)
+    async with _metrics(options) as metrics:
+        if http and settings.auth == "kubernetes":
+            await _serve_team(options, settings, metrics)
+            return
+        breaker = options.team.breaker() if http else None
+        async with BrokerContext.open(
+            options.config,
+            call_timeout=options.call_timeout,
+            max_concurrency=options.max_concurrency,
+            **({"breaker": breaker} if breaker is not None else {}),
+        ) as ctx:
+            if options.node:
+                app = await build_node_server(ctx, options.node)
+            else:
+                app = build_server(ctx)
+            observe_app(app, metrics)
+            if options.transport == "stdio":
+                await run_stdio(app)
+            else:
+                guard_app(app, options.team.limits)  # one token: one shared budget
+                await run_http(app, settings)
+
+
+@asynccontextmanager
+async def _metrics(options: ServeOptions) -> AsyncIterator[BrokerMetrics | None]:
+    """Prometheus metrics served on --metrics-port while the block runs (None: off)."""
+    if options.metrics_port is None:
+        yield None
+        return
+    from broker.server.metrics import BrokerMetrics, metrics_server  # prometheus: ~50 ms
+
+    metrics = BrokerMetrics()
+    server = metrics_server(metrics, options.http.host, options.metrics_port)
+    async with metrics.observing(), anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        try:
+            yield metrics
+        finally:
+            server.should_exit = True
+
+
+async def _serve_team(
+    options: ServeOptions, settings: HttpSettings, metrics: BrokerMetrics | None
+) -> None:
+    """--auth kubernetes: every call as its caller (TokenReview + impersonation)."""
+    if options.node:
+        raise ConfigError(
+            "--node (one node's tools for one IDE) cannot be combined with --auth kubernetes "
+            "(a broker for many callers): drop --node, and call tools with node=<name>"
+        )
+    async with team_app(
         options.config,
         call_timeout=options.call_timeout,
         max_concurrency=options.max_concurrency,
-    ) as ctx:
-        if options.node:
-            app = await build_node_server(ctx, options.node)
-        else:
-            app = build_server(ctx)
-        if options.transport == "stdio":
-            await run_stdio(app)
-        else:
-            await run_http(app, http)
+        team=options.team,
+        metrics=metrics,
+    ) as app:
+        await run_http(app, settings)

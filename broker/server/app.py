@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 import mcp_types as types
@@ -21,12 +22,22 @@ from broker import __version__
 from broker.errors import BrokerError, clip
 from broker.server.compact import compact_definition
 
-__all__ = ["READ_ONLY", "BrokerApp", "SchemaHandler", "error_result", "json_result"]
+__all__ = [
+    "READ_ONLY",
+    "BrokerApp",
+    "CallGuard",
+    "SchemaHandler",
+    "error_result",
+    "json_result",
+]
 
 logger = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 SchemaHandler = Callable[[Json, Context[Any, Any]], Awaitable[Json | types.CallToolResult]]
+# Wraps every schema-tool call (tool name, MCP context): per-caller context, limits,
+# metrics. A BrokerError it raises is the call's isError answer.
+CallGuard = Callable[[str, Context[Any, Any]], AbstractAsyncContextManager[Any]]
 
 READ_ONLY = {
     "readOnlyHint": True,
@@ -78,6 +89,10 @@ class BrokerApp(MCPServer[Any]):
             log_level="WARNING",
         )
         self._schema_tools: dict[str, tuple[types.Tool, SchemaHandler, Any]] = {}
+        self.call_guards: list[CallGuard] = []  # entered in order around each handler
+        self.http_middleware: list[Callable[[Any], Any]] = []  # ASGI wrappers, inner first
+        # GET /readyz: None = ready, else why not (e.g. the API server is unreachable).
+        self.readiness: Callable[[], Awaitable[str | None]] | None = None
 
     def add_schema_tool(self, definition: Mapping[str, Any], handler: SchemaHandler) -> None:
         """Register a tool from its MCP definition (name, title, description, inputSchema,
@@ -117,7 +132,10 @@ class BrokerApp(MCPServer[Any]):
         if context is None:
             context = Context(mcp_server=self)
         try:
-            out = await handler(arguments, context)
+            async with AsyncExitStack() as guards:
+                for guard in self.call_guards:
+                    await guards.enter_async_context(guard(name, context))
+                out = await handler(arguments, context)
         except BrokerError as exc:
             logger.info("tool %s: %s", name, exc)
             return error_result(exc.for_mcp())

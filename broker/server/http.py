@@ -52,7 +52,9 @@ class HttpSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    auth: str = "token"  # token | none (loopback only) | kubernetes (not yet available)
+    # token | none (loopback only) | kubernetes (each caller's token: TokenReview +
+    # impersonation, broker.server.team)
+    auth: str = "token"
     token: str | None = None  # None with auth=token: generated at start (loopback only)
     allowed_hosts: tuple[str, ...] = ()  # extra Host header values (e.g. a Service DNS name)
     allowed_origins: tuple[str, ...] = ()
@@ -86,10 +88,12 @@ def check_http_settings(settings: HttpSettings, *, generated_ok: bool = True) ->
     if settings.auth not in AUTH_MODES:
         raise ConfigError(f"unknown --auth {settings.auth!r}: use token, none or kubernetes")
     if settings.auth == "kubernetes":
-        raise ConfigError(
-            "--auth kubernetes (TokenReview + impersonation) is not yet available in this "
-            "release; use --auth token (the default) with K8S_GPU_MCP_TOKEN"
-        )
+        if settings.token:
+            raise ConfigError(
+                "--auth kubernetes checks each caller's own Kubernetes token: drop the static "
+                "bearer token (--auth-token or K8S_GPU_MCP_TOKEN), or use --auth token"
+            )
+        return  # every caller's own token, checked by TokenReview (broker.server.auth)
     loopback = is_loopback(settings.host)
     if settings.auth == "none":
         if not loopback:
@@ -173,7 +177,9 @@ def transport_security(settings: HttpSettings) -> TransportSecuritySettings:
 class BearerAuth:
     """ASGI middleware: every HTTP request except ``GET /healthz`` needs the token."""
 
-    def __init__(self, app: ASGIApp, token: str, open_paths: Sequence[str] = ("/healthz",)):
+    def __init__(
+        self, app: ASGIApp, token: str, open_paths: Sequence[str] = ("/healthz", "/readyz")
+    ):
         self.app = app
         self._token = token.encode()
         self._open = frozenset(open_paths)
@@ -208,7 +214,14 @@ def http_app(app: BrokerApp, settings: HttpSettings) -> ASGIApp:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "server": app.name, "version": __version__})
 
+    async def readyz(request: Request) -> Response:
+        problem = await app.readiness() if app.readiness is not None else None
+        if problem:
+            return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
     app.custom_route("/healthz", methods=["GET"], include_in_schema=False)(healthz)
+    app.custom_route("/readyz", methods=["GET"], include_in_schema=False)(readyz)
     starlette = app.streamable_http_app(
         streamable_http_path="/mcp",
         transport_security=transport_security(settings),
@@ -216,7 +229,9 @@ def http_app(app: BrokerApp, settings: HttpSettings) -> ASGIApp:
         session_idle_timeout=settings.session_idle_s,
         max_sessions=settings.max_sessions,
     )
-    if settings.auth == "none":
+    for wrap in app.http_middleware:  # e.g. --auth kubernetes (broker.server.auth)
+        starlette = wrap(starlette)
+    if settings.auth in ("none", "kubernetes"):
         return starlette
     assert settings.token is not None  # check_http_settings
     return BearerAuth(starlette, settings.token)
@@ -269,7 +284,9 @@ async def run_http(app: BrokerApp, settings: HttpSettings) -> None:
     install_loop_guard(asyncio.get_running_loop())
     where = f"http://{settings.host}:{settings.port}/mcp"
     path: Path | None = None
-    if settings.auth == "none":
+    if settings.auth == "kubernetes":
+        auth = "each caller's Kubernetes token, checked by TokenReview; calls run as the caller"
+    elif settings.auth == "none":
         auth = "NO authentication (--auth none; loopback only)"
     elif settings.token_generated and settings.token:
         path = token_path(settings.port)

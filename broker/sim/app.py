@@ -24,7 +24,13 @@ from aiohttp import web
 
 from . import discovery, kubelet, protobuf
 from .agent_runner import AgentRun, InProcessRun, SubprocessRun, write_scenario
-from .auth import Attributes, Identity
+from .auth import (
+    Attributes,
+    Identity,
+    Impersonation,
+    ImpersonationDenied,
+    ImpersonationInvalid,
+)
 from .cluster import SimCluster
 from .exec import serve_exec
 from .kinds import GROUP_VERSIONS, GROUPS, Kind, lookup
@@ -65,6 +71,22 @@ class SimContext:
     requests: collections.deque[tuple[str, str, int]] = field(
         default_factory=lambda: collections.deque(maxlen=2000)
     )  # (method, path?query, status): what clients asked, for tests and debugging
+    audit: collections.deque[AuditEntry] = field(
+        default_factory=lambda: collections.deque(maxlen=2000)
+    )  # who asked what (and as whom), recorded when the request is authenticated
+
+
+@dataclass
+class AuditEntry:
+    """One request as the audit log would name it: the user it ran as and, when that is
+    an impersonation, who impersonated. ``status`` is 0 while it runs (an exec stream)."""
+
+    user: str
+    groups: tuple[str, ...]
+    impersonated_by: str | None
+    method: str
+    path: str
+    status: int = 0
 
 
 CTX: web.AppKey[SimContext] = web.AppKey("sim", SimContext)
@@ -108,16 +130,46 @@ def _authenticate(request: web.Request, ctx: SimContext) -> Identity | None:
     return None
 
 
+def _impersonation(request: web.Request) -> Impersonation:
+    headers = request.headers
+    extra: dict[str, list[str]] = {}
+    for key, value in headers.items():
+        if key.lower().startswith("impersonate-extra-"):
+            extra.setdefault(key[len("impersonate-extra-") :].lower(), []).append(value)
+    return Impersonation(
+        user=headers.get("Impersonate-User"),
+        groups=tuple(headers.getall("Impersonate-Group", ())),
+        uid=headers.get("Impersonate-Uid"),
+        extra=tuple((k, tuple(v)) for k, v in extra.items()),
+    )
+
+
+def _act_as(request: web.Request, ctx: SimContext, who: Identity) -> Identity:
+    """*who*, or whom their Impersonate-* headers name once RBAC allows it (403/500)."""
+    try:
+        return ctx.cluster.auth.impersonate(who, _impersonation(request))
+    except ImpersonationDenied as exc:
+        a = exc.attrs
+        raise forbidden(str(exc), a.resource, a.name or None, a.api_group) from None
+    except ImpersonationInvalid as exc:
+        raise internal_error(str(exc)) from None
+
+
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = _ctx(request)
     response: web.StreamResponse
+    entry: AuditEntry | None = None
     try:
         if request.path not in _PUBLIC:
             who = _authenticate(request, ctx)
             if who is None:
                 raise unauthorized()
-            request[IDENTITY] = who
+            acting = _act_as(request, ctx, who)
+            request[IDENTITY] = acting
+            by = who.name if acting is not who else None
+            entry = AuditEntry(acting.name, acting.groups, by, request.method, request.path_qs)
+            ctx.audit.append(entry)
         response = await handler(request)
     except StatusError as exc:
         response = exc.response()
@@ -125,6 +177,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response = method_not_allowed(request.path.rstrip("/").rsplit("/", 1)[-1]).response()
     except web.HTTPNotFound:
         response = path_not_found().response()
+    if entry is not None:
+        entry.status = response.status
     ctx.requests.append((request.method, request.path_qs, response.status))
     return response
 
@@ -634,6 +688,106 @@ async def self_subject_rules_review(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def _review_json(request: web.Request, kind: str) -> Obj:
+    """A JSON review body (TokenReview, SubjectAccessReview) or the API server's 415/400."""
+    if request.content_type not in ("application/json", ""):
+        raise StatusError(
+            status(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types "
+                "include: application/json, application/yaml, "
+                "application/vnd.kubernetes.protobuf",
+            )
+        )
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the body of the request was in an unknown format: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("spec") or {}, dict):
+        raise bad_request(f"the body of the request was not a {kind}")
+    return body
+
+
+def _invalid(kind: str, group: str, field_path: str, value: str, detail: str) -> StatusError:
+    message = f'{kind}.{group} "" is invalid: {field_path}: Invalid value: "{value}": {detail}'
+    return StatusError(status(422, "Invalid", message, {"group": group, "kind": kind}))
+
+
+_AUDIENCES = ["https://kubernetes.default.svc.cluster.local"]
+
+
+async def token_review(request: web.Request) -> web.StreamResponse:
+    """``TokenReview``: who a bearer token belongs to (authenticated or not; never 401)."""
+    group = "authentication.k8s.io"
+    await gate(request, Attributes("create", "tokenreviews", api_group=group), None)
+    body = await _review_json(request, "TokenReview")
+    spec = body.get("spec") or {}
+    token = spec.get("token")
+    if not isinstance(token, str) or not token:
+        raise _invalid("TokenReview", group, "spec.token", "", "token must be specified")
+    audiences = [str(a) for a in spec.get("audiences") or []] or list(_AUDIENCES)
+    who = _ctx(request).cluster.auth.by_token(token)
+    result: Obj
+    if who is None or not set(audiences) & set(_AUDIENCES):
+        # What a real API server answers for an unknown token: 201, not authenticated.
+        result = {"user": {}, "error": "[invalid bearer token, token lookup failed]"}
+    else:
+        user: Obj = {"username": who.name, "uid": f"sim-uid-{who.name}"}
+        user["groups"] = list(who.groups)
+        result = {"authenticated": True, "user": user, "audiences": audiences}
+    return json_response(
+        {
+            "kind": "TokenReview",
+            "apiVersion": f"{group}/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": result,
+        },
+        status=201,
+    )
+
+
+async def subject_access_review(request: web.Request) -> web.StreamResponse:
+    """``SubjectAccessReview``: may this user (and groups) do that?"""
+    group = "authorization.k8s.io"
+    ctx = _ctx(request)
+    await gate(request, Attributes("create", "subjectaccessreviews", api_group=group), None)
+    body = await _review_json(request, "SubjectAccessReview")
+    spec = body.get("spec") or {}
+    attrs = _review_attrs(spec)
+    nra = spec.get("nonResourceAttributes")
+    if (attrs is None) == (not isinstance(nra, dict)):
+        raise _invalid("SubjectAccessReview", group, "spec.resourceAttributes", "null",
+                       "exactly one of nonResourceAttributes or resourceAttributes must be "
+                       "specified")  # fmt: skip
+    user = str(spec.get("user") or "")
+    groups = tuple(str(g) for g in spec.get("groups") or [])
+    if not user and not groups:
+        raise _invalid("SubjectAccessReview", group, "spec.user", "",
+                       "at least one of user or group must be specified")  # fmt: skip
+    if attrs is not None:
+        allowed, reason = ctx.cluster.auth.decide(Identity(user, groups), attrs)
+    else:
+        allowed = str(nra.get("verb", "")) == "get" and (  # type: ignore[union-attr]
+            "system:authenticated" in groups
+        )
+        reason = 'RBAC: allowed by ClusterRoleBinding "system:discovery"' if allowed else ""
+    result: Obj = {"allowed": allowed}
+    if reason:
+        result["reason"] = reason
+    return json_response(
+        {
+            "kind": "SubjectAccessReview",
+            "apiVersion": f"{group}/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": result,
+        },
+        status=201,
+    )
+
+
 async def not_found_path(request: web.Request) -> web.StreamResponse:
     raise path_not_found()
 
@@ -677,4 +831,6 @@ def create_app(ctx: SimContext) -> web.Application:
     authz = "/apis/authorization.k8s.io/v1"
     r.add_post(f"{authz}/selfsubjectaccessreviews", self_subject_access_review)
     r.add_post(f"{authz}/selfsubjectrulesreviews", self_subject_rules_review)
+    r.add_post(f"{authz}/subjectaccessreviews", subject_access_review)
+    r.add_post("/apis/authentication.k8s.io/v1/tokenreviews", token_review)
     return app

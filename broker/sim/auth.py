@@ -1,9 +1,13 @@
 """Who is calling (bearer token or client certificate) and what RBAC lets them do.
 
 The rules are RBAC's allow-only model: a user is allowed a request when any of their
-rules (or the ``system:masters`` group) covers it. Denials produce the exact message a
-real API server writes, e.g. ``pods "x" is forbidden: User "y" cannot create resource
-"pods/exec" in API group "" in the namespace "z"``.
+rules, any rule bound to one of their groups (or the ``system:masters`` group) covers it.
+Denials produce the exact message a real API server writes, e.g. ``pods "x" is
+forbidden: User "y" cannot create resource "pods/exec" in API group "" in the namespace
+"z"``. Impersonation (``Impersonate-User``/``-Group``/``-Uid``/``-Extra-*``) is checked
+as the API server's impersonation filter does: the ``impersonate`` verb on users (or
+serviceaccounts), groups, uids and userextras, each by name, before the request itself
+is authorised as the impersonated user.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MASTERS = "system:masters"
+AUTHENTICATED = "system:authenticated"
+UNAUTHENTICATED = "system:unauthenticated"
+ANONYMOUS = "system:anonymous"
+_SA_PREFIX = "system:serviceaccount:"
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,37 @@ class User:
 class Identity:
     name: str
     groups: tuple[str, ...]
+    uid: str = ""
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class Impersonation:
+    """What a request's ``Impersonate-*`` headers ask for (empty: nothing)."""
+
+    user: str | None = None
+    groups: tuple[str, ...] = ()
+    uid: str | None = None
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def requested(self) -> bool:
+        return (
+            self.user is not None or bool(self.groups) or self.uid is not None or bool(self.extra)
+        )
+
+
+class ImpersonationDenied(Exception):
+    """The requester may not impersonate: ``attrs`` is what was refused (403)."""
+
+    def __init__(self, attrs: Attributes, message: str) -> None:
+        super().__init__(message)
+        self.attrs = attrs
+
+
+class ImpersonationInvalid(Exception):
+    """Impersonation headers that make no request (groups without a user): 500 as the
+    API server answers."""
 
 
 class Authorizer:
@@ -120,6 +159,11 @@ class Authorizer:
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
         self.cert_users: dict[str, User] = {}  # by certificate CN
+        self.group_rules: dict[str, list[Rule]] = {}  # RoleBindings to a Group subject
+
+    def add_group(self, group: str, rules: list[Rule]) -> None:
+        """Bind *rules* to every member of *group* (replacing earlier ones)."""
+        self.group_rules[group] = list(rules)
 
     def add(self, user: User) -> User:
         self.users[user.name] = user
@@ -151,12 +195,65 @@ class Authorizer:
             for rule in user.rules:
                 if rule.allows(attrs):
                     return True, f'RBAC: allowed by RoleBinding "sim-{user.name}"'
+        for group in who.groups:
+            for rule in self.group_rules.get(group, ()):
+                if rule.allows(attrs):
+                    return True, f'RBAC: allowed by RoleBinding "sim-group-{group}"'
         return False, ""
+
+    def impersonate(self, who: Identity, wanted: Impersonation) -> Identity:
+        """The identity *who* acts as with *wanted*'s headers, each one authorised as the
+        API server's impersonation filter does. Raises ImpersonationDenied (403) or
+        ImpersonationInvalid (500)."""
+        if not wanted.requested:
+            return who
+        if wanted.user is None:
+            raise ImpersonationInvalid(
+                f"requested {_describe(wanted)} without impersonating a user"
+            )
+        checks: list[Attributes] = []
+        username = wanted.user
+        if username.startswith(_SA_PREFIX) and username.count(":") == 3:
+            namespace, name = username[len(_SA_PREFIX) :].split(":")
+            checks.append(Attributes("impersonate", "serviceaccounts", namespace=namespace,
+                                     name=name))  # fmt: skip
+        else:
+            checks.append(Attributes("impersonate", "users", name=username))
+        checks += [Attributes("impersonate", "groups", name=g) for g in wanted.groups]
+        if wanted.uid is not None:
+            checks.append(Attributes("impersonate", "uids", api_group="authentication.k8s.io",
+                                     name=wanted.uid))  # fmt: skip
+        for key, values in wanted.extra:
+            checks += [
+                Attributes("impersonate", "userextras", key, "authentication.k8s.io", name=v)
+                for v in values
+            ]
+        for attrs in checks:
+            allowed, _ = self.decide(who, attrs)
+            if not allowed:
+                raise ImpersonationDenied(attrs, attrs.forbidden_message(who.name))
+        groups = list(wanted.groups)
+        if not groups and username.startswith(_SA_PREFIX) and username.count(":") == 3:
+            namespace = username.split(":")[2]
+            groups = ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"]
+        if username != ANONYMOUS and not {AUTHENTICATED, UNAUTHENTICATED} & set(groups):
+            groups.append(AUTHENTICATED)
+        return Identity(username, tuple(groups), wanted.uid or "", wanted.extra)
 
     def rules_for(self, who: Identity, namespace: str) -> list[Rule]:
         if MASTERS in who.groups:
             return list(ADMIN_RULES)
         user = self.users.get(who.name)
-        if user is None:
-            return []
-        return [r for r in user.rules if r.namespaces is None or namespace in r.namespaces]
+        rules = list(user.rules) if user is not None else []
+        for group in who.groups:
+            rules += self.group_rules.get(group, ())
+        return [r for r in rules if r.namespaces is None or namespace in r.namespaces]
+
+
+def _describe(wanted: Impersonation) -> str:
+    """The requests as the API server lists them in its error: Go's %v of a slice of
+    ObjectReference (Kind, Namespace, Name, UID, APIVersion, ResourceVersion, FieldPath)."""
+    refs = [("Group", g) for g in wanted.groups]
+    refs += [("UID", wanted.uid)] if wanted.uid is not None else []
+    refs += [("UserExtra", k) for k, _ in wanted.extra]
+    return "[" + " ".join(f"{{{kind}  {name}     }}" for kind, name in refs) + "]"

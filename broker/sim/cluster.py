@@ -95,6 +95,8 @@ class SimCluster:
             if u.token:
                 user.token = u.token
             self.auth.add(user)
+        for g in scenario.groups:
+            self.auth.add_group(g.name, [Rule.from_dict(r) for r in g.rules])
         self._build()
 
     # Construction ------------------------------------------------------------------

@@ -67,6 +67,10 @@ KINDS: tuple[Kind, ...] = (
     # Custom resources of the distributed-training operators (their CRDs installed).
     Kind("jobsets", "JobSet", "jobset.x-k8s.io", "v1alpha2", categories=("all",)),
     Kind("pytorchjobs", "PyTorchJob", "kubeflow.org", categories=("all", "kubeflow")),
+    Kind("tokenreviews", "TokenReview", "authentication.k8s.io", namespaced=False,
+         verbs=("create",)),
+    Kind("subjectaccessreviews", "SubjectAccessReview", "authorization.k8s.io",
+         namespaced=False, verbs=("create",)),
     Kind("selfsubjectaccessreviews", "SelfSubjectAccessReview", "authorization.k8s.io",
          namespaced=False, verbs=("create",)),
     Kind("selfsubjectrulesreviews", "SelfSubjectRulesReview", "authorization.k8s.io",
@@ -80,9 +84,9 @@ SUBRESOURCES: tuple[Subresource, ...] = (
 )
 
 # In the order a real API server lists them in /apis (its group priority order).
-GROUPS: tuple[str, ...] = ("apps", "events.k8s.io", "authorization.k8s.io", "batch",
-                           "coordination.k8s.io", "node.k8s.io", "discovery.k8s.io",
-                           "jobset.x-k8s.io", "kubeflow.org")  # fmt: skip
+GROUPS: tuple[str, ...] = ("apps", "events.k8s.io", "authentication.k8s.io",
+                           "authorization.k8s.io", "batch", "coordination.k8s.io", "node.k8s.io",
+                           "discovery.k8s.io", "jobset.x-k8s.io", "kubeflow.org")  # fmt: skip
 assert set(GROUPS) == {k.group for k in KINDS if k.group}
 _BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 # One served version per group (the custom resources' are not v1).

@@ -149,10 +149,19 @@ class UserSpec:
 
 
 @dataclass
+class GroupSpec:
+    """RBAC rules bound to a group (a RoleBinding whose subject is a Group)."""
+
+    name: str
+    rules: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class Scenario:
     nodes: list[NodeSpec] = field(default_factory=list)
     workloads: list[WorkloadSpec] = field(default_factory=list)
     users: list[UserSpec] = field(default_factory=list)
+    groups: list[GroupSpec] = field(default_factory=list)  # rules for every member
     defaults: dict[str, Any] = field(default_factory=dict)  # for every GPU node
     cpu_nodes: int = 0
     namespace: str = "gpu-diagnostics"
@@ -312,14 +321,16 @@ def _check(sc: Scenario) -> None:
             raise SimScenarioError(f"{where}.restart_policy: Always, OnFailure or Never")
         if w.service_ports and "app" not in w.labels:
             raise SimScenarioError(f"{where}.service_ports: needs labels.app (the selector)")
-    for i, u in enumerate(sc.users):
-        from .auth import Rule  # local: auth has no scenario dependency
+    from .auth import Rule  # local: auth has no scenario dependency
 
-        for j, rule in enumerate(u.rules):
+    rule_sets = [("users", i, u.rules) for i, u in enumerate(sc.users)]
+    rule_sets += [("groups", i, g.rules) for i, g in enumerate(sc.groups)]
+    for key, i, rules in rule_sets:
+        for j, rule in enumerate(rules):
             try:
                 Rule.from_dict(rule)
             except ValueError as exc:
-                raise SimScenarioError(f"users[{i}].rules[{j}]: {exc}") from None
+                raise SimScenarioError(f"{key}[{i}].rules[{j}]: {exc}") from None
     if sc.cpu_nodes < 0:
         raise SimScenarioError("cpu_nodes: must not be negative")
     _check_faults(sc.cluster_faults, "cluster_faults")

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from . import kubeconfig as kc
-from .app import SimContext, create_app
+from .app import AuditEntry, SimContext, create_app
 from .auth import Rule, User
 from .cluster import SimCluster
 from .errors import SimError, SimStartError
@@ -61,6 +61,15 @@ class SimServer:
     def requests(self) -> list[tuple[str, str, int]]:
         """(method, path?query, status) of recent requests, oldest first."""
         return list(self._ctx.requests)
+
+    @property
+    def audit(self) -> list[AuditEntry]:
+        """Recent authenticated requests: who they ran as, who impersonated, oldest first."""
+        return list(self._ctx.audit)
+
+    def bind_group(self, group: str, rules: list[Rule]) -> None:
+        """Grant *rules* to every member of *group* (a RoleBinding to a Group subject)."""
+        self.cluster.auth.add_group(group, rules)
 
     @property
     def running_agents(self) -> int:

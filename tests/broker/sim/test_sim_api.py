@@ -28,6 +28,7 @@ async def test_discovery_documents(api: Api) -> None:
     assert [g["name"] for g in groups["groups"]] == [
         "apps",
         "events.k8s.io",
+        "authentication.k8s.io",
         "authorization.k8s.io",
         "batch",
         "coordination.k8s.io",
