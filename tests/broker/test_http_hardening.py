@@ -232,7 +232,7 @@ def test_descriptor_exhaustion_does_not_kill_the_broker(sim: SimServer, tmp_path
 def test_serve_refuses_bad_auth_settings_in_one_line() -> None:
     runner = CliRunner()
     for args, message in (
-        (["--auth", "kubernetes"], "not yet available"),
+        (["--auth", "kubernetes", "--node", "gpu-node-1"], "cannot be combined with --auth"),
         (["--auth-token", "jeton-secret-très-long-1234"], "printable ASCII"),
         (["--auth", "none", "--host", "0.0.0.0"], "--auth none is refused"),
     ):
@@ -249,8 +249,9 @@ def test_auth_modes_and_token_checks() -> None:
         check_http_settings(HttpSettings(host="0.0.0.0", auth="none"))
     with pytest.raises(ConfigError, match="contradicts"):
         check_http_settings(HttpSettings(auth="none", token="t" * 20))
-    with pytest.raises(ConfigError, match="not yet available"):
-        check_http_settings(HttpSettings(auth="kubernetes"))
+    check_http_settings(HttpSettings(host="0.0.0.0", auth="kubernetes"))  # callers' tokens
+    with pytest.raises(ConfigError, match="drop the static bearer token"):
+        check_http_settings(HttpSettings(auth="kubernetes", token="t" * 20))
     with pytest.raises(ConfigError, match="unknown --auth"):
         check_http_settings(HttpSettings(auth="basic"))
     with pytest.raises(ConfigError, match="printable ASCII"):
