@@ -49,22 +49,17 @@ async def config_drift(ctx: BrokerContext, arguments: Mapping[str, Any]) -> Json
     targeting, extra = split_arguments(arguments)
     _no_extra(extra)
     targets = await _targets(ctx, targeting)
-    inventory, health = await _both(ctx, targets, ("get_gpu_inventory", "get_gpu_health"))
-    configs = []
-    for t in targets:
-        inv = inventory[t.node]
-        if not (inv.ok and inv.result):
-            continue
-        hl = health[t.node]
-        configs.append(
-            node_config(
-                t.node,
-                inv.result,
-                hl.result if hl.ok and hl.result else None,
-                expected_gpus=_int(t.labels.get(COUNT_LABEL)),
-                product_label=t.labels.get(PRODUCT_LABEL),
-            )
+    (inventory,) = await _both(ctx, targets, ("get_gpu_inventory",))
+    configs = [
+        node_config(
+            t.node,
+            inv.result,
+            expected_gpus=_int(t.labels.get(COUNT_LABEL)),
+            product_label=t.labels.get(PRODUCT_LABEL),
         )
+        for t in targets
+        if (inv := inventory[t.node]).ok and inv.result
+    ]
     answer = find_drift(configs)
     answer["targeted"] = targeting.describe()
     answer["unreachable"] = _unreachable(inventory.values())

@@ -2,8 +2,8 @@
 
 Nodes are compared only with nodes of the same GPU product. For each setting the majority
 value is the norm and every other value is drift, named with the nodes that carry it and why
-it matters. Pure: it judges the per-node answers of ``get_gpu_inventory`` (and, where given,
-``get_gpu_health``) and never contacts anything.
+it matters. Pure: it judges the per-node answers of ``get_gpu_inventory`` and contacts
+nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ __all__ = ["SETTINGS", "NodeConfig", "Setting", "find_drift", "node_config"]
 
 Json = dict[str, Any]
 NAMES_SHOWN = 10  # node names listed per value; the count is always exact
+Reader = Callable[[Mapping[str, Any]], Any]  # a node's get_gpu_inventory answer -> a value
 
 
 @dataclass(frozen=True)
@@ -25,32 +26,32 @@ class Setting:
 
     key: str
     why: str
-    read: Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
+    read: Reader
 
 
-def _node(key: str) -> Callable[[Mapping[str, Any], Mapping[str, Any]], Any]:
-    def read(inventory: Mapping[str, Any], health: Mapping[str, Any]) -> Any:
+def _node(key: str) -> Reader:
+    def read(inventory: Mapping[str, Any]) -> Any:
         return (inventory.get("driver") or {}).get(key) or (inventory.get("node") or {}).get(key)
 
     return read
 
 
-def _gpus(
-    key: str, source: str = "inventory"
-) -> Callable[[Mapping[str, Any], Mapping[str, Any]], Any]:
-    """The node's value of a per-GPU field: the one value when all GPUs agree, else the
+def _gpus(key: str) -> Reader:
+    """The node's value of a per-GPU field (see :func:`_gpus_by`)."""
+    return _gpus_by(lambda gpu: _dig(gpu, key))
+
+
+def _gpus_by(value_of: Callable[[Mapping[str, Any]], Any]) -> Reader:
+    """The node's value of a per-GPU reading: the one value when all GPUs agree, else the
     sorted distinct values (a node whose GPUs disagree is itself worth a look)."""
 
-    def read(inventory: Mapping[str, Any], health: Mapping[str, Any]) -> Any:
-        doc = inventory if source == "inventory" else health
-        values = []
-        for gpu in doc.get("gpus") or []:
-            if not isinstance(gpu, Mapping) or gpu.get("lost"):
-                continue
-            value = _dig(gpu, key)
-            if value is not None:
-                values.append(value)
-        distinct = sorted({_hashable(v) for v in values}, key=str)
+    def read(inventory: Mapping[str, Any]) -> Any:
+        values = [
+            value_of(g)
+            for g in inventory.get("gpus") or []
+            if isinstance(g, Mapping) and not g.get("lost")
+        ]
+        distinct = _sorted({_hashable(v) for v in values if v is not None})
         if not distinct:
             return None
         return distinct[0] if len(distinct) == 1 else tuple(distinct)
@@ -58,7 +59,7 @@ def _gpus(
     return read
 
 
-def _gpu_count(inventory: Mapping[str, Any], health: Mapping[str, Any]) -> Any:
+def _gpu_count(inventory: Mapping[str, Any]) -> Any:
     count = (inventory.get("driver") or {}).get("gpu_count")
     return count if count is not None else len(inventory.get("gpus") or []) or None
 
@@ -72,12 +73,33 @@ def _dig(doc: Mapping[str, Any], dotted: str) -> Any:
     return current
 
 
+def _sorted(values: Iterable[Any]) -> list[Any]:
+    """In natural order (8 before 16) when the values compare, else by their text."""
+    items = list(values)
+    try:
+        return sorted(items)
+    except TypeError:
+        return sorted(items, key=str)
+
+
 def _hashable(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_hashable(v) for v in value)
     if isinstance(value, dict):
         return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
     return value
+
+
+def _mig_profiles(gpu: Mapping[str, Any]) -> Any:
+    profiles = sorted(str(m.get("profile")) for m in gpu.get("mig_instances") or [])
+    return tuple(profiles) if profiles else None
+
+
+def _ib_active(inventory: Mapping[str, Any]) -> Any:
+    ports = inventory.get("infiniband")
+    if not isinstance(ports, list):
+        return None  # no RDMA devices seen: nothing to compare
+    return sum(1 for port in ports if isinstance(port, Mapping) and port.get("active"))
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -105,14 +127,15 @@ SETTINGS: tuple[Setting, ...] = (
         _gpus("vbios_version"),
     ),
     Setting(
-        "ecc_enabled",
+        "ecc_mode",
         "ECC off trades silent memory corruption for capacity; one node without it can "
         "corrupt a whole training run",
-        _gpus("metrics.ecc_enabled", "health"),
+        _gpus("ecc_mode_current"),
     ),
     Setting(
         "ecc_mode_pending",
-        "an ECC mode change is pending a GPU reset: the node will change behaviour on reboot",
+        "the ECC mode after the next GPU reset: a node whose pending mode differs will change "
+        "behaviour on reboot",
         _gpus("ecc_mode_pending"),
     ),
     Setting(
@@ -129,7 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "mig_profiles",
         "a different MIG layout offers different slices: jobs land unevenly",
-        _gpus("mig_profiles"),
+        _gpus_by(_mig_profiles),
     ),
     Setting(
         "power_limit_w",
@@ -144,25 +167,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "applications_clock_mhz",
         "locked or lowered application clocks slow every kernel on the node",
-        _gpus("applications_clock_sm_mhz"),
+        _gpus("app_sm_clock_mhz"),
     ),
     Setting(
-        "pcie_link",
-        "a PCIe link below the GPU's maximum generation or width cuts host<->GPU bandwidth "
-        "(data loading, NCCL over PCIe): often a reseat or riser problem",
-        _gpus("pcie_link"),
+        "pcie_link_gen_max",
+        "the fastest PCIe generation GPU and slot can reach: a lower one than the peers' "
+        "(a Gen4 slot or riser for a Gen5 GPU) halves host<->GPU bandwidth",
+        _gpus("pcie_link_gen_max"),
     ),
     Setting(
-        "nvlink_links_active",
+        "pcie_link_width",
+        "a PCIe link narrower than the peers' (x8 instead of x16) halves host<->GPU "
+        "bandwidth (data loading, NCCL over PCIe): usually a reseat or riser problem",
+        _gpus("pcie_link_width"),
+    ),
+    Setting(
+        "nvlink_links_up",
         "fewer active NVLink links than the peers means a failed link: collectives fall "
         "back to slower paths",
-        _gpus("metrics.nvlink.active", "health"),
+        _gpus("nvlink_links_up"),
     ),
     Setting(
         "infiniband_ports_active",
         "fewer active InfiniBand/RoCE ports than the peers cuts inter-node bandwidth for "
         "every multi-node job on the node",
-        lambda inv, health: (inv.get("network") or {}).get("ports_active"),
+        _ib_active,
     ),
 )
 
@@ -179,14 +208,12 @@ class NodeConfig:
 def node_config(
     node: str,
     inventory: Mapping[str, Any],
-    health: Mapping[str, Any] | None = None,
     *,
     expected_gpus: int | None = None,
     product_label: str | None = None,
 ) -> NodeConfig:
     """Read every setting of one node from its agent's answers."""
-    health = health or {}
-    values = {s.key: s.read(inventory, health) for s in SETTINGS}
+    values = {s.key: s.read(inventory) for s in SETTINGS}
     if expected_gpus is not None:
         values["gpu_count_expected"] = expected_gpus
     names = sorted({str(g.get("name")) for g in inventory.get("gpus") or [] if g.get("name")})

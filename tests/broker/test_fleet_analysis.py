@@ -17,8 +17,12 @@ def inventory(driver: str = "575.57.08", gpus: int = 8, **gpu: Any) -> dict[str,
         "vbios_version": "96.00.99.00.01",
         "persistence_mode": True,
         "mig_mode_current": False,
+        "ecc_mode_current": True,
         "power_limit_w": 700.0,
         "sm_clock_max_mhz": 1980,
+        "pcie_link_gen_max": 5,
+        "pcie_link_width": 16,
+        "nvlink_links_up": 18,
     }
     return {
         "driver": {"driver_version": driver, "cuda_driver_version": "12.9", "gpu_count": gpus},
@@ -41,14 +45,14 @@ def health(sm: float = 1980, temp: float = 60, power: float = 650, reasons: Any 
 
 
 def test_uniform_fleet_has_no_drift() -> None:
-    configs = [node_config(f"n{i}", inventory(), health()) for i in range(50)]
+    configs = [node_config(f"n{i}", inventory()) for i in range(50)]
     answer = find_drift(configs)
     assert answer["findings"] == [] and answer["summary"]["nodes_compared"] == 50
 
 
 def test_driver_outlier_named_with_majority_and_why() -> None:
-    configs = [node_config(f"n{i:02}", inventory(), health()) for i in range(20)]
-    configs.append(node_config("odd", inventory(driver="570.86.15"), health()))
+    configs = [node_config(f"n{i:02}", inventory()) for i in range(20)]
+    configs.append(node_config("odd", inventory(driver="570.86.15")))
     (finding,) = find_drift(configs)["findings"]
     assert finding["setting"] == "driver_version"
     assert finding["majority"] == "575.57.08" and finding["majority_count"] == 20
@@ -57,9 +61,9 @@ def test_driver_outlier_named_with_majority_and_why() -> None:
 
 
 def test_power_cap_and_missing_gpu_and_nvlink() -> None:
-    configs = [node_config(f"n{i}", inventory(), health(), expected_gpus=8) for i in range(10)]
-    configs.append(node_config("capped", inventory(power_limit_w=400.0), health(), expected_gpus=8))
-    configs.append(node_config("short", inventory(gpus=7), health(n=7), expected_gpus=8))
+    configs = [node_config(f"n{i}", inventory(), expected_gpus=8) for i in range(10)]
+    configs.append(node_config("capped", inventory(power_limit_w=400.0), expected_gpus=8))
+    configs.append(node_config("short", inventory(gpus=7), expected_gpus=8))
     found = {f["setting"]: f for f in find_drift(configs)["findings"]}
     assert found["power_limit_w"]["outliers"][0]["nodes"] == ["capped"]
     assert found["gpu_count_vs_capacity"]["outliers"][0] == {
@@ -71,17 +75,17 @@ def test_power_cap_and_missing_gpu_and_nvlink() -> None:
 
 
 def test_products_are_compared_only_with_themselves() -> None:
-    configs = [node_config(f"h{i}", inventory(), health()) for i in range(5)]
+    configs = [node_config(f"h{i}", inventory()) for i in range(5)]
     t4 = inventory(driver="550.1")
     for g in t4["gpus"]:
         g["name"] = "Tesla T4"
-    configs += [node_config(f"t{i}", t4, {}) for i in range(5)]
+    configs += [node_config(f"t{i}", t4) for i in range(5)]
     assert find_drift(configs)["findings"] == []
 
 
 def test_names_are_bounded_but_counts_exact() -> None:
-    configs = [node_config(f"n{i:03}", inventory(), health()) for i in range(300)]
-    configs += [node_config(f"o{i:03}", inventory(driver="1.0"), health()) for i in range(40)]
+    configs = [node_config(f"n{i:03}", inventory()) for i in range(300)]
+    configs += [node_config(f"o{i:03}", inventory(driver="1.0")) for i in range(40)]
     (finding,) = find_drift(configs, names_shown=5)["findings"]
     assert finding["outliers"][0]["count"] == 40 and len(finding["outliers"][0]["nodes"]) == 5
     assert finding["outliers"][0]["more"] == 35
@@ -139,3 +143,12 @@ def test_idle_gpus_are_not_compared_on_clock_and_power() -> None:
     nodes = [node_readings(f"n{i}", health()) for i in range(20)]
     nodes.append(node_readings("idle", health(sm=345, power=70, reasons=["gpu_idle"])))
     assert find_stragglers(nodes)["stragglers"] == []
+
+
+def test_pcie_link_below_the_peers_is_named() -> None:
+    configs = [node_config(f"n{i}", inventory()) for i in range(10)]
+    configs.append(node_config("x8gen4", inventory(pcie_link_gen_max=4, pcie_link_width=8)))
+    found = {f["setting"]: f for f in find_drift(configs)["findings"]}
+    assert found["pcie_link_gen_max"]["majority"] == 5
+    assert found["pcie_link_gen_max"]["outliers"][0]["nodes"] == ["x8gen4"]
+    assert found["pcie_link_width"]["outliers"][0]["value"] == 8

@@ -94,6 +94,8 @@ def scenario() -> dict[str, Any]:
     ]
     nodes = [
         {"name": "gpu-node-007", "driver_version": "570.86.15"},
+        {"name": "gpu-node-015", "agent": {"faults": [{"gpu": 3, "kind": "pcie_link_degraded",
+                                                        "gen": 4, "width": 8}]}},
         {"name": "gpu-node-011", "agent": {"faults": [{"gpu": 2, "kind": "power_cap",
                                                         "limit_w": 450}]}},
         {"name": "gpu-node-130", "agent": {"processes": busy,
@@ -145,11 +147,16 @@ async def test_drift_names_the_driver_and_power_outliers(sim: SimServer) -> None
         answer = await call(session, "find_config_drift")
         assert answer["summary"]["nodes_compared"] == 200 and answer["unreachable"] == []
         found = {f["setting"]: f for f in answer["findings"]}
-        assert set(found) == {"driver_version", "power_limit_w"}, answer["findings"]
+        assert set(found) == {"driver_version", "power_limit_w", "pcie_link_width"}, answer[
+            "findings"
+        ]
         driver = found["driver_version"]
         assert driver["majority"] == "575.57.08" and driver["majority_count"] == 199
         assert driver["outliers"] == [{"value": "570.86.15", "count": 1, "nodes": ["gpu-node-007"]}]
         assert found["power_limit_w"]["outliers"][0]["nodes"] == ["gpu-node-011"]
+    pcie = found["pcie_link_width"]  # GPU 3 of gpu-node-015 trained at x8 of x16
+    assert pcie["majority"] == 16
+    assert pcie["outliers"] == [{"value": [8, 16], "count": 1, "nodes": ["gpu-node-015"]}]
 
 
 async def test_stragglers_in_the_job_rank_the_hot_node_first(sim: SimServer) -> None:
