@@ -103,7 +103,7 @@ def run_nodes(
     async def main() -> int:
         async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
             targets = await list_nodes(ctx, selector)
-            warnings = ctx.pool.warnings
+            warnings = ctx.warnings
         if output == "json":
             targeted = f"node_selector {selector!r}" if selector else "every GPU node"
             _print_json(nodes_answer(targets, targeted=targeted, warnings=warnings))

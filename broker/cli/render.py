@@ -134,15 +134,22 @@ def sweep_table(answer: Json) -> Table:
         status = status_text(str(more["status"]))
         _add(table, more["node"], status, "(details omitted: over --limit)", "")
     summary = answer.get("summary") or {}
-    for u in summary.get("unreachable") or []:
+    for u in summary.get("unreachable") or []:  # grouped by reason
         kind = Text(str(u["kind"]), style=STATUS_STYLE["unreachable"])
-        _add(table, u["node"], kind, u["reason"], "")
+        names = list(u.get("nodes") or [])
+        label = names[0] if u.get("count", 1) == 1 and names else f"{u.get('count')} nodes"
+        reason = str(u["reason"])
+        if u.get("count", 1) > 1:
+            shown = ", ".join(names) + (", …" if u["count"] > len(names) else "")
+            reason = f"{reason} ({shown})"
+        _add(table, label, kind, reason, "")
     healthy = list(answer.get("healthy") or [])
     if healthy:
         shown = ", ".join(healthy[:_HEALTHY_NAMES_SHOWN])
-        if len(healthy) > _HEALTHY_NAMES_SHOWN:
-            shown += f", … (+{len(healthy) - _HEALTHY_NAMES_SHOWN} more)"
-        label = healthy[0] if len(healthy) == 1 else f"{len(healthy)} nodes"
+        count = max(len(healthy), int((summary.get("status") or {}).get("healthy") or 0))
+        if count > _HEALTHY_NAMES_SHOWN:
+            shown += f", … (+{count - _HEALTHY_NAMES_SHOWN} more)"
+        label = healthy[0] if count == 1 else f"{count} nodes"
         _add(table, label, status_text("healthy"), shown, "")
     return table
 

@@ -16,7 +16,7 @@ import anyio
 
 from agent.tools import TOOL_DEFINITIONS
 from broker.errors import ToolInputError, UnknownNode
-from broker.fleet.aggregate import DETAILS, Detail, aggregate
+from broker.fleet.aggregate import DETAILS, FILTERS, Detail, aggregate
 from broker.fleet.context import BrokerContext
 from broker.fleet.pool import NodeResult, Progress
 from broker.fleet.selector import InvalidSelector, parse_selector
@@ -33,7 +33,7 @@ __all__ = [
     "list_nodes",
     "nodes_answer",
     "run_tool",
-    "select_nodes",
+    "select_targets",
     "split_arguments",
 ]
 
@@ -90,6 +90,19 @@ TARGETING_PROPERTIES: Json = {
         "description": "At most this many detailed node entries (worst first); the rest "
         "are listed by name and status in `more`.",
     },
+    "status": {
+        "type": "array",
+        "items": {"type": "string", "enum": list(FILTERS)},
+        "minItems": 1,
+        "description": "Only nodes with these statuses, one entry each in `nodes` "
+        "(page with limit/offset), e.g. ['unreachable'] for every node that did not answer.",
+    },
+    "offset": {
+        "type": "integer",
+        "minimum": 0,
+        "default": 0,
+        "description": "Skip this many entries of `nodes` (paging; see `truncated`).",
+    },
 }
 
 
@@ -102,6 +115,8 @@ class Targeting:
     node_selector: str | None = None
     detail: Detail = "auto"
     limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    status: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.node:
@@ -136,27 +151,31 @@ def split_arguments(arguments: Mapping[str, Any]) -> tuple[Targeting, Json]:
         node_selector=arguments.get("node_selector"),
         detail=cast(Detail, detail),
         limit=int(arguments.get("limit", DEFAULT_LIMIT)),
+        offset=int(arguments.get("offset", 0)),
+        status=tuple(dict.fromkeys(str(x) for x in arguments.get("status") or ())),
     )
+    bad = [x for x in targeting.status if x not in FILTERS]
+    if bad:
+        raise ToolInputError(f"status filters are {', '.join(FILTERS)} (got {', '.join(bad)})")
     return targeting, agent_args
 
 
-def select_nodes(targets: Sequence[NodeTarget], targeting: Targeting) -> list[str]:
-    """The node names a call goes to. Raises UnknownNode / ToolInputError (bad selector)."""
-    known = [t.node for t in targets]
+def select_targets(targets: Sequence[NodeTarget], targeting: Targeting) -> list[NodeTarget]:
+    """The nodes a call goes to. Raises UnknownNode / ToolInputError (bad selector)."""
     if targeting.node or targeting.nodes:
         wanted = [targeting.node] if targeting.node else list(targeting.nodes)
-        names = set(known)
-        unknown = [n for n in wanted if n not in names]
+        by_name = {t.node: t for t in targets}
+        unknown = [n for n in wanted if n not in by_name]
         if unknown:
-            raise UnknownNode(unknown, known)
-        return wanted
+            raise UnknownNode(unknown, list(by_name))
+        return [by_name[n] for n in wanted]
     if targeting.node_selector:
         try:
             selector = parse_selector(targeting.node_selector)
         except InvalidSelector as exc:
             raise ToolInputError(str(exc)) from None
-        return [t.node for t in targets if selector.matches(t.labels)]
-    return known
+        return [t for t in targets if selector.matches(t.labels)]
+    return list(targets)
 
 
 async def run_tool(
@@ -167,7 +186,8 @@ async def run_tool(
 ) -> Json:
     """Fan ``tool`` out to the targeted nodes and aggregate the answers.
 
-    Raises ToolInputError / UnknownNode for the caller's mistakes, BrokerError when the
+    Names are resolved to targets once, here; the pool gets the targets. Raises
+    ToolInputError / UnknownNode for the caller's mistakes, BrokerError when the
     cluster cannot be listed at all; per-node failures are part of the answer.
     """
     if tool not in AGENT_TOOLS:
@@ -175,20 +195,27 @@ async def run_tool(
     targeting, agent_args = split_arguments(arguments)
     started = time.monotonic()
     targets = await ctx.targets()
-    names = select_nodes(targets, targeting)
-    warnings = list(ctx.pool.warnings)
-    if not names:
+    if targeting.node or targeting.nodes:
+        wanted = [targeting.node] if targeting.node else list(targeting.nodes)
+        if any(n not in {t.node for t in targets} for n in wanted):
+            targets = await ctx.targets(refresh=True)  # maybe a node just joined
+    chosen = select_targets(targets, targeting)
+    warnings = list(ctx.warnings)
+    if not chosen:
         warnings.append(
             f"no GPU node matched ({targeting.describe()}; {len(targets)} GPU node(s) known). "
             "Call list_gpu_nodes to see the nodes and their labels."
         )
-    results = await ctx.pool.fan_out(names, tool, agent_args, on_progress) if names else []
+    results = await ctx.pool.fan_out(chosen, tool, agent_args, on_progress) if chosen else []
     return aggregate(
         tool,
         results,
         detail=targeting.detail,
         limit=targeting.limit,
+        offset=targeting.offset,
+        statuses=targeting.status,
         elapsed_s=time.monotonic() - started,
+        deadline_s=ctx.pool.sweep_timeout,
         targeted=targeting.describe(),
         warnings=warnings,
     )
@@ -267,8 +294,7 @@ async def list_nodes(ctx: BrokerContext, node_selector: str | None = None) -> li
     """The GPU nodes (fresh from the API server), optionally filtered by a label selector."""
     targets = await ctx.targets(refresh=True)
     if node_selector:
-        names = set(select_nodes(targets, Targeting(node_selector=node_selector)))
-        targets = [t for t in targets if t.node in names]
+        targets = select_targets(targets, Targeting(node_selector=node_selector))
     return targets
 
 
@@ -280,8 +306,8 @@ async def diagnose(ctx: BrokerContext, node: str, since_minutes: float | None = 
     Raises UnknownNode.
     """
     targets = await ctx.targets()
-    (name,) = select_nodes(targets, Targeting(node=node))
-    target = next(t for t in targets if t.node == name)
+    (target,) = select_targets(targets, Targeting(node=node))
+    name = target.node
     results: dict[str, NodeResult] = {}
 
     async def one(tool: str) -> None:

@@ -114,7 +114,7 @@ def build_server(ctx: BrokerContext) -> BrokerApp:
         selector = arguments.get("node_selector")
         targets = await list_nodes(ctx, selector)
         targeted = f"node_selector {selector!r}" if selector else "every GPU node"
-        return nodes_answer(targets, targeted=targeted, warnings=ctx.pool.warnings)
+        return nodes_answer(targets, targeted=targeted, warnings=ctx.warnings)
 
     app.add_schema_tool(LIST_NODES_DEFINITION, list_gpu_nodes)
     for definition in AGENT_TOOLS.values():

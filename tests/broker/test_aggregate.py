@@ -10,6 +10,7 @@ import pytest
 
 from agent.tools import TOOL_DEFINITIONS
 from broker.fleet.aggregate import (
+    ANSWER_BUDGET,
     EXIT_CRITICAL,
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -82,15 +83,16 @@ def test_answer_is_worst_first_and_every_node_appears_once() -> None:
     # Worst first; within a status, the node with more to say first.
     assert [e["node"] for e in answer["nodes"]] == ["n-crit-2", "n-crit-1", "n-degraded", "n-warn"]
     assert answer["healthy"] == ["n-healthy-a", "n-healthy-b"]
-    assert [(u["node"], u["kind"]) for u in summary["unreachable"]] == [
-        ("n-pending", "not_ready"),
-        ("n-rbac", "rbac"),
+    assert [(u["nodes"], u["kind"], u["count"]) for u in summary["unreachable"]] == [
+        (["n-pending"], "not_ready", 1),
+        (["n-rbac"], "rbac", 1),
     ]
     assert "pods/exec" in summary["unreachable"][1]["reason"]
+    assert "truncated" not in answer
     seen = (
         [e["node"] for e in answer["nodes"]]
         + answer["healthy"]
-        + [u["node"] for u in summary["unreachable"]]
+        + [n for u in summary["unreachable"] for n in u["nodes"]]
     )
     assert sorted(seen) == sorted(r.node for r in sample())
 
@@ -235,3 +237,73 @@ def test_exit_codes() -> None:
     fine = [r for r in no_crit if r.ok]
     assert exit_code(aggregate("get_gpu_health", fine)) == EXIT_OK
     assert exit_code(aggregate("get_gpu_health", [])) == EXIT_OK
+
+
+def fleet_of(n: int) -> list[NodeResult]:
+    """``n`` nodes: most healthy, a tenth critical with findings, a tenth timing out, a
+    tenth not ready each with its own pod name in the reason."""
+    results: list[NodeResult] = []
+    for i in range(n):
+        node = f"gpu-node-{i:05d}"
+        if i % 10 == 1:
+            gpu_issue = issue("row_remap_failure", "critical", "GPU 3: row remap failed " * 4)
+            results.append(ok(node, health("critical", {3: [gpu_issue]})))
+        elif i % 10 == 2:
+            results.append(failed(node, "timeout", f"node {node}: no answer within 30 s (call)"))
+        elif i % 10 == 3:
+            reason = f"node {node}: agent pod k8s-gpu-mcp-agent-{i:x} is Pending (Unschedulable)"
+            results.append(failed(node, "not_ready", reason))
+        else:
+            results.append(ok(node, health("healthy")))
+    return results
+
+
+@pytest.mark.parametrize("n", [1000, 5000])
+def test_answer_stays_within_budget_at_any_node_count(n: int) -> None:
+    results = fleet_of(n)
+    answer = aggregate("get_gpu_health", results, deadline_s=120)
+    size = len(json.dumps(answer))
+    assert size <= ANSWER_BUDGET, size
+    jsonschema.validate(answer, aggregate_output_schema(SCHEMAS["get_gpu_health"]))
+    summary = answer["summary"]
+    assert summary["deadline_s"] == 120
+    # One group per cause, the node's own name and pod generalised; counts add up.
+    groups = {(u["kind"], u["reason"]): u for u in summary["unreachable"]}
+    assert set(groups) == {
+        ("timeout", "node <node>: no answer within 30 s (call)"),
+        ("not_ready", "node <node>: agent pod <pod> is Pending (Unschedulable)"),
+    }
+    assert all(u["count"] == n // 10 and len(u["nodes"]) == 5 for u in groups.values())
+    assert summary["status"]["healthy"] == n - 3 * n // 10
+    # What was cut is said, with how to get it.
+    cut = answer["truncated"]
+    assert cut["healthy"] == summary["status"]["healthy"] - len(answer["healthy"])
+    assert "status=" in cut["hint"] and "offset" in cut["hint"]
+
+
+def test_status_filter_pages_through_every_unreachable_node_once() -> None:
+    results = fleet_of(2000)
+    seen: list[str] = []
+    offset = 0
+    while True:
+        page = aggregate(
+            "get_gpu_health", results, statuses=["unreachable"], limit=150, offset=offset
+        )
+        assert len(json.dumps(page)) <= ANSWER_BUDGET
+        entries = page["nodes"]
+        assert all(e["status"] == "unreachable" and e["kind"] and e["reason"] for e in entries)
+        seen += [e["node"] for e in entries]
+        if "truncated" not in page:
+            break
+        offset += len(entries)
+    expected = [r.node for r in results if not r.ok]
+    assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
+    assert page["healthy"] == [] and page["more"] == []  # a filtered view lists the filter
+
+
+def test_fleet_configurations_name_a_few_nodes_and_count_them_all() -> None:
+    inventory = {"driver": {"driver_version": "580"}, "gpus": [{"index": 0, "name": "H100"}]}
+    answer = aggregate("get_gpu_inventory", [ok(f"n{i}", inventory) for i in range(3000)])
+    (config,) = answer["fleet"]["configurations"]
+    assert config["node_count"] == 3000 and len(config["nodes"]) == 5
+    assert len(json.dumps(answer)) <= ANSWER_BUDGET

@@ -60,7 +60,8 @@ async def test_fan_out_keeps_order_and_reports_progress(local_agents: LocalAgent
         seen.append((done, total, result.node))
 
     async with pool(local_agents) as p:
-        results = await p.fan_out(names, "get_gpu_inventory", {}, on_progress=progress)
+        targets = await p.resolve(names)
+        results = await p.fan_out(targets, "get_gpu_inventory", {}, on_progress=progress)
     assert [r.node for r in results] == names
     assert [len(r.result["gpus"]) for r in results if r.result] == [1, 2, 3]
     assert sorted(done for done, _, _ in seen) == [1, 2, 3]
@@ -75,7 +76,7 @@ async def test_unknown_node_is_an_input_error(local_agents: LocalAgents) -> None
             await p.call("nope", "get_gpu_inventory", {})
         assert "n1" in str(info.value)  # the message lists the known nodes
         with pytest.raises(UnknownNode, match="ghost"):
-            await p.fan_out(["n1", "ghost"], "get_gpu_inventory", {})
+            await p.resolve(["n1", "ghost"])
     assert "n1" not in local_agents.connects  # nothing was started
 
 
@@ -83,7 +84,7 @@ async def test_not_ready_node_is_reported_without_an_exec(local_agents: LocalAge
     local_agents.add("n1")
     local_agents.add("n2", ready=False, reason="agent pod k8s-gpu-mcp-agent-x is Pending")
     async with pool(local_agents) as p:
-        ok, down = await p.fan_out(["n1", "n2"], "get_gpu_inventory", {})
+        ok, down = await p.fan_out(await p.resolve(["n1", "n2"]), "get_gpu_inventory", {})
     assert ok.ok
     assert not down.ok and down.error_kind == "not_ready"
     assert down.error is not None and "is Pending" in down.error
@@ -140,7 +141,7 @@ async def test_hung_agent_times_out_and_the_session_is_reset(local_agents: Local
     local_agents.add("ok")
     async with pool(local_agents, call_timeout=1.0) as p:
         started = time.monotonic()
-        hung, ok = await p.fan_out(["hung", "ok"], "get_gpu_inventory", {})
+        hung, ok = await p.fan_out(await p.resolve(["hung", "ok"]), "get_gpu_inventory", {})
         elapsed = time.monotonic() - started
         assert ok.ok
         assert hung.error_kind == "timeout" and hung.error is not None
@@ -163,7 +164,7 @@ async def test_agent_that_never_answers_cannot_hold_up_a_fan_out(
         local_agents.add(name)
     async with pool(local_agents, call_timeout=1.5) as p:
         started = time.monotonic()
-        results = await p.fan_out(["a", "silent", "b"], "get_gpu_inventory", {})
+        results = await p.fan_out(await p.resolve(["a", "silent", "b"]), "get_gpu_inventory", {})
         elapsed = time.monotonic() - started
     assert elapsed < 2.5
     assert [r.ok for r in results] == [True, False, True]
@@ -215,7 +216,7 @@ async def test_cancelling_the_caller_cancels_the_node_calls(local_agents: LocalA
         await p.call("fast", "get_gpu_inventory", {})  # warm one session
         started = time.monotonic()
         with anyio.move_on_after(0.8):
-            await p.fan_out(["slow", "fast"], "get_gpu_inventory", {})
+            await p.fan_out(await p.resolve(["slow", "fast"]), "get_gpu_inventory", {})
         assert time.monotonic() - started < 1.5
         await anyio.sleep(0.1)  # let the courtesy cancel reach the transport
         assert (await p.call("fast", "get_gpu_inventory", {})).ok
@@ -236,7 +237,7 @@ async def test_closing_the_pool_mid_call_gives_cancelled_results(
     async with pool(local_agents, call_timeout=30) as p:
 
         async def sweep() -> None:
-            results.extend(await p.fan_out(["slow"], "get_gpu_inventory", {}))
+            results.extend(await p.fan_out(await p.resolve(["slow"]), "get_gpu_inventory", {}))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(sweep)
@@ -274,16 +275,20 @@ async def test_open_concurrency_is_bounded(local_agents: LocalAgents) -> None:
 
     counting.live = 0  # type: ignore[attr-defined]
     async with NodePool(connect=counting, discover=local_agents.discover, max_concurrency=2) as p:
-        results = await p.fan_out(names, "get_gpu_inventory", {})
+        results = await p.fan_out(await p.resolve(names), "get_gpu_inventory", {})
     assert all(r.ok for r in results)
     assert peak == 2
 
 
-def test_pool_refuses_nonsense_settings() -> None:
-    with pytest.raises(ValueError):
-        NodePool(max_concurrency=0)
-    with pytest.raises(ValueError):
-        NodePool(call_timeout=0)
+def test_pool_refuses_nonsense_settings(local_agents: LocalAgents) -> None:
+    def bad(**options: Any) -> None:
+        with pytest.raises(ValueError):
+            NodePool(connect=local_agents.connect, discover=local_agents.discover, **options)
+
+    bad(max_concurrency=0)
+    bad(call_timeout=0)
+    bad(sweep_timeout=0)
+    bad(max_sessions=0)
 
 
 async def test_calls_need_an_open_pool(local_agents: LocalAgents) -> None:
