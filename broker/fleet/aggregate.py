@@ -310,13 +310,17 @@ def _answer(
         "healthy": healthy[:names_cap],
     }
     if truncated:
-        first = offset + len(page)
-        what = ", ".join(statuses) if wanted else "healthy or unreachable"
-        truncated["hint"] = (
-            f"lists were cut to stay small; for every node, call again with "
-            f"status=[...] (e.g. {what!r}) and limit/offset (next offset {first}) "
-            "to page through one entry per node"
-        )
+        if wanted:
+            truncated["hint"] = (
+                f"{len(beyond)} more matching node(s): call again with the same status "
+                f"filter and offset={offset + len(page)}"
+            )
+        else:
+            truncated["hint"] = (
+                "lists were cut to stay small: for one entry per node, call again with "
+                "status=['healthy'] (or 'critical', 'degraded', 'warning', 'unreachable') "
+                "and page with limit/offset"
+            )
         answer["truncated"] = truncated
     fleet = _fleet(tool, answered)
     if fleet is not None:

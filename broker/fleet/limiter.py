@@ -20,8 +20,8 @@ class AdaptiveLimit:
     """An AIMD-sized :class:`anyio.CapacityLimiter` for session opens.
 
     An open is *slow* when it takes longer than ``max(slow_s, slow_factor × the fastest
-    recent open)``. Cuts are at most one per ``cooldown_s``, so one congested burst cuts
-    once, not once per open caught in it.
+    open of the last window or two)``. Cuts are at most one per ``cooldown_s``, so one
+    congested burst cuts once, not once per open caught in it.
     """
 
     def __init__(
@@ -33,6 +33,7 @@ class AdaptiveLimit:
         slow_s: float = 1.0,
         slow_factor: float = 4.0,
         cooldown_s: float = 1.0,
+        window_s: float = 10.0,
     ) -> None:
         if ceiling < 1:
             raise ValueError("the concurrency ceiling must be at least 1")
@@ -44,7 +45,10 @@ class AdaptiveLimit:
         self._limiter = anyio.CapacityLimiter(max(self.floor, min(start, ceiling)))
         self._credit = 0.0
         self._slow_start = True
-        self._fastest: float | None = None
+        self.window_s = window_s
+        self._window_start = time.monotonic()
+        self._window_min = float("inf")
+        self._previous_min = float("inf")
         self._cut_at = 0.0
         self.cuts = 0
         self.peak = int(self._limiter.total_tokens)
@@ -73,13 +77,7 @@ class AdaptiveLimit:
             return
         if elapsed_s is None:
             return
-        fastest = self._fastest
-        # The fastest open drifts up slowly, so one lucky early open does not set the bar
-        # forever on a machine that has since become busy.
-        self._fastest = (
-            elapsed_s if fastest is None else min(elapsed_s, fastest + 0.01 * (elapsed_s - fastest))
-        )
-        if elapsed_s > max(self.slow_s, self.slow_factor * self._fastest):
+        if elapsed_s > max(self.slow_s, self.slow_factor * self._baseline(elapsed_s)):
             self._cut()
         elif self._slow_start:
             self._set(self.limit + 1)
@@ -88,6 +86,16 @@ class AdaptiveLimit:
             if self._credit >= 1.0:
                 self._credit = 0.0
                 self._set(self.limit + 1)
+
+    def _baseline(self, elapsed_s: float) -> float:
+        """The fastest open of the last one or two windows: a busier machine raises the
+        bar within a window or two, while one lucky early open does not set it forever."""
+        now = time.monotonic()
+        if now - self._window_start >= self.window_s:
+            self._previous_min, self._window_min = self._window_min, float("inf")
+            self._window_start = now
+        self._window_min = min(self._window_min, elapsed_s)
+        return min(self._previous_min, self._window_min)
 
     def _cut(self) -> None:
         now = time.monotonic()

@@ -53,6 +53,7 @@ from broker.errors import (
     UnknownNode,
     as_broker_error,
 )
+from broker.fleet.heap import HeapKeeper
 from broker.fleet.limiter import AdaptiveLimit
 from broker.kube.discovery import NodeTarget
 from broker.transport import Connect, ReadStream
@@ -284,6 +285,7 @@ class NodePool:
         self._listed: list[NodeTarget] | None = None
         self._sessions: dict[str, _Session] = {}  # least recently used first
         self.opens = AdaptiveLimit(max_concurrency, start=min(32, max_concurrency))
+        self._heap = HeapKeeper()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._stats = {
@@ -399,6 +401,7 @@ class NodePool:
         async with anyio.create_task_group() as tg:
             for i, target in enumerate(targets):
                 tg.start_soon(one, i, target)
+        self._heap.settle_if_due(len(self._sessions))
         return [r for r in results if r is not None]
 
     async def list_tools(self, node: str) -> list[dict[str, Any]]:
@@ -592,6 +595,7 @@ class NodePool:
                 self.opens.observe(opened_in)
                 holding = False
                 self._stats["opened"] += 1
+                self._heap.opened()
                 s.ready_at = time.monotonic()
                 s.ready.set()
                 self._evict()
@@ -683,6 +687,7 @@ class NodePool:
     def _forget(self, s: _Session) -> None:
         if self._sessions.get(s.target.node) is s:
             del self._sessions[s.target.node]
+            self._heap.closed(len(self._sessions))
 
     def stats(self) -> dict[str, int]:
         """Counters for diagnostics and the bench: open sessions, re-opens, failures..."""
@@ -694,6 +699,7 @@ class NodePool:
             "open_limit": self.opens.limit,
             "open_limit_peak": self.opens.peak,
             "open_limit_cuts": self.opens.cuts,
+            "gc_settles": self._heap.settles,
             **self._stats,
         }
 
