@@ -328,6 +328,11 @@ def _answer(
     return answer
 
 
+def _short(node: str) -> str:
+    """The node's own name (``CONTEXT/NODE`` when several clusters answered)."""
+    return node.rsplit("/", 1)[-1]
+
+
 _POD_NAME = re.compile(r"agent pod \S+")
 
 
@@ -341,7 +346,7 @@ def group_failures(failed: Iterable[NodeResult]) -> list[Json]:
     for r in sorted(failed, key=lambda r: r.node):
         kind = r.error_kind or "protocol"
         reason = _POD_NAME.sub(
-            "agent pod <pod>", (r.error or "no answer").replace(r.node, "<node>")
+            "agent pod <pod>", (r.error or "no answer").replace(_short(r.node), "<node>")
         )
         group = groups.setdefault((kind, reason), {"kind": kind, "reason": reason, "count": 0})
         group["count"] += 1
@@ -462,6 +467,19 @@ def aggregate_output_schema(agent_output_schema: Mapping[str, Any] | None) -> Js
                 "description": "How many names each list left out, and how to page for them",
             },
             "fleet": {"type": "object", "description": "Roll-up over every answering node"},
+            "clusters": {
+                "type": "array",
+                "description": "With several contexts: one summary (or error) per cluster",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "context": {"type": "string"},
+                        "summary": {"type": "object"},
+                        "error": {"type": "object"},
+                    },
+                    "required": ["context"],
+                },
+            },
             "warnings": names,
         },
         "required": ["tool", "targeted", "summary", "nodes", "more", "healthy", "warnings"],

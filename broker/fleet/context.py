@@ -17,10 +17,14 @@ Stable API (other modules code against it):
     await ctx.api()     KubeApi: ``.rest`` (kubernetes_asyncio ApiClient), ``.server``,
                         ``.namespace``, ``refresh_credentials()``; raises ConfigError
     await ctx.targets() list[NodeTarget]: every GPU node, ready or not (cached)
+    await ctx.in_context(name)  BrokerContext of another kubeconfig context (opened once,
+                        with the same options, closed with this one); raises ConfigError
+    ctx.context_name    str | None: this context's kubeconfig context
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,8 +32,9 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.abc
 
-from broker.errors import sole_leaf
+from broker.errors import ApiUnavailable, BrokerError, sole_leaf
 from broker.fleet.pool import NodePool
 from broker.kube.config import ClusterConfig, KubeApi
 from broker.kube.discovery import Discovery, NodeTarget
@@ -60,6 +65,10 @@ class BrokerContext:
     _api: KubeApi | None = field(default=None, repr=False)
     _own_api: KubeApi | None = field(default=None, init=False, repr=False)
     _api_lock: anyio.Lock = field(default_factory=anyio.Lock, init=False, repr=False)
+    _options: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _siblings: dict[str, _Sibling] = field(default_factory=dict, init=False, repr=False)
+    _tg: anyio.abc.TaskGroup | None = field(default=None, init=False, repr=False)
+    _closing: anyio.Event = field(default_factory=anyio.Event, init=False, repr=False)
 
     @classmethod
     @asynccontextmanager
@@ -90,6 +99,12 @@ class BrokerContext:
                 ) as pool,
                 cls(pool, config, discovery, api) as ctx,
             ):
+                ctx._options = {
+                    "call_timeout": call_timeout,
+                    "agent_command": agent_command,
+                    "discovery_ttl": discovery_ttl,
+                    **pool_options,
+                }
                 yield ctx
         except BaseExceptionGroup as group:
             leaf = sole_leaf(group)
@@ -131,6 +146,48 @@ class BrokerContext:
         """Every GPU node with its agent pod (ready or not, with the reason)."""
         return await self.pool.discover(refresh)
 
+    @property
+    def context_name(self) -> str | None:
+        """This context's kubeconfig context (None in-cluster or when not known)."""
+        return self._api.context if self._api is not None else self.config.context
+
+    async def in_context(self, name: str | None) -> BrokerContext:
+        """The broker context for kubeconfig context ``name``: this one for None or its
+        own name, otherwise one opened on first use (same options) and kept until this
+        one closes. Raises :class:`broker.errors.ConfigError` (unknown context...)."""
+        if name is None or name == self.context_name:
+            return self
+        sibling = self._siblings.get(name)
+        if sibling is None:
+            if self._tg is None:
+                raise RuntimeError("use `async with BrokerContext(...)` to reach other contexts")
+            sibling = self._siblings[name] = _Sibling()
+            self._tg.start_soon(self._hold, name, sibling)
+        await sibling.ready.wait()
+        if sibling.context is None:
+            raise sibling.error or ApiUnavailable(f"context {name}: could not be opened")
+        return sibling.context
+
+    async def _hold(self, name: str, sibling: _Sibling) -> None:
+        """Open context ``name`` in a task of its own (its pool's task group must be left
+        by the task that entered it) and keep it open until this context closes."""
+        options = self._options or {"call_timeout": self.pool.call_timeout}
+        config = dataclasses.replace(self.config, context=name)
+        try:
+            async with BrokerContext.open(config, **options) as opened:
+                sibling.context = opened
+                sibling.ready.set()
+                await self._closing.wait()
+        except BrokerError as exc:
+            sibling.error = exc
+        except Exception as exc:  # a sibling's failure must not end this context
+            sibling.error = ApiUnavailable(f"context {name}: {type(exc).__name__}: {exc}")
+        finally:  # closed or failed: the next call opens it afresh
+            sibling.context = None
+            sibling.ready.set()
+            if self._siblings.get(name) is sibling:
+                del self._siblings[name]
+
     async def aclose(self) -> None:
         """Close the API clients opened on demand here (not the ones ``open`` made)."""
         api, self._own_api = self._own_api, None
@@ -139,6 +196,8 @@ class BrokerContext:
                 await api.aclose()
 
     async def __aenter__(self) -> BrokerContext:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
         return self
 
     async def __aexit__(
@@ -147,4 +206,19 @@ class BrokerContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        self._closing.set()  # other contexts close now, each in its own task
+        tg, self._tg = self._tg, None
+        try:
+            if tg is not None:
+                await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            await self.aclose()
+
+
+@dataclass
+class _Sibling:
+    """Another kubeconfig context, opened by its holder task."""
+
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    context: BrokerContext | None = None
+    error: BrokerError | None = None

@@ -7,16 +7,18 @@ Everything here works on a :class:`broker.fleet.context.BrokerContext` and retur
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import anyio
 
 from agent.tools import TOOL_DEFINITIONS
-from broker.errors import ToolInputError, UnknownNode
-from broker.fleet.aggregate import DETAILS, FILTERS, Detail, aggregate
+from broker.errors import BrokerError, ToolInputError, UnknownNode
+from broker.fleet.aggregate import ANSWER_BUDGET, DETAILS, FILTERS, Detail, aggregate
+from broker.fleet.clusters import context_names
 from broker.fleet.context import BrokerContext
 from broker.fleet.pool import NodeResult, Progress
 from broker.fleet.selector import InvalidSelector, parse_selector
@@ -103,6 +105,19 @@ TARGETING_PROPERTIES: Json = {
         "default": 0,
         "description": "Skip this many entries of `nodes` (paging; see `truncated`).",
     },
+    "context": {
+        "type": "string",
+        "minLength": 1,
+        "description": "Kubeconfig context (cluster) to use, as kubectl --context; "
+        "default: the broker's. See list_contexts.",
+    },
+    "contexts": {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1},
+        "minItems": 1,
+        "description": "Several contexts at once (['*'] = all): one summary per cluster in "
+        "`clusters`; node names become CONTEXT/NODE.",
+    },
 }
 
 
@@ -117,6 +132,8 @@ class Targeting:
     limit: int = DEFAULT_LIMIT
     offset: int = 0
     status: tuple[str, ...] = ()
+    context: str | None = None
+    contexts: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.node:
@@ -153,6 +170,8 @@ def split_arguments(arguments: Mapping[str, Any]) -> tuple[Targeting, Json]:
         limit=int(arguments.get("limit", DEFAULT_LIMIT)),
         offset=int(arguments.get("offset", 0)),
         status=tuple(dict.fromkeys(str(x) for x in arguments.get("status") or ())),
+        context=arguments.get("context"),
+        contexts=tuple(str(c) for c in arguments.get("contexts") or ()),
     )
     bad = [x for x in targeting.status if x not in FILTERS]
     if bad:
@@ -184,7 +203,7 @@ async def run_tool(
     arguments: Mapping[str, Any],
     on_progress: Progress | None = None,
 ) -> Json:
-    """Fan ``tool`` out to the targeted nodes and aggregate the answers.
+    """Fan ``tool`` out to the targeted nodes (of one cluster or several) and aggregate.
 
     Names are resolved to targets once, here; the pool gets the targets. Raises
     ToolInputError / UnknownNode for the caller's mistakes, BrokerError when the
@@ -193,20 +212,12 @@ async def run_tool(
     if tool not in AGENT_TOOLS:
         raise ToolInputError(f"unknown agent tool {tool!r}; known: {', '.join(AGENT_TOOLS)}")
     targeting, agent_args = split_arguments(arguments)
+    names = context_names(ctx, targeting.context, targeting.contexts)
+    if len(names) > 1 or targeting.contexts:
+        return await _run_across(ctx, names, tool, targeting, agent_args, on_progress)
     started = time.monotonic()
-    targets = await ctx.targets()
-    if targeting.node or targeting.nodes:
-        wanted = [targeting.node] if targeting.node else list(targeting.nodes)
-        if any(n not in {t.node for t in targets} for n in wanted):
-            targets = await ctx.targets(refresh=True)  # maybe a node just joined
-    chosen = select_targets(targets, targeting)
-    warnings = list(ctx.warnings)
-    if not chosen:
-        warnings.append(
-            f"no GPU node matched ({targeting.describe()}; {len(targets)} GPU node(s) known). "
-            "Call list_gpu_nodes to see the nodes and their labels."
-        )
-    results = await ctx.pool.fan_out(chosen, tool, agent_args, on_progress) if chosen else []
+    sub = await ctx.in_context(names[0] if names else None)
+    results, warnings = await _sweep(sub, tool, targeting, agent_args, on_progress, strict=True)
     return aggregate(
         tool,
         results,
@@ -215,10 +226,119 @@ async def run_tool(
         offset=targeting.offset,
         statuses=targeting.status,
         elapsed_s=time.monotonic() - started,
-        deadline_s=ctx.pool.sweep_timeout,
+        deadline_s=sub.pool.sweep_timeout,
         targeted=targeting.describe(),
         warnings=warnings,
     )
+
+
+async def _sweep(
+    ctx: BrokerContext,
+    tool: str,
+    targeting: Targeting,
+    agent_args: Json,
+    on_progress: Progress | None,
+    *,
+    strict: bool,
+) -> tuple[list[NodeResult], list[str]]:
+    """One cluster: names → targets once, then the fan-out. ``strict``: a node name the
+    cluster does not know raises UnknownNode (else it is skipped: several clusters)."""
+    targets = await ctx.targets()
+    wanted = [targeting.node] if targeting.node else list(targeting.nodes)
+    known = {t.node for t in targets}
+    if any(n not in known for n in wanted):
+        targets = await ctx.targets(refresh=True)  # maybe a node just joined
+        known = {t.node for t in targets}
+    if wanted and not strict:
+        targeting = replace(targeting, node=None, nodes=tuple(n for n in wanted if n in known))
+        if not targeting.nodes:
+            return [], []
+    chosen = select_targets(targets, targeting)
+    warnings = list(ctx.warnings)
+    if not chosen:
+        warnings.append(
+            f"no GPU node matched ({targeting.describe()}; {len(targets)} GPU node(s) known). "
+            "Call list_gpu_nodes to see the nodes and their labels."
+        )
+    results = await ctx.pool.fan_out(chosen, tool, agent_args, on_progress) if chosen else []
+    return results, warnings
+
+
+async def _run_across(
+    ctx: BrokerContext,
+    names: Sequence[str],
+    tool: str,
+    targeting: Targeting,
+    agent_args: Json,
+    on_progress: Progress | None,
+) -> Json:
+    """Several clusters concurrently: one combined answer (nodes named CONTEXT/NODE) and
+    one summary per cluster in ``clusters`` (or why the cluster could not be swept)."""
+    started = time.monotonic()
+    swept: dict[str, tuple[list[NodeResult], list[str]] | BrokerError] = {}
+    totals: dict[str, int] = {}  # nodes per cluster, as each cluster's fan-out reports
+    answered: dict[str, int] = {}
+
+    def progress_of(name: str) -> Progress:
+        async def progress(done: int, cluster_total: int, result: NodeResult) -> None:
+            totals[name], answered[name] = cluster_total, done
+            if on_progress is not None:
+                all_done = sum(answered.values())
+                await on_progress(all_done, max(all_done, sum(totals.values())), result)
+
+        return progress
+
+    async def one(name: str) -> None:
+        try:
+            sub = await ctx.in_context(name)
+            results, warnings = await _sweep(
+                sub, tool, targeting, agent_args, progress_of(name), strict=False
+            )
+            swept[name] = ([replace(r, node=f"{name}/{r.node}") for r in results], warnings)
+        except BrokerError as exc:
+            swept[name] = exc
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(one, name)
+    clusters: list[Json] = []
+    combined: list[NodeResult] = []
+    warnings: list[str] = []
+    for name in names:
+        outcome = swept[name]
+        if isinstance(outcome, BrokerError):
+            clusters.append(
+                {"context": name, "error": {"kind": outcome.kind, "reason": str(outcome)}}
+            )
+            continue
+        results, cluster_warnings = outcome
+        combined += results
+        warnings += [f"{name}: {w}" for w in cluster_warnings]
+        summary = aggregate(tool, results, limit=1)["summary"]
+        clusters.append({"context": name, "summary": summary})
+    if targeting.node or targeting.nodes:
+        wanted = [targeting.node] if targeting.node else list(targeting.nodes)
+        found = {r.node.split("/", 1)[1] for r in combined}
+        missing = [n for n in wanted if n not in found]
+        if missing and not combined:
+            raise UnknownNode(missing, [])
+        if missing:
+            warnings.append(f"node(s) {', '.join(missing)} not found in any of the contexts")
+    answer = aggregate(
+        tool,
+        combined,
+        detail=targeting.detail,
+        limit=targeting.limit,
+        offset=targeting.offset,
+        statuses=targeting.status,
+        elapsed_s=time.monotonic() - started,
+        deadline_s=ctx.pool.sweep_timeout,
+        targeted=f"{targeting.describe()} in contexts {', '.join(names)}",
+        warnings=warnings,
+        budget=ANSWER_BUDGET - len(json.dumps(clusters)),
+    )
+    answer["clusters"] = clusters
+    return answer
 
 
 # -- list_gpu_nodes ------------------------------------------------------------------------

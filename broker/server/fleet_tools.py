@@ -17,6 +17,7 @@ from mcp.server.mcpserver import Context
 
 from broker.errors import BrokerError, UnknownNode
 from broker.fleet.aggregate import aggregate_output_schema
+from broker.fleet.clusters import CONTEXTS_OUTPUT_SCHEMA, list_contexts
 from broker.fleet.context import BrokerContext
 from broker.fleet.operations import (
     AGENT_TOOLS,
@@ -87,6 +88,20 @@ LIST_NODES_DEFINITION: Json = {
 }
 
 
+LIST_CONTEXTS_DEFINITION: Json = {
+    "name": "list_contexts",
+    "title": "List clusters (kubeconfig contexts)",
+    "description": (
+        "List the kubeconfig's contexts (clusters) and which are reachable now, with their "
+        "GPU node counts. Pass a context's name as `context` (or several as `contexts`, "
+        "['*'] for all) to any cluster-wide tool. Contacts each API server, no node."
+    ),
+    "inputSchema": {"type": "object", "properties": {}, "additionalProperties": False},
+    "outputSchema": CONTEXTS_OUTPUT_SCHEMA,
+    "annotations": {"title": "List clusters", **READ_ONLY},
+}
+
+
 def progress_reporter(
     mctx: Context[Any, Any],
 ) -> Callable[[int, int, NodeResult], Awaitable[None]]:
@@ -117,6 +132,11 @@ def build_server(ctx: BrokerContext) -> BrokerApp:
         return nodes_answer(targets, targeted=targeted, warnings=ctx.warnings)
 
     app.add_schema_tool(LIST_NODES_DEFINITION, list_gpu_nodes)
+
+    async def list_contexts_tool(arguments: Json, mctx: Context[Any, Any]) -> Json:
+        return await list_contexts(ctx)
+
+    app.add_schema_tool(LIST_CONTEXTS_DEFINITION, list_contexts_tool)
     for definition in AGENT_TOOLS.values():
         app.add_schema_tool(fanned_definition(definition), _fanned_handler(ctx, definition["name"]))
     register_cluster_tools(app, ctx)
