@@ -127,7 +127,23 @@ def sweep(
     ] = 50,
     output: OutputOpt = Output.table,
     kubeconfig: Kubeconfig = None,
-    context: Context = None,
+    context: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--context",
+            help="Kubeconfig context to use (default: current); repeat to sweep several "
+            "clusters at once (nodes then show as CONTEXT/NODE).",
+            rich_help_panel="Cluster",
+        ),
+    ] = None,
+    all_contexts: Annotated[
+        bool,
+        typer.Option(
+            "--all-contexts",
+            help="Sweep every context in the kubeconfig (one summary per cluster).",
+            rich_help_panel="Cluster",
+        ),
+    ] = False,
     namespace: Namespace = DEFAULT_NAMESPACE,
     timeout: Timeout = 30.0,
     concurrency: Concurrency = 64,
@@ -141,11 +157,20 @@ def sweep(
     Exit codes: 0 fine; 1 the command failed (message on stderr); 2 a GPU node is
     critical; 3 a node could not be checked (none critical).
     """
-    opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
+    contexts = list(dict.fromkeys(context or ()))
+    several = ["*"] if all_contexts else contexts if len(contexts) > 1 else []
+    one = contexts[0] if contexts and not several else None
+    opts = _opts(kubeconfig, one, namespace, timeout, concurrency)
     from broker.cli.commands import run_sweep
 
     code = run_sweep(
-        opts, selector=selector, nodes=node, since_minutes=since, limit=limit, output=output.value
+        opts,
+        selector=selector,
+        nodes=node,
+        since_minutes=since,
+        limit=limit,
+        output=output.value,
+        contexts=several,
     )
     raise typer.Exit(code)
 

@@ -127,8 +127,10 @@ def run_sweep(
     limit: int = 50,
     output: str = "table",
     consoles: Consoles | None = None,
+    contexts: list[str] | None = None,
 ) -> int:
-    """``broker sweep``: GPU health on every (selected) node, worst first."""
+    """``broker sweep``: GPU health on every (selected) node, worst first; with
+    ``contexts`` (``["*"]``: all) across several clusters."""
     from broker.cli.render import sweep_table
 
     cons = consoles or Consoles()
@@ -139,6 +141,8 @@ def run_sweep(
         arguments["nodes"] = nodes
     if since_minutes is not None:
         arguments["since_minutes"] = since_minutes
+    if contexts:
+        arguments["contexts"] = contexts
 
     async def main() -> int:
         async with BrokerContext.open(
@@ -153,7 +157,11 @@ def run_sweep(
             _print_json(answer)
         else:
             cons.out.print(sweep_table(answer))
-            for w in answer.get("warnings") or []:
+            clusters = answer.get("clusters") or []
+            failed = [
+                f"context {c['context']}: {c['error']['reason']}" for c in clusters if "error" in c
+            ]
+            for w in [*failed, *(answer.get("warnings") or [])]:
                 cons.err.print(
                     f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True
                 )

@@ -372,11 +372,14 @@ def _weight(digest: Mapping[str, Any]) -> int:
 
 
 def exit_code(answer: Mapping[str, Any]) -> int:
-    """2 when any node is critical, else 3 when any node gave no answer, else 0."""
+    """2 when any node is critical, else 3 when any node (or cluster) gave no answer,
+    else 0."""
     summary = answer.get("summary") or {}
     if (summary.get("status") or {}).get("critical"):
         return EXIT_CRITICAL
     if (summary.get("nodes") or {}).get("failed"):
+        return EXIT_UNREACHABLE
+    if any("error" in c for c in answer.get("clusters") or []):
         return EXIT_UNREACHABLE
     return EXIT_OK
 

@@ -3,19 +3,22 @@ merged kubeconfig, reached per call with ``context`` / ``contexts``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from broker.cli.app import app
 from broker.errors import ToolInputError
 from broker.fleet.clusters import list_contexts
 from broker.fleet.context import BrokerContext
 from broker.fleet.operations import run_tool
 from broker.kube.config import ClusterConfig, kubeconfig_contexts
-from broker.sim import SimServer, start_sim
+from broker.sim import SimServer, sim_in_thread, start_sim
 
 CRITICAL = {
     "nodes": [{"name": "gpu-node-001", "agent": {"faults": [{"gpu": 0, "kind": "fell_off_bus"}]}}]
@@ -100,3 +103,28 @@ async def test_one_call_sweeps_several_clusters_with_one_summary_each(
     assert every["summary"]["nodes"]["total"] == 5
     # Node names pick that node in every cluster that has one.
     assert sorted(named["healthy"]) == ["east/gpu-node-002", "west/gpu-node-002"]
+
+
+@pytest.mark.timeout(120)
+def test_cli_sweeps_several_contexts_and_all_of_them(tmp_path: Path) -> None:
+    with (
+        sim_in_thread(nodes=3, scenario={}, in_process=True) as east,
+        sim_in_thread(nodes=2, scenario=CRITICAL, in_process=True) as west,
+    ):
+        kubeconfig = str(merged_kubeconfig(tmp_path, {"east": east, "west": west}))
+        common = ["--kubeconfig", kubeconfig, "--timeout", "10"]
+        two = cli("sweep", *common, "--context", "east", "--context", "west", "-o", "json")
+        one = cli("sweep", *common, "--context", "west", "-o", "json")
+        every = cli("sweep", *common, "--all-contexts")
+    assert two.exit_code == 2, two.output  # west/gpu-node-001 is critical
+    doc = json.loads(two.stdout)
+    assert [c["context"] for c in doc["clusters"]] == ["east", "west"]
+    assert doc["summary"]["nodes"]["total"] == 5
+    assert json.loads(one.stdout)["summary"]["nodes"]["total"] == 2
+    assert every.exit_code == 2, every.output
+    assert "west/gpu-node-001" in every.stdout
+    assert "context down:" in every.stderr  # the cluster that is down says why
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
