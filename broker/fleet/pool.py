@@ -498,7 +498,11 @@ class NodePool:
                 # healed): its failure is not this call's answer, so open once more.
                 last = s.error
                 continue
-            quiet = time.monotonic() - s.last_seen > self.ping_interval / 2
+            # The keepalive pings every quiet session each ping_interval (plus jitter), so
+            # one quiet for longer missed its keepalive answer: probe it before trusting
+            # it (half-open TCP, a dead proxy). Healthy idle sessions are not probed: at
+            # 5,000 nodes a probe per call would double a warm sweep.
+            quiet = time.monotonic() - s.last_seen > self.ping_interval * 1.5
             if s.usable and (not quiet or await self._alive(s)):
                 self._touch(s)
                 return s
@@ -515,7 +519,8 @@ class NodePool:
     def _evict(self) -> None:
         """Close least recently used idle sessions while more are open than allowed."""
         cap = self.max_sessions or len(self._targets)
-        if not cap:
+        over = len(self._sessions) - cap  # O(1) when under the cap: called per open
+        if not cap or over <= 0:
             return
         over = sum(1 for s in self._sessions.values() if s.usable) - cap
         for s in list(self._sessions.values()):
@@ -527,10 +532,14 @@ class NodePool:
                 over -= 1
 
     async def _alive(self, s: _Session) -> bool:
-        """Ping before trusting a session that has been quiet (half-open TCP, dead proxy)."""
+        """Ping before trusting a session that has been quiet (half-open TCP, dead proxy).
+
+        Half the call timeout: a ping queued behind a busy event loop (thousands of
+        sessions opening) is slow, not dead.
+        """
         assert s.client is not None
         try:
-            with anyio.fail_after(min(5.0, self.call_timeout / 2)):
+            with anyio.fail_after(self.call_timeout / 2):
                 await s.client.send_ping()
         except Exception as exc:
             s.failure = s.failure or as_broker_error(exc, s.target.node)
@@ -679,12 +688,14 @@ class NodePool:
     async def _keep(self, s: _Session) -> None:
         """Idle loop: ping when quiet, close when idle too long or when told to stop."""
         assert s.client is not None
+        # Spread keepalives: sessions opened in one sweep would otherwise ping in bursts.
+        interval = self.ping_interval * (1.0 + (hash(s.target.node) % 997) / 997 * 0.2)
         while not s.stop.is_set():
             now = time.monotonic()
             if s.in_flight:  # busy: each call has its own deadline; look again later
-                wake = now + self.ping_interval
+                wake = now + interval
             else:
-                wake = min(s.last_seen + self.ping_interval, s.last_used + self.idle_timeout)
+                wake = min(s.last_seen + interval, s.last_used + self.idle_timeout)
             with anyio.move_on_after(max(0.01, wake - now)):
                 await s.stop.wait()
             if s.stop.is_set():
@@ -697,7 +708,7 @@ class NodePool:
             if now >= s.last_used + self.idle_timeout:
                 self._stats["closed_idle"] += 1
                 return
-            if now >= s.last_seen + self.ping_interval and not await self._alive(s):
+            if now >= s.last_seen + interval and not await self._alive(s):
                 self._stats["closed_broken"] += 1
                 return
 
