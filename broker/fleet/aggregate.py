@@ -422,19 +422,18 @@ def aggregate_output_schema(agent_output_schema: Mapping[str, Any] | None) -> Js
                             "properties": {
                                 "kind": {
                                     "type": "string",
-                                    "description": "unreachable, rbac, timeout, queued (not "
-                                    "reached before the sweep's deadline), agent_error, "
-                                    "tool_missing, not_ready, protocol or cancelled",
+                                    "description": "unreachable, rbac, timeout, queued, "
+                                    "agent_error, tool_missing, not_ready, protocol, cancelled",
                                 },
                                 "reason": {"type": "string"},
                                 "count": {"type": "integer", "minimum": 1},
-                                "nodes": {**names, "description": "The first few"},
+                                "nodes": names,
                             },
                             "required": ["kind", "reason", "count", "nodes"],
                         },
                     },
                     "elapsed_s": {"type": "number"},
-                    "deadline_s": {"type": "number", "description": "The sweep's deadline"},
+                    "deadline_s": {"type": "number"},
                 },
                 "required": ["nodes", "status", "unreachable", "elapsed_s"],
             },
@@ -449,8 +448,6 @@ def aggregate_output_schema(agent_output_schema: Mapping[str, Any] | None) -> Js
                         "elapsed_s": {"type": "number"},
                         "findings": {"type": "object"},
                         "result": result_schema,
-                        "kind": {"type": "string"},
-                        "reason": {"type": "string"},
                     },
                     "required": ["node", "status"],
                 },
@@ -465,23 +462,12 @@ def aggregate_output_schema(agent_output_schema: Mapping[str, Any] | None) -> Js
                 },
             },
             "healthy": {**names, "description": "Healthy nodes (names only)"},
-            "truncated": {
-                "type": "object",
-                "description": "How many names each list left out, and how to page for them",
-            },
+            "truncated": {"type": "object", "description": "Names left out; how to page"},
             "fleet": {"type": "object", "description": "Roll-up over every answering node"},
             "clusters": {
                 "type": "array",
-                "description": "With several contexts: one summary (or error) per cluster",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "context": {"type": "string"},
-                        "summary": {"type": "object"},
-                        "error": {"type": "object"},
-                    },
-                    "required": ["context"],
-                },
+                "description": "Per context: {context, summary | error}",
+                "items": {"type": "object"},
             },
             "warnings": names,
         },

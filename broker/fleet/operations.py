@@ -96,27 +96,24 @@ TARGETING_PROPERTIES: Json = {
         "type": "array",
         "items": {"type": "string", "enum": list(FILTERS)},
         "minItems": 1,
-        "description": "Only nodes with these statuses, one entry each in `nodes` "
-        "(page with limit/offset), e.g. ['unreachable'] for every node that did not answer.",
+        "description": "Only nodes with these statuses, one entry each (page with offset).",
     },
     "offset": {
         "type": "integer",
         "minimum": 0,
         "default": 0,
-        "description": "Skip this many entries of `nodes` (paging; see `truncated`).",
+        "description": "Skip this many entries (paging).",
     },
     "context": {
         "type": "string",
         "minLength": 1,
-        "description": "Kubeconfig context (cluster) to use, as kubectl --context; "
-        "default: the broker's. See list_contexts.",
+        "description": "Kubeconfig context (cluster); see list_contexts.",
     },
     "contexts": {
         "type": "array",
         "items": {"type": "string", "minLength": 1},
         "minItems": 1,
-        "description": "Several contexts at once (['*'] = all): one summary per cluster in "
-        "`clusters`; node names become CONTEXT/NODE.",
+        "description": "Several contexts (['*']: all); nodes named CONTEXT/NODE.",
     },
 }
 
