@@ -4,9 +4,12 @@ A thousand open sessions are about half a million long-lived objects, and every 
 collection walks them all: 0.1-1.5 s each at 1,000 sessions on this machine (measured),
 and one warm sweep's results trigger one or two, which made up most of a warm sweep.
 ``gc.freeze()`` moves what is alive now into the permanent generation, which
-collections skip. The price: a frozen session that later closes keeps its reference
-cycles until the next settle (unfreeze, one full collection, freeze again), which runs
-once enough sessions have come and gone. Small pools (tests, a few nodes) never freeze.
+collections skip, and a large pool raises the first collection threshold: a sweep's
+results (about 150 objects per node, alive until the answer is built) would otherwise be
+promoted and rescanned by full collections dozens of times per sweep. The price: a
+frozen session that later closes keeps its reference cycles until the next settle
+(unfreeze, one full collection, freeze again), which runs once enough sessions have come
+and gone. Small pools (tests, a few nodes) never freeze.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ __all__ = ["HeapKeeper"]
 
 class HeapKeeper:
     """Freezes the heap as sessions open; settles it when enough have come and gone."""
+
+    YOUNG_THRESHOLD = 50_000  # allocations between young collections, once frozen
 
     def __init__(self, every: int = 256) -> None:
         self.every = every
@@ -31,6 +36,9 @@ class HeapKeeper:
         self._churn += 1
         if self._opened >= self.every:
             self._opened = 0
+            if not self._frozen:
+                young, middle, old = gc.get_threshold()
+                gc.set_threshold(max(young, self.YOUNG_THRESHOLD), middle, old)
             self._frozen = True
             gc.freeze()
 
