@@ -55,7 +55,8 @@ Timeout = Annotated[
     typer.Option(
         "--timeout",
         min=0.1,
-        help="Deadline in seconds for each node call (and for a whole sweep).",
+        help="Deadline in seconds for each node (its own session open and call; a "
+        "sweep as a whole gets max(this, 120 s)).",
         rich_help_panel="Cluster",
     ),
 ]
@@ -65,7 +66,7 @@ Concurrency = Annotated[
         "--concurrency",
         min=1,
         max=1024,
-        help="How many node sessions may be opening at once.",
+        help="The most node sessions opening at once (the limit adapts below it).",
         rich_help_panel="Cluster",
     ),
 ]
