@@ -472,8 +472,8 @@ class NodePool:
             err = as_broker_error(exc, node)
             if self._closed:
                 err = CallCancelled(f"node {node}: the broker shut down during the call ({err})")
-            if isinstance(err, NodeNotReady) and target.ready and self._on_stale is not None:
-                self._on_stale()
+            if isinstance(err, NodeNotReady) and self._on_stale is not None:
+                self._on_stale()  # re-list next time: the pod may be back (or gone)
         return NodeResult.failure(node, err, time.monotonic() - started)
 
     async def _session(self, target: NodeTarget) -> _Session:
