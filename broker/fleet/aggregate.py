@@ -44,6 +44,7 @@ __all__ = [
     "exit_code",
     "findings",
     "judge",
+    "slim",
 ]
 
 Json = dict[str, Any]
@@ -205,6 +206,65 @@ def _fleet(tool: str, answered: Sequence[tuple[str, Mapping[str, Any]]]) -> Json
                 counts[int(x.get("xid", 0))] += int(x.get("count", 1))
         return {"xid_counts": {str(k): v for k, v in sorted(counts.items())}}
     return None
+
+
+def slim(tool: str, result: Mapping[str, Any]) -> Json:
+    """Only what :func:`judge`, :func:`findings` and the fleet roll-up read.
+
+    A sweep holds every node's answer until the roll-up: a full 8-GPU health answer is
+    about 30 KiB of Python objects, 150 MiB at 5,000 nodes; its digest is a few hundred
+    bytes. The aggregate of slim answers equals the aggregate of full ones.
+    """
+    gpus = result.get("gpus") or []
+    if tool == "get_gpu_health":
+        return {
+            "status": result.get("status"),
+            "summary": result.get("summary"),
+            "issues": result.get("issues") or [],
+            "gpus": [
+                {"index": g.get("index"), "issues": g["issues"]} for g in gpus if g.get("issues")
+            ],
+        }
+    if tool == "analyze_xid_errors":
+        return {"summary": result.get("summary"), "xids": result.get("xids") or []}
+    if tool == "get_gpu_inventory":
+        driver = result.get("driver") or {}
+        keep = ("index", "name", "lost", "error")
+        return {
+            "driver": {k: driver.get(k) for k in ("driver_version", "cuda_driver_version")},
+            "gpus": [{k: g.get(k) for k in keep} for g in gpus],
+        }
+    if tool == "get_gpu_processes":
+        return {
+            "gpus": [
+                {
+                    **{k: g.get(k) for k in ("index", "lost", "error")},
+                    "processes": [
+                        {"used_memory_mib": p.get("used_memory_mib")}
+                        for p in g.get("processes") or []
+                    ],
+                }
+                for g in gpus
+            ]
+        }
+    if tool == "get_nvlink_topology":
+        return {
+            "gpus": [
+                {
+                    "index": g.get("index"),
+                    "links": [
+                        {
+                            "link": link.get("link"),
+                            **{k: link[k] for k in _LINK_COUNTERS if link.get(k)},
+                        }
+                        for link in g.get("links") or []
+                        if any(link.get(k) for k in _LINK_COUNTERS)
+                    ],
+                }
+                for g in gpus
+            ]
+        }
+    return dict(result)
 
 
 # -- the aggregate -----------------------------------------------------------------------

@@ -11,13 +11,14 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, cast
 
 import anyio
 
 from agent.tools import TOOL_DEFINITIONS
 from broker.errors import BrokerError, ToolInputError, UnknownNode
-from broker.fleet.aggregate import ANSWER_BUDGET, DETAILS, FILTERS, Detail, aggregate
+from broker.fleet.aggregate import ANSWER_BUDGET, DETAILS, FILTERS, Detail, aggregate, slim
 from broker.fleet.clusters import context_names
 from broker.fleet.context import BrokerContext
 from broker.fleet.pool import NodeResult, Progress
@@ -257,7 +258,10 @@ async def _sweep(
             f"no GPU node matched ({targeting.describe()}; {len(targets)} GPU node(s) known). "
             "Call list_gpu_nodes to see the nodes and their labels."
         )
-    results = await ctx.pool.fan_out(chosen, tool, agent_args, on_progress) if chosen else []
+    # Answers folded into findings are cut to their digest as they arrive.
+    digest = targeting.detail == "findings" or (targeting.detail == "auto" and len(chosen) > 1)
+    keep = partial(slim, tool) if digest else None
+    results = await ctx.pool.fan_out(chosen, tool, agent_args, on_progress, keep) if chosen else []
     return results, warnings
 
 

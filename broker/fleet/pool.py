@@ -393,11 +393,13 @@ class NodePool:
         tool: str,
         arguments: dict[str, Any],
         on_progress: Progress | None = None,
+        keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> list[NodeResult]:
         """Call ``tool`` on every target concurrently; results in the order given.
 
         Each node has ``call_timeout`` for its own open and call; the whole fan-out has
-        ``sweep_timeout``. Every failure is a result, never a raise.
+        ``sweep_timeout``. Every failure is a result, never a raise. ``keep`` cuts each
+        answer down as it arrives (only the digest is held until the sweep ends).
         """
         self._require_open()
         targets = list({t.node: t for t in targets}.values())
@@ -408,6 +410,8 @@ class NodePool:
         async def one(index: int, target: NodeTarget) -> None:
             nonlocal done
             result = await self._call_target(target, tool, arguments, deadline)
+            if keep is not None and result.result is not None:
+                result.result = keep(result.result)
             results[index] = result
             done += 1
             if on_progress is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -19,6 +20,7 @@ from broker.fleet.aggregate import (
     exit_code,
     findings,
     judge,
+    slim,
 )
 from broker.fleet.pool import NodeResult
 
@@ -307,3 +309,58 @@ def test_fleet_configurations_name_a_few_nodes_and_count_them_all() -> None:
     (config,) = answer["fleet"]["configurations"]
     assert config["node_count"] == 3000 and len(config["nodes"]) == 5
     assert len(json.dumps(answer)) <= ANSWER_BUDGET
+
+
+SCENARIOS = [
+    {"gpu_count": 8},
+    {
+        "gpu_count": 8,
+        "faults": [
+            {"gpu": 1, "kind": "fell_off_bus", "ago_s": 60},
+            {"gpu": 2, "kind": "nvlink_errors", "link": 3, "crc_flit": 12, "replay": 4},
+            {"gpu": 3, "kind": "xid", "xid": 79, "ago_s": 30},
+            {"gpu": 4, "kind": "thermal_throttle", "temperature_c": 92},
+        ],
+        "processes": [{"gpu": 0, "pid": 4242, "used_memory_mib": 30000, "name": "python"}],
+    },
+    {"gpu_count": 4, "faults": [{"gpu": 0, "kind": "retired_pages_pending"}]},
+]
+
+
+def agent_answers(tool: str, tmp: Path) -> list[NodeResult]:
+    """Real answers of the agent's fake backend (in-process) for each scenario."""
+    import threading
+
+    from agent.app import create_session
+
+    results: list[NodeResult] = []
+    for i, scenario in enumerate(SCENARIOS):
+        got: list[dict[str, Any]] = []
+        done = threading.Event()
+
+        def write(
+            data: bytes, got: list[dict[str, Any]] = got, done: threading.Event = done
+        ) -> None:
+            got.append(json.loads(data))
+            done.set()
+
+        path = tmp / f"scenario-{i}.json"
+        path.write_text(json.dumps(scenario))
+        session = create_session(["--backend", "fake", "--scenario", str(path)], write)
+        try:
+            call = {"name": tool, "arguments": {}}
+            request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}
+            session.feed(json.dumps(request).encode())
+            assert done.wait(10)
+        finally:
+            session.close()
+        results.append(ok(f"n{i}", got[0]["result"]["structuredContent"]))
+    return results
+
+
+@pytest.mark.parametrize("tool", sorted(SCHEMAS))
+def test_slim_answers_aggregate_exactly_like_full_ones(tool: str, tmp_path: Path) -> None:
+    full = agent_answers(tool, tmp_path)
+    slimmed = [ok(r.node, slim(tool, r.result or {})) for r in full]
+    assert aggregate(tool, slimmed, detail="findings") == aggregate(tool, full, detail="findings")
+    assert len(json.dumps([r.result for r in slimmed])) < len(json.dumps([r.result for r in full]))
