@@ -106,7 +106,7 @@ def run_nodes(
             warnings = ctx.warnings
         if output == "json":
             targeted = f"node_selector {selector!r}" if selector else "every GPU node"
-            _print_json(nodes_answer(targets, targeted=targeted, warnings=warnings))
+            _print_json(nodes_answer(targets, targeted=targeted, warnings=warnings, names_cap=None))
         else:
             cons.out.print(nodes_table(targets))
             for w in warnings:

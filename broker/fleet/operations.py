@@ -51,6 +51,8 @@ DIAGNOSE_TOOLS = (
     "get_nvlink_topology",
 )
 DEFAULT_LIMIT = 50
+NODE_NAMES_CAP = 1000  # list_gpu_nodes: ready names in all (shared by the model groups)
+NOT_READY_CAP = 100  # list_gpu_nodes: not-ready entries (each with its reason)
 
 TARGETING_PROPERTIES: Json = {
     "node": {
@@ -344,9 +346,18 @@ async def _run_across(
 
 # -- list_gpu_nodes ------------------------------------------------------------------------
 def nodes_answer(
-    targets: Sequence[NodeTarget], *, targeted: str = "every GPU node", warnings: Sequence[str] = ()
+    targets: Sequence[NodeTarget],
+    *,
+    targeted: str = "every GPU node",
+    warnings: Sequence[str] = (),
+    names_cap: int | None = NODE_NAMES_CAP,
 ) -> Json:
-    """The GPU nodes, compact: ready ones grouped by GPU model, not-ready ones with why."""
+    """The GPU nodes, compact: ready ones grouped by GPU model, not-ready ones with why.
+
+    ``names_cap`` bounds the ready names (shared by the groups; each group keeps its
+    ``count``) and the not-ready entries to :data:`NOT_READY_CAP`, so the answer stays
+    small at 5,000 nodes (``truncated`` says how many were left out); None lists all.
+    """
     groups: dict[tuple[str, str], Json] = {}
     not_ready: list[Json] = []
     for t in targets:
@@ -357,13 +368,30 @@ def nodes_answer(
         group = groups.setdefault(key, {"gpu_product": key[0], "gpu_count": key[1], "nodes": []})
         group["nodes"].append(t.node)
     ready = sum(len(g["nodes"]) for g in groups.values())
-    return {
+    ordered = sorted(groups.values(), key=lambda g: (-len(g["nodes"]), g["gpu_product"]))
+    left_out = 0
+    per_group = None if names_cap is None else max(10, names_cap // max(1, len(ordered)))
+    for group in ordered:
+        group["count"] = len(group["nodes"])
+        if per_group is not None and len(group["nodes"]) > per_group:
+            left_out += len(group["nodes"]) - per_group
+            group["nodes"] = group["nodes"][:per_group]
+    reasons_cap = None if names_cap is None else NOT_READY_CAP
+    answer: Json = {
         "targeted": targeted,
         "summary": {"total": len(targets), "ready": ready, "not_ready": len(not_ready)},
-        "ready": sorted(groups.values(), key=lambda g: (-len(g["nodes"]), g["gpu_product"])),
-        "not_ready": not_ready,
+        "ready": ordered,
+        "not_ready": not_ready[:reasons_cap],
         "warnings": list(warnings),
     }
+    if reasons_cap is not None and (left_out or len(not_ready) > reasons_cap):
+        answer["truncated"] = {
+            "ready": left_out,
+            "not_ready": max(0, len(not_ready) - reasons_cap),
+            "hint": "names were cut to stay small: narrow with node_selector (e.g. by GPU "
+            "product or zone), or ask a cluster-wide tool with status=[...] and offset",
+        }
+    return answer
 
 
 NODES_OUTPUT_SCHEMA: Json = {
@@ -387,6 +415,7 @@ NODES_OUTPUT_SCHEMA: Json = {
                 "properties": {
                     "gpu_product": {"type": "string"},
                     "gpu_count": {"type": "string"},
+                    "count": {"type": "integer", "minimum": 0},
                     "nodes": {"type": "array", "items": {"type": "string"}},
                 },
                 "required": ["gpu_product", "gpu_count", "nodes"],
@@ -406,6 +435,7 @@ NODES_OUTPUT_SCHEMA: Json = {
             },
         },
         "warnings": {"type": "array", "items": {"type": "string"}},
+        "truncated": {"type": "object", "description": "Names left out; how to narrow"},
     },
     "required": ["targeted", "summary", "ready", "not_ready", "warnings"],
 }

@@ -364,3 +364,25 @@ def test_slim_answers_aggregate_exactly_like_full_ones(tool: str, tmp_path: Path
     slimmed = [ok(r.node, slim(tool, r.result or {})) for r in full]
     assert aggregate(tool, slimmed, detail="findings") == aggregate(tool, full, detail="findings")
     assert len(json.dumps([r.result for r in slimmed])) < len(json.dumps([r.result for r in full]))
+
+
+def test_node_list_stays_small_at_5000_nodes() -> None:
+    from broker.fleet.operations import NODES_OUTPUT_SCHEMA, nodes_answer
+    from broker.kube.discovery import NodeTarget
+
+    labels = [{"nvidia.com/gpu.product": p, "nvidia.com/gpu.count": "8"} for p in ("H100", "A100")]
+    targets = [
+        NodeTarget(f"gpu-node-{i:05d}", f"p{i}", "ns", i % 20 != 0, None if i % 20 else
+                   f"agent pod k8s-gpu-mcp-{i:x} is Pending (Unschedulable: 0/5000 nodes)",
+                   labels[i % 2])
+        for i in range(5000)
+    ]  # fmt: skip
+    answer = nodes_answer(targets)
+    jsonschema.validate(answer, NODES_OUTPUT_SCHEMA)
+    assert len(json.dumps(answer)) <= ANSWER_BUDGET
+    assert answer["summary"] == {"total": 5000, "ready": 4750, "not_ready": 250}
+    assert sum(g["count"] for g in answer["ready"]) == 4750
+    cut = answer["truncated"]
+    assert cut["ready"] == 4750 - sum(len(g["nodes"]) for g in answer["ready"])
+    assert cut["not_ready"] == 250 - len(answer["not_ready"]) and "node_selector" in cut["hint"]
+    assert len(nodes_answer(targets, names_cap=None)["not_ready"]) == 250  # the CLI's JSON

@@ -241,9 +241,15 @@ async def test_list_gpu_nodes(local_agents: LocalAgents) -> None:
     assert answer is not None
     assert answer["summary"] == {"total": 4, "ready": 3, "not_ready": 1}
     assert answer["ready"] == [
-        {"gpu_product": "NVIDIA-H100-80GB-HBM3", "gpu_count": "2", "nodes": ["n1", "n2"]},
-        {"gpu_product": "Tesla-T4", "gpu_count": "2", "nodes": ["n3"]},
+        {
+            "gpu_product": "NVIDIA-H100-80GB-HBM3",
+            "gpu_count": "2",
+            "count": 2,
+            "nodes": ["n1", "n2"],
+        },
+        {"gpu_product": "Tesla-T4", "gpu_count": "2", "count": 1, "nodes": ["n3"]},
     ]
+    assert "truncated" not in answer
     assert answer["not_ready"][0]["node"] == "n4"
     assert t4.structured_content is not None
     assert t4.structured_content["summary"]["total"] == 4
