@@ -36,7 +36,7 @@ test: lint tools  ## lint, then the whole pytest suite
 fuzz: $(STAMP)  ## the long fuzz runs: agent protocol, broker stdio and HTTP (FUZZ_EXAMPLES=N scales the agent's)
 	$(BIN)/pytest -q -m fuzz
 
-bench: $(STAMP) tools  ## print performance figures against the budgets in ARCHITECTURE.md
+bench: $(STAMP) tools  ## performance figures vs the budgets in ARCHITECTURE.md (BENCH_NODES=1000 skips the 5,000-node step)
 	$(PY) -m tests.bench
 
 demo: $(STAMP) tools  ## run the product on the simulated cluster

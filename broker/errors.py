@@ -210,6 +210,22 @@ class CallLimited(BrokerError):
     kind = "rate_limited"
 
 
+class NotReached(BrokerError):
+    """The sweep's overall deadline ran out while the node still waited its turn."""
+
+    kind = "queued"
+
+    def __init__(self, node: str, sweep_s: float) -> None:
+        self.node = node
+        self.sweep_s = sweep_s
+        super().__init__(
+            f"node {node}: not reached within the sweep's {sweep_s:g} s deadline (it was "
+            "still queued behind other nodes' session opens; the node itself did not fail). "
+            "Call again (opened sessions stay warm, so the next sweep is faster), target "
+            "fewer nodes, or allow a longer sweep timeout."
+        )
+
+
 class CallCancelled(BrokerError):
     """The call was cancelled (the pool shut down, or the caller went away)."""
 

@@ -68,7 +68,8 @@ Timeout = Annotated[
     typer.Option(
         "--timeout",
         min=0.1,
-        help="Deadline in seconds for each node call (and for a whole sweep).",
+        help="Deadline in seconds for each node (its own session open and call; a "
+        "sweep as a whole gets max(this, 120 s)).",
         rich_help_panel="Cluster",
     ),
 ]
@@ -78,7 +79,7 @@ Concurrency = Annotated[
         "--concurrency",
         min=1,
         max=1024,
-        help="How many node sessions may be opening at once.",
+        help="The most node sessions opening at once (the limit adapts below it).",
         rich_help_panel="Cluster",
     ),
 ]
@@ -146,7 +147,23 @@ def sweep(
     ] = 50,
     output: OutputOpt = Output.table,
     kubeconfig: Kubeconfig = None,
-    context: Context = None,
+    context: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--context",
+            help="Kubeconfig context to use (default: current); repeat to sweep several "
+            "clusters at once (nodes then show as CONTEXT/NODE).",
+            rich_help_panel="Cluster",
+        ),
+    ] = None,
+    all_contexts: Annotated[
+        bool,
+        typer.Option(
+            "--all-contexts",
+            help="Sweep every context in the kubeconfig (one summary per cluster).",
+            rich_help_panel="Cluster",
+        ),
+    ] = False,
     namespace: Namespace = DEFAULT_NAMESPACE,
     timeout: Timeout = 30.0,
     concurrency: Concurrency = 64,
@@ -160,11 +177,20 @@ def sweep(
     Exit codes: 0 fine; 1 the command failed (message on stderr); 2 a GPU node is
     critical; 3 a node could not be checked (none critical).
     """
-    opts = _opts(kubeconfig, context, namespace, timeout, concurrency)
+    contexts = list(dict.fromkeys(context or ()))
+    several = ["*"] if all_contexts else contexts if len(contexts) > 1 else []
+    one = contexts[0] if contexts and not several else None
+    opts = _opts(kubeconfig, one, namespace, timeout, concurrency)
     from broker.cli.commands import run_sweep
 
     code = run_sweep(
-        opts, selector=selector, nodes=node, since_minutes=since, limit=limit, output=output.value
+        opts,
+        selector=selector,
+        nodes=node,
+        since_minutes=since,
+        limit=limit,
+        output=output.value,
+        contexts=several,
     )
     raise typer.Exit(code)
 

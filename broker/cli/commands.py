@@ -133,10 +133,11 @@ def run_nodes(
     async def main() -> int:
         async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
             targets = await list_nodes(ctx, selector)
-            warnings = ctx.pool.warnings
+            warnings = ctx.warnings
         targeted = f"node_selector {selector!r}" if selector else "every GPU node"
         answer = nodes_with_causes(
-            nodes_answer(targets, targeted=targeted, warnings=warnings),
+            nodes_answer(targets, targeted=targeted, warnings=warnings, names_cap=None),
+            targets,
             namespace=ctx.namespace,
             surface="cli",
         )
@@ -163,8 +164,10 @@ def run_sweep(
     limit: int = 50,
     output: str = "table",
     consoles: Consoles | None = None,
+    contexts: list[str] | None = None,
 ) -> int:
-    """``broker sweep``: GPU health on every (selected) node, worst first."""
+    """``broker sweep``: GPU health on every (selected) node, worst first; with
+    ``contexts`` (``["*"]``: all) across several clusters."""
     from broker.cli.render import sweep_table
 
     cons = consoles or Consoles()
@@ -175,6 +178,8 @@ def run_sweep(
         arguments["nodes"] = nodes
     if since_minutes is not None:
         arguments["since_minutes"] = since_minutes
+    if contexts:
+        arguments["contexts"] = contexts
 
     async def main() -> int:
         async with BrokerContext.open(
@@ -190,7 +195,11 @@ def run_sweep(
             _print_json(answer, output)
         else:
             cons.out.print(sweep_table(answer, wide=output == "wide"))
-            for w in answer.get("warnings") or []:
+            clusters = answer.get("clusters") or []
+            failed = [
+                f"context {c['context']}: {c['error']['reason']}" for c in clusters if "error" in c
+            ]
+            for w in [*failed, *(answer.get("warnings") or [])]:
                 cons.err.print(
                     f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True
                 )

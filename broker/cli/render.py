@@ -175,7 +175,7 @@ def _headline(tool: str, entry: Json) -> tuple[str, str]:
 
 def sweep_table(answer: Json, *, wide: bool = False) -> RenderableType:
     """Every node worst first: not-healthy nodes with their main finding, nodes that
-    could not be checked with why (one row per shared cause unless ``wide``), then the
+    could not be checked with why and what to do (one row per shared reason), then the
     healthy ones collapsed into one row (each on its own row when ``wide``)."""
     tool = str(answer.get("tool", ""))
     table = Table(box=box.SIMPLE_HEAD, title=sweep_summary(answer), title_justify="left")
@@ -190,25 +190,26 @@ def sweep_table(answer: Json, *, wide: bool = False) -> RenderableType:
         status = status_text(str(more["status"]))
         _add(table, more["node"], status, "(details omitted: over --limit)", "")
     summary = answer.get("summary") or {}
-    causes: list[Json] = [] if wide else list(summary.get("causes") or [])
-    collapsed = _collapsed(causes, summary.get("unreachable") or [])
-    for u in summary.get("unreachable") or []:
-        if u["node"] in collapsed:
-            continue
+    for u in summary.get("unreachable") or []:  # grouped by reason, with the fix
         kind = Text(str(u["kind"]), style=STATUS_STYLE["unreachable"])
-        _add(table, u["node"], kind, u["reason"], "")
-    for cause in _big(causes):
-        kind = Text(str(cause["kind"]), style=STATUS_STYLE["unreachable"])
-        _add(table, f"{cause['count']} nodes", kind, _cause_cell(cause), str(cause["fix"]))
+        names = list(u.get("nodes") or [])
+        count = int(u.get("count", 1))
+        label = names[0] if count == 1 and names else f"{count} nodes"
+        reason = str(u["reason"])
+        if count > 1:
+            shown = ", ".join(names) + (", …" if count > len(names) else "")
+            reason = f"{reason} ({shown})"
+        _add(table, label, kind, reason, str(u.get("fix") or ""))
     healthy = list(answer.get("healthy") or [])
     if wide:
         for name in healthy:
             _add(table, name, status_text("healthy"), "", "")
     elif healthy:
         shown = ", ".join(healthy[:_HEALTHY_NAMES_SHOWN])
-        if len(healthy) > _HEALTHY_NAMES_SHOWN:
-            shown += f", … (+{len(healthy) - _HEALTHY_NAMES_SHOWN} more)"
-        label = healthy[0] if len(healthy) == 1 else f"{len(healthy)} nodes"
+        count = max(len(healthy), int((summary.get("status") or {}).get("healthy") or 0))
+        if count > _HEALTHY_NAMES_SHOWN:
+            shown += f", … (+{count - _HEALTHY_NAMES_SHOWN} more)"
+        label = healthy[0] if count == 1 else f"{count} nodes"
         _add(table, label, status_text("healthy"), shown, "")
     return table
 

@@ -16,7 +16,7 @@ import anyio
 from broker.errors import ToolInputError
 from broker.fleet.context import BrokerContext
 from broker.fleet.drift import find_drift, node_config
-from broker.fleet.operations import Targeting, select_nodes, split_arguments
+from broker.fleet.operations import Targeting, select_targets, split_arguments
 from broker.fleet.pool import NodeResult
 from broker.fleet.stragglers import find_stragglers, node_readings
 from broker.kube.discovery import NodeTarget
@@ -105,20 +105,17 @@ def _no_extra(extra: Mapping[str, Any]) -> None:
 
 
 async def _targets(ctx: BrokerContext, targeting: Targeting) -> list[NodeTarget]:
-    known = await ctx.targets()
-    names = set(select_nodes(known, targeting))
-    return [t for t in known if t.node in names]
+    return select_targets(await ctx.targets(), targeting)
 
 
 async def _both(
     ctx: BrokerContext, targets: Sequence[NodeTarget], tools: Sequence[str]
 ) -> list[dict[str, NodeResult]]:
     """Each tool on every target, the tools concurrently (each a fan-out)."""
-    names = [t.node for t in targets]
     out: list[dict[str, NodeResult]] = [{} for _ in tools]
 
     async def one(i: int, tool: str) -> None:
-        results = await ctx.pool.fan_out(names, tool, {}) if names else []
+        results = await ctx.pool.fan_out(targets, tool, {}) if targets else []
         out[i] = {r.node: r for r in results}
 
     async with anyio.create_task_group() as tg:

@@ -1,9 +1,10 @@
 """Say a shared failure once: nodes that failed for the same reason (no agent pods, RBAC
 denied, timeouts), grouped, counted, with the one thing to do about it.
 
-Input is what a fan-out or node listing already holds (node, kind, reason); the answer
-goes next to it as ``causes``, and the CLI prints one line per cause instead of one per
-node. Reasons are compared with node and pod names taken out.
+A fan-out answer already groups its failed nodes by reason (``summary.unreachable``,
+broker.fleet.aggregate): each group gets its ``fix``. A node listing gets ``causes`` (the
+not-ready nodes grouped the same way, with the fix). Reasons are compared with node and
+pod names taken out.
 """
 
 from __future__ import annotations
@@ -121,23 +122,37 @@ def _fix(kind: str, reason: str, count: int, total: int, namespace: str, surface
 
 
 def with_causes(answer: Json, *, namespace: str, surface: Surface = "mcp") -> Json:
-    """A fan-out answer (``broker.fleet.aggregate``) with ``summary.causes`` added when
-    nodes failed: the same failures, said once per cause."""
+    """A fan-out answer (``broker.fleet.aggregate``) whose ``summary.unreachable`` groups
+    (nodes that failed for the same reason) each get the one thing to do about it: ``fix``."""
     summary = answer.get("summary") or {}
-    failed = summary.get("unreachable") or []
-    if failed:
-        total = int((summary.get("nodes") or {}).get("total") or len(failed))
-        summary["causes"] = common_causes(failed, total=total, namespace=namespace, surface=surface)
+    groups = summary.get("unreachable") or []
+    total = int((summary.get("nodes") or {}).get("total") or 0)
+    total = total or sum(int(g.get("count") or 1) for g in groups)
+    for group in groups:
+        kind, reason = str(group.get("kind") or "unreachable"), str(group.get("reason") or "")
+        count = int(group.get("count") or 1)
+        reason = reason.removeprefix("node <node>: ")  # the aggregate's generalised name
+        group["fix"] = _fix(kind, reason, count, total, namespace, surface)
     return answer
 
 
-def nodes_with_causes(answer: Json, *, namespace: str, surface: Surface = "mcp") -> Json:
-    """A node listing (``list_gpu_nodes``) with ``causes`` for the nodes that are not ready."""
-    not_ready = answer.get("not_ready") or []
-    if not_ready:
-        failures = [{**n, "kind": "not_ready"} for n in not_ready]
-        total = int((answer.get("summary") or {}).get("total") or len(failures))
+def nodes_with_causes(
+    answer: Json,
+    targets: Iterable[Any],
+    *,
+    namespace: str,
+    surface: Surface = "mcp",
+) -> Json:
+    """A node listing (``list_gpu_nodes``) with ``causes`` for the nodes that are not ready,
+    counted over every target (the listing itself may show only some of them)."""
+    targets = list(targets)
+    failures = [
+        {"node": t.node, "kind": "not_ready", "reason": t.reason or "not ready"}
+        for t in targets
+        if not t.ready
+    ]
+    if failures:
         answer["causes"] = common_causes(
-            failures, total=total, namespace=namespace, surface=surface
+            failures, total=len(targets), namespace=namespace, surface=surface
         )
     return answer

@@ -389,6 +389,34 @@ class KubeApi:
         await self.rest.close()
 
 
+def kubeconfig_contexts(
+    config: ClusterConfig, environ: Mapping[str, str] | None = None
+) -> tuple[list[str], str | None]:
+    """The kubeconfig's context names (first definition wins, as kubectl) and the
+    current one; ``([], None)`` in-cluster. Raises ConfigError."""
+    import yaml
+
+    paths = _kubeconfig_paths(config, os.environ if environ is None else environ)
+    if paths is None:
+        return [], None
+    names: list[str] = []
+    current: str | None = None
+    for path in paths:
+        try:
+            with open(path) as f:
+                doc = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"kubeconfig {path}: cannot be read: {exc}") from exc
+        if not isinstance(doc, dict):
+            continue
+        current = current or doc.get("current-context") or None
+        for entry in doc.get("contexts") or []:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if name and str(name) not in names:
+                names.append(str(name))
+    return names, config.context or current
+
+
 def _load_incluster(configuration: Any, environ: Mapping[str, str]) -> None:
     from kubernetes_asyncio.config import ConfigException
     from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader

@@ -264,6 +264,9 @@ async def _read_retrying(
                     status = resp.status
                     headers = dict(resp.headers.items())
                     body = await resp.read()
+                # The generated client keeps its last response (and so the body: 17 MiB
+                # for 5,000 nodes) in last_response until the next call; drop it.
+                api.rest.last_response = None  # type: ignore[attr-defined]  # untyped attr
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
         if status == 401 and not refreshed and await api.refresh_credentials(force=True):

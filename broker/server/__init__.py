@@ -81,7 +81,7 @@ async def serve(options: ServeOptions) -> None:
             options.config,
             call_timeout=options.call_timeout,
             max_concurrency=options.max_concurrency,
-            **({"breaker": breaker} if breaker is not None else {}),
+            breaker=breaker,
         ) as ctx:
             if options.node:
                 app = await build_node_server(ctx, options.node)

@@ -19,6 +19,7 @@ from broker.diagnosis.preflight import preflight, preflight_output_schema
 from broker.errors import BrokerError, UnknownNode
 from broker.fleet.aggregate import aggregate_output_schema
 from broker.fleet.causes import CAUSES_SCHEMA, nodes_with_causes, with_causes
+from broker.fleet.clusters import CONTEXTS_OUTPUT_SCHEMA, list_contexts
 from broker.fleet.context import BrokerContext
 from broker.fleet.operations import (
     AGENT_TOOLS,
@@ -164,6 +165,20 @@ CHECK_SETUP_DEFINITION: Json = {
 }
 
 
+LIST_CONTEXTS_DEFINITION: Json = {
+    "name": "list_contexts",
+    "title": "List clusters (kubeconfig contexts)",
+    "description": (
+        "List the kubeconfig's contexts (clusters) and which are reachable now, with their "
+        "GPU node counts. Pass a context's name as `context` (or several as `contexts`, "
+        "['*'] for all) to any cluster-wide tool. Contacts each API server, no node."
+    ),
+    "inputSchema": {"type": "object", "properties": {}, "additionalProperties": False},
+    "outputSchema": CONTEXTS_OUTPUT_SCHEMA,
+    "annotations": {"title": "List clusters", **READ_ONLY},
+}
+
+
 def progress_reporter(
     mctx: Context[Any, Any],
 ) -> Callable[[int, int, NodeResult], Awaitable[None]]:
@@ -191,13 +206,18 @@ def build_server(ctx: BrokerContext) -> BrokerApp:
         selector = arguments.get("node_selector")
         targets = await list_nodes(ctx, selector)
         targeted = f"node_selector {selector!r}" if selector else "every GPU node"
-        answer = nodes_answer(targets, targeted=targeted, warnings=ctx.pool.warnings)
-        return nodes_with_causes(answer, namespace=ctx.namespace)
+        answer = nodes_answer(targets, targeted=targeted, warnings=ctx.warnings)
+        return nodes_with_causes(answer, targets, namespace=ctx.namespace)
 
     async def check_setup(arguments: Json, mctx: Context[Any, Any]) -> Json:
         return await preflight(ctx, surface="mcp")
 
     app.add_schema_tool(LIST_NODES_DEFINITION, list_gpu_nodes)
+
+    async def list_contexts_tool(arguments: Json, mctx: Context[Any, Any]) -> Json:
+        return await list_contexts(ctx)
+
+    app.add_schema_tool(LIST_CONTEXTS_DEFINITION, list_contexts_tool)
     for definition in AGENT_TOOLS.values():
         app.add_schema_tool(fanned_definition(definition), _fanned_handler(ctx, definition["name"]))
     register_cluster_tools(app, ctx)

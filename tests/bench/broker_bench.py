@@ -6,7 +6,10 @@
 - warm sweep of 200 nodes vs real ``kubectl exec -i POD -- gpu-agent`` once per node,
   8 in parallel, against the same simulated cluster (budget ≥ 30× faster); cold sweep;
 - memory per open node session at 1,000 nodes, measured with tracemalloc in the broker
-  process while the sim (with in-process agents) runs in its own process (≤ 256 KiB).
+  process while the sim (with in-process agents) runs in its own process (≤ 256 KiB);
+- at the limit: cold and warm sweeps at 1,000 and 5,000 nodes (``BENCH_NODES``, default
+  ``1000,5000``; e.g. ``BENCH_NODES=1000`` for a quick run) with the sim in its own process:
+  healthy nodes lost, broker CPU per node, RSS and memory per session, answer size.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +39,23 @@ LATENCY_CALLS = 300
 
 
 def run() -> list[str]:
-    """Every figure, one line each."""
-    return asyncio.run(_main())
+    """Every figure, one line each. Each scale step runs in a fresh process, so that its
+    RSS is its own and not what earlier sections left behind."""
+    lines = asyncio.run(_main())
+    for nodes in _scale_sizes():
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.bench.broker_bench", "scale", str(nodes)],
+            cwd=ROOT, capture_output=True, text=True, timeout=1800,
+        )  # fmt: skip
+        lines += done.stdout.splitlines()
+        if done.returncode:
+            lines.append(f"  {nodes}-node step failed: {done.stderr.strip()[-600:]}")
+    return lines
+
+
+async def _scale_alone(nodes: int) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="broker-bench-") as tmp:
+        return await _at_scale(Path(tmp), nodes)
 
 
 async def _main() -> list[str]:
@@ -48,11 +67,18 @@ async def _main() -> list[str]:
     return lines
 
 
-def _pool(kubeconfig: Path, **options: Any) -> Any:
-    from broker.fleet.pool import NodePool
+@asynccontextmanager
+async def _pool(kubeconfig: Path, **options: Any) -> AsyncIterator[Any]:
+    """A NodePool on the cluster, wired by its one owner (BrokerContext)."""
+    async with _context(kubeconfig, **options) as ctx:
+        yield ctx.pool
+
+
+def _context(kubeconfig: Path, **options: Any) -> Any:
+    from broker.fleet.context import BrokerContext
     from broker.kube.config import ClusterConfig
 
-    return NodePool(ClusterConfig(kubeconfig=str(kubeconfig)), **options)
+    return BrokerContext.open(ClusterConfig(kubeconfig=str(kubeconfig)), **options)
 
 
 # -- added latency ---------------------------------------------------------------------
@@ -190,7 +216,7 @@ async def _sweeps(tmp: Path) -> list[str]:
         targets = await pool.discover()
         nodes = [t.node for t in targets]
         started = time.perf_counter()
-        cold = await pool.fan_out(nodes, TOOL, {})
+        cold = await pool.fan_out(targets, TOOL, {})
         cold_s = time.perf_counter() - started
         bad = [r for r in cold if not r.ok]
         if bad:
@@ -202,7 +228,7 @@ async def _sweeps(tmp: Path) -> list[str]:
             gc.collect()  # a full collection belongs to no single sweep
             sim_cpu, cpu = _cpu_s(sim_pid), time.process_time()
             started = time.perf_counter()
-            results = await pool.fan_out(nodes, TOOL, {})
+            results = await pool.fan_out(targets, TOOL, {})
             warm.append(time.perf_counter() - started)
             ours.append(time.process_time() - cpu)
             theirs.append(_cpu_s(sim_pid) - sim_cpu)
@@ -248,7 +274,7 @@ def _rss_kib() -> int:
 
 async def _memory(tmp: Path) -> list[str]:
     async with _sim_process(tmp, MEMORY_NODES) as (kubeconfig, _), _pool(kubeconfig) as pool:
-        nodes = [t.node for t in await pool.discover()]
+        nodes = await pool.discover()
         # Warm-up: imports, the interned tool catalog and first-use caches are not
         # per-session costs.
         first = await pool.fan_out(nodes[:2], TOOL, {})
@@ -277,6 +303,89 @@ async def _memory(tmp: Path) -> list[str]:
     ]
 
 
+# -- at the limit -----------------------------------------------------------------------
+def _scale_sizes() -> list[int]:
+    """Node counts for the scale runs: ``BENCH_NODES`` (comma-separated), else 1000,5000."""
+    raw = os.environ.get("BENCH_NODES", "1000,5000")
+    return [int(n) for n in raw.replace(" ", "").split(",") if n and int(n) > 0]
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+async def _at_scale(tmp: Path, n: int) -> list[str]:
+    """Cold then warm sweeps of ``n`` healthy nodes through run_tool (aggregate included)."""
+    from broker.fleet.operations import run_tool
+
+    lines = [f"  -- {n} nodes (sim in its own process; load average {_loadavg()}) --"]
+    gc.collect()
+    rss_start = _rss_kib()
+    async with _sim_process(tmp, n) as (kubeconfig, sim_pid), _context(kubeconfig) as ctx:
+        targets = await ctx.targets()
+        assert len(targets) == n, f"the sim lists {len(targets)} GPU nodes, not {n}"
+        rss_listed = _rss_kib()
+        runs: list[tuple[float, float, float, Json]] = []
+        for _ in range(4):
+            gc.collect()
+            sim_cpu, cpu = _cpu_s(sim_pid), time.process_time()
+            started = time.perf_counter()
+            answer = await run_tool(ctx, TOOL, {})
+            wall = time.perf_counter() - started
+            runs.append((wall, time.process_time() - cpu, _cpu_s(sim_pid) - sim_cpu, answer))
+        stats = ctx.pool.stats()
+        rss_open = _rss_kib()
+    cold_s, cold_cpu, cold_sim, cold = runs[0]
+    warm = runs[1:]
+    warm_s = statistics.median(r[0] for r in warm)
+    warm_cpu = statistics.median(r[1] for r in warm)
+    warm_sim = statistics.median(r[2] for r in warm)
+    lost_first = cold["summary"]["nodes"]["failed"]
+    lost_later = max(r[3]["summary"]["nodes"]["failed"] for r in warm)
+    size = max(len(json.dumps(r[3])) for r in runs)
+    sessions = max(1, stats["open_sessions"])
+    per_session = (rss_open - rss_listed) / sessions
+    cold_budget, warm_budget = (40.0, 5.0) if n >= 5000 else (None, 1.0 if n >= 1000 else None)
+
+    def verdict(value: float, budget: float | None) -> str:
+        if budget is None:
+            return ""
+        return f" (budget <= {budget:g} s) {'OK' if value <= budget else 'OVER BUDGET'}"
+
+    groups = [f"{u['count']} {u['kind']}" for u in cold["summary"]["unreachable"]]
+    lines += [
+        f"  cold sweep: {cold_s:.1f} s{verdict(cold_s, cold_budget)}; healthy nodes lost "
+        f"{lost_first} (budget 0) {'OK' if not lost_first else 'LOST: ' + ', '.join(groups)}; "
+        f"broker CPU {cold_cpu:.1f} s ({cold_cpu / n * 1e3:.2f} ms/node), sim {cold_sim:.1f} s",
+        f"  warm sweep: median {warm_s:.2f} s (min {min(r[0] for r in warm):.2f}, max "
+        f"{max(r[0] for r in warm):.2f}, {len(warm)} runs){verdict(warm_s, warm_budget)}; "
+        f"lost {lost_later}; broker CPU {warm_cpu:.2f} s ({warm_cpu / n * 1e3:.2f} ms/node), "
+        f"sim {warm_sim:.2f} s",
+        f"  open limit: peak {stats['open_limit_peak']}, now {stats['open_limit']}, "
+        f"{stats['open_limit_cuts']} cut(s); {stats['opened']} opened, "
+        f"{stats['open_failures']} failed, {stats['evicted']} evicted",
+        f"  broker RSS with {stats['open_sessions']} sessions open: {rss_open / 1024:.0f} MiB"
+        + (
+            f" (budget <= 600 MiB) {'OK' if rss_open <= 600 * 1024 else 'OVER BUDGET'}"
+            if n >= 5000
+            else ""
+        )
+        + f"; {per_session:.0f} KiB RSS per session (start {rss_start / 1024:.0f} MiB, "
+        f"after listing {rss_listed / 1024:.0f} MiB)",
+        f"  answer size: {size / 1024:.1f} KiB (budget <= 64 KiB) "
+        f"{'OK' if size <= 64 * 1024 else 'OVER BUDGET'}",
+    ]
+    return lines
+
+
+Json = dict[str, Any]
+
+
 if __name__ == "__main__":
-    for line in run():
-        print(line)
+    if sys.argv[1:2] == ["scale"]:  # one scale step, in a process of its own
+        for line in asyncio.run(_scale_alone(int(sys.argv[2]))):
+            print(line, flush=True)
+    else:
+        for line in run():
+            print(line)

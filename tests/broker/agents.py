@@ -13,6 +13,8 @@ from typing import Any, TextIO
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.message import SessionMessage
 
+from broker.fleet.context import BrokerContext
+from broker.fleet.pool import NodePool
 from broker.kube.config import ClusterConfig
 from broker.kube.discovery import NodeTarget
 from broker.sim import SimServer
@@ -110,3 +112,10 @@ class _Recorder:
 
 def sim_config(server: SimServer, context: str | None = None) -> ClusterConfig:
     return ClusterConfig(kubeconfig=str(server.kubeconfig), context=context)
+
+
+@asynccontextmanager
+async def cluster_pool(config: ClusterConfig, **options: Any) -> AsyncIterator[NodePool]:
+    """A NodePool on a real (simulated) cluster, wired by its one owner, BrokerContext."""
+    async with BrokerContext.open(config, **options) as ctx:
+        yield ctx.pool

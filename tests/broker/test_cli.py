@@ -76,7 +76,8 @@ def test_sweep_json_is_the_mcp_answer(sim: SimServer) -> None:
         "healthy": 2,
     }
     assert [e["node"] for e in answer["nodes"][:2]] == ["gpu-node-003", "gpu-node-002"]
-    assert {u["node"] for u in answer["summary"]["unreachable"]} == {"gpu-node-005", "gpu-node-006"}
+    unreachable = {n for u in answer["summary"]["unreachable"] for n in u["nodes"]}
+    assert unreachable == {"gpu-node-005", "gpu-node-006"}
 
 
 def test_sweep_exit_codes_follow_the_worst_node(sim: SimServer) -> None:

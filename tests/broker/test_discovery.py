@@ -163,6 +163,22 @@ async def test_discovery_lists_the_sim_and_caches(sim: SimServer) -> None:
 
 
 @pytest.mark.e2e
+async def test_lists_are_read_in_pages(sim: SimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from broker.kube import discovery as module
+
+    monkeypatch.setattr(module, "PAGE", 3)  # 4 GPU nodes (and CPU nodes): several pages
+    api = await KubeApi.open(sim_config(sim), {})
+    try:
+        targets = await Discovery(api).targets()
+    finally:
+        await api.aclose()
+    assert [t.node for t in targets] == sim.nodes
+    assert all(t.ready and t.labels.get("nvidia.com/gpu.present") == "true" for t in targets)
+    pages = [r for r in sim.requests if r[0] == "GET" and "continue=" in r[1]]
+    assert pages, sim.requests
+
+
+@pytest.mark.e2e
 async def test_stale_list_is_served_when_a_routine_refresh_fails(sim: SimServer) -> None:
     api = await KubeApi.open(sim_config(sim), {})
     try:

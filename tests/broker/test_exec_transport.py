@@ -22,11 +22,11 @@ from mcp.shared.message import SessionMessage
 from broker.errors import ApiUnavailable, RbacDenied
 from broker.fleet.pool import NodePool
 from broker.kube.config import ClusterConfig, KubeApi
-from broker.kube.discovery import NodeTarget
+from broker.kube.discovery import Discovery, NodeTarget
 from broker.sim import Rule, SimServer
 from broker.transport import channels
 from broker.transport.exec import ExecChannel, open_exec_streams
-from tests.broker.agents import sim_config
+from tests.broker.agents import cluster_pool, sim_config
 
 pytestmark = pytest.mark.e2e
 
@@ -146,7 +146,9 @@ async def test_missing_status_frame_is_an_error_not_a_clean_end(sim: SimServer) 
 
 
 async def test_non_agent_command_is_refused_like_a_container_without_it(sim: SimServer) -> None:
-    async with NodePool(sim_config(sim), agent_command=["not-the-agent"], call_timeout=10) as pool:
+    async with cluster_pool(
+        sim_config(sim), agent_command=["not-the-agent"], call_timeout=10
+    ) as pool:
         result = await pool.call(sim.nodes[0], "get_gpu_inventory", {})
     assert result.error_kind == "agent_error"
     assert result.error is not None and "not in the pod's image" in result.error
@@ -158,7 +160,7 @@ async def test_rbac_denial_names_the_missing_permission(sim: SimServer) -> None:
         "viewer",
         [Rule(verbs=("get", "list"), resources=("pods", "nodes"), api_groups=("",))],
     )
-    async with NodePool(sim_config(sim, context), call_timeout=10) as pool:
+    async with cluster_pool(sim_config(sim, context), call_timeout=10) as pool:
         targets = await pool.discover()  # listing is allowed
         result = await pool.call(targets[0].node, "get_gpu_health", {})
     assert result.error_kind == "rbac"
@@ -169,7 +171,7 @@ async def test_rbac_denial_names_the_missing_permission(sim: SimServer) -> None:
 
 async def test_rbac_denial_of_pod_listing_is_raised_by_discovery(sim: SimServer) -> None:
     context = sim.add_user("nobody", [])
-    async with NodePool(sim_config(sim, context), call_timeout=10) as pool:
+    async with cluster_pool(sim_config(sim, context), call_timeout=10) as pool:
         with pytest.raises(RbacDenied, match="kubectl auth can-i list pods -n gpu-diagnostics"):
             await pool.discover()
 
@@ -178,7 +180,7 @@ async def test_429_is_retried_honouring_retry_after(sim: SimServer) -> None:
     node = sim.nodes[1]
     faults = sim.faults(node)
     faults.api_429, faults.retry_after_s = 2, 1
-    async with NodePool(sim_config(sim), call_timeout=15) as pool:
+    async with cluster_pool(sim_config(sim), call_timeout=15) as pool:
         started = time.monotonic()
         result = await pool.call(node, "get_gpu_inventory", {})
         elapsed = time.monotonic() - started
@@ -194,23 +196,25 @@ async def test_persistent_429_and_500_give_up_with_the_status(sim: SimServer) ->
     sim.faults(throttled).api_429 = -1
     sim.faults(throttled).retry_after_s = 0
     sim.faults(broken).api_500 = -1
-    async with NodePool(sim_config(sim), call_timeout=15) as pool:
+    async with cluster_pool(sim_config(sim), call_timeout=15) as pool:
         started = time.monotonic()
-        r429, r500 = await pool.fan_out([throttled, broken], "get_gpu_inventory", {})
+        r429, r500 = await pool.fan_out(
+            await pool.resolve([throttled, broken]), "get_gpu_inventory", {}
+        )
         assert time.monotonic() - started < 10
         assert r429.error_kind == "unreachable" and r429.error is not None
         assert "429" in r429.error and "4 times" in r429.error
         assert r500.error_kind == "unreachable" and r500.error is not None and "500" in r500.error
         sim.faults(throttled).api_429 = 0
         sim.faults(broken).api_500 = 1  # one more 500, then fine: retried transparently
-        again = await pool.fan_out([throttled, broken], "get_gpu_inventory", {})
+        again = await pool.fan_out(await pool.resolve([throttled, broken]), "get_gpu_inventory", {})
     assert all(r.ok for r in again)
 
 
 async def test_agent_killed_mid_call_then_recovers(sim: SimServer) -> None:
     node = sim.nodes[2]
     sim.faults(node).exec_kill_after = 1
-    async with NodePool(sim_config(sim), call_timeout=10) as pool:
+    async with cluster_pool(sim_config(sim), call_timeout=10) as pool:
         killed = await pool.call(node, "get_gpu_health", {})
         sim.faults(node).exec_kill_after = None
         after = await pool.call(node, "get_gpu_health", {})
@@ -222,7 +226,7 @@ async def test_agent_killed_mid_call_then_recovers(sim: SimServer) -> None:
 async def test_dropped_websocket_is_an_error_then_recovers(sim: SimServer) -> None:
     node = sim.nodes[3]
     sim.faults(node).exec_drop_after = 2  # cut after initialize + tools/list answers
-    async with NodePool(sim_config(sim), call_timeout=10) as pool:
+    async with cluster_pool(sim_config(sim), call_timeout=10) as pool:
         dropped = await pool.call(node, "get_gpu_inventory", {})
         sim.faults(node).exec_drop_after = None
         after = await pool.call(node, "get_gpu_inventory", {})
@@ -235,7 +239,7 @@ async def test_dropped_websocket_is_an_error_then_recovers(sim: SimServer) -> No
 async def test_warm_session_cut_under_us_is_noticed_without_a_call(sim: SimServer) -> None:
     node = sim.nodes[3]
     sim.faults(node).exec_drop_after = 3  # the first call's answer arrives, then the cut
-    async with NodePool(sim_config(sim), call_timeout=10) as pool:
+    async with cluster_pool(sim_config(sim), call_timeout=10) as pool:
         assert (await pool.call(node, "get_gpu_inventory", {})).ok
         with anyio.fail_after(5):
             while pool.stats()["open_sessions"]:  # noqa: ASYNC110 - polling a counter
@@ -249,7 +253,7 @@ async def test_warm_session_cut_under_us_is_noticed_without_a_call(sim: SimServe
 async def test_hung_agent_times_out_and_the_next_call_recovers(sim: SimServer) -> None:
     node = sim.nodes[0]
     sim.faults(node).exec_hang = "tools/call"
-    async with NodePool(sim_config(sim), call_timeout=1.5) as pool:
+    async with cluster_pool(sim_config(sim), call_timeout=1.5) as pool:
         started = time.monotonic()
         hung = await pool.call(node, "get_gpu_health", {})
         assert time.monotonic() - started < 2.5
@@ -263,7 +267,7 @@ async def test_hung_agent_times_out_and_the_next_call_recovers(sim: SimServer) -
 async def test_garbage_on_stdout_is_a_protocol_error(sim: SimServer, mode: str) -> None:
     node = sim.nodes[1]
     sim.faults(node).exec_garbage = mode
-    async with NodePool(sim_config(sim), call_timeout=10) as pool:
+    async with cluster_pool(sim_config(sim), call_timeout=10) as pool:
         started = time.monotonic()
         result = await pool.call(node, "get_gpu_health", {})
         assert time.monotonic() - started < 5
@@ -277,7 +281,7 @@ async def test_garbage_on_stdout_is_a_protocol_error(sim: SimServer, mode: str) 
 async def test_version_skew_names_the_tool(sim: SimServer) -> None:
     node = sim.nodes[2]
     sim.update_agent(node, disabled_tools=["get_nvlink_topology"])
-    async with NodePool(sim_config(sim), call_timeout=10) as pool:
+    async with cluster_pool(sim_config(sim), call_timeout=10) as pool:
         skew = await pool.call(node, "get_nvlink_topology", {})
         other = await pool.call(sim.nodes[0], "get_nvlink_topology", {})
     assert skew.error_kind == "tool_missing"
@@ -291,8 +295,8 @@ async def test_not_ready_and_missing_agent_pods(sim: SimServer) -> None:
     sim.set_agent_pod(sim.nodes[0], "not_ready")
     sim.set_agent_pod(sim.nodes[1], "missing")
     sim.set_agent_pod(sim.nodes[2], "crashloop")
-    async with NodePool(sim_config(sim), call_timeout=10) as pool:
-        results = await pool.fan_out(sim.nodes, "get_gpu_inventory", {})
+    async with cluster_pool(sim_config(sim), call_timeout=10) as pool:
+        results = await pool.fan_out(await pool.resolve(sim.nodes), "get_gpu_inventory", {})
     kinds = [r.error_kind for r in results]
     assert kinds == ["not_ready", "not_ready", "not_ready", None]
     assert results[0].error is not None and "not Ready" in results[0].error
@@ -301,7 +305,7 @@ async def test_not_ready_and_missing_agent_pods(sim: SimServer) -> None:
 
 
 async def test_client_certificate_credentials(sim: SimServer) -> None:
-    async with NodePool(sim_config(sim, "sim-cert"), call_timeout=10) as pool:
+    async with cluster_pool(sim_config(sim, "sim-cert"), call_timeout=10) as pool:
         result = await pool.call(sim.nodes[0], "get_gpu_inventory", {})
     assert result.ok
 
@@ -332,7 +336,7 @@ def _plugin_kubeconfig(sim: SimServer, tmp_path: Path, status: dict[str, str]) -
 
 async def test_exec_credential_plugin_token_is_accepted(sim: SimServer, tmp_path: Path) -> None:
     path = _plugin_kubeconfig(sim, tmp_path, {"token": sim.token})
-    async with NodePool(
+    async with cluster_pool(
         ClusterConfig(kubeconfig=str(path), context="plugin"), call_timeout=10
     ) as pool:
         result = await pool.call(sim.nodes[0], "get_gpu_inventory", {})
@@ -342,7 +346,7 @@ async def test_exec_credential_plugin_token_is_accepted(sim: SimServer, tmp_path
 
 async def test_rejected_plugin_token_is_unauthenticated(sim: SimServer, tmp_path: Path) -> None:
     path = _plugin_kubeconfig(sim, tmp_path, {"token": "wrong-token"})
-    async with NodePool(
+    async with cluster_pool(
         ClusterConfig(kubeconfig=str(path), context="plugin"), call_timeout=10
     ) as pool:
         with pytest.raises(Exception, match="401 Unauthorized"):
@@ -406,9 +410,9 @@ async def test_fifty_node_mixed_fault_sweep_then_recovery(tmp_path: Path) -> Non
         sim.faults(nodes[15]).api_429, sim.faults(nodes[15]).retry_after_s = 1, 1
         sim.faults(nodes[16]).api_500 = 1
 
-        async with NodePool(sim_config(sim, context), call_timeout=deadline) as pool:
+        async with cluster_pool(sim_config(sim, context), call_timeout=deadline) as pool:
             started = time.monotonic()
-            results = await pool.fan_out(nodes, "get_gpu_health", {})
+            results = await pool.fan_out(await pool.resolve(nodes), "get_gpu_health", {})
             elapsed = time.monotonic() - started
             assert elapsed < deadline + 1.0
             by_node = {r.node: r for r in results}
@@ -435,7 +439,7 @@ async def test_fifty_node_mixed_fault_sweep_then_recovery(tmp_path: Path) -> Non
                 Rule(verbs=("create",), resources=("pods/exec",))
             )
             await pool.discover(refresh=True)
-            again = await pool.fan_out(nodes, "get_gpu_health", {})
+            again = await pool.fan_out(await pool.resolve(nodes), "get_gpu_health", {})
         assert [r.node for r in again if not r.ok] == []
 
 
@@ -447,8 +451,10 @@ async def test_closing_the_pool_ends_every_agent_cleanly(sim: SimServer) -> None
         return open_exec_streams(api, target, AGENT, on_open=opened.append)
 
     try:
-        async with NodePool(sim_config(sim), connect=connect, call_timeout=10) as pool:
-            results = await pool.fan_out(sim.nodes, "get_gpu_inventory", {})
+        async with NodePool(
+            connect=connect, discover=Discovery(api).targets, call_timeout=10
+        ) as pool:
+            results = await pool.fan_out(await pool.resolve(sim.nodes), "get_gpu_inventory", {})
             assert all(r.ok for r in results)
             assert sim.running_agents == len(sim.nodes)
     finally:
@@ -469,7 +475,7 @@ async def test_exec_credential_plugin_client_certificate(sim: SimServer, tmp_pat
         "clientKeyData": base64.b64decode(user["client-key-data"]).decode(),
     }
     path = _plugin_kubeconfig(sim, tmp_path, status)
-    async with NodePool(
+    async with cluster_pool(
         ClusterConfig(kubeconfig=str(path), context="plugin"), call_timeout=10
     ) as pool:
         result = await pool.call(sim.nodes[0], "get_gpu_inventory", {})

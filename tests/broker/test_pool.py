@@ -60,7 +60,8 @@ async def test_fan_out_keeps_order_and_reports_progress(local_agents: LocalAgent
         seen.append((done, total, result.node))
 
     async with pool(local_agents) as p:
-        results = await p.fan_out(names, "get_gpu_inventory", {}, on_progress=progress)
+        targets = await p.resolve(names)
+        results = await p.fan_out(targets, "get_gpu_inventory", {}, on_progress=progress)
     assert [r.node for r in results] == names
     assert [len(r.result["gpus"]) for r in results if r.result] == [1, 2, 3]
     assert sorted(done for done, _, _ in seen) == [1, 2, 3]
@@ -75,7 +76,7 @@ async def test_unknown_node_is_an_input_error(local_agents: LocalAgents) -> None
             await p.call("nope", "get_gpu_inventory", {})
         assert "n1" in str(info.value)  # the message lists the known nodes
         with pytest.raises(UnknownNode, match="ghost"):
-            await p.fan_out(["n1", "ghost"], "get_gpu_inventory", {})
+            await p.resolve(["n1", "ghost"])
     assert "n1" not in local_agents.connects  # nothing was started
 
 
@@ -83,7 +84,7 @@ async def test_not_ready_node_is_reported_without_an_exec(local_agents: LocalAge
     local_agents.add("n1")
     local_agents.add("n2", ready=False, reason="agent pod k8s-gpu-mcp-agent-x is Pending")
     async with pool(local_agents) as p:
-        ok, down = await p.fan_out(["n1", "n2"], "get_gpu_inventory", {})
+        ok, down = await p.fan_out(await p.resolve(["n1", "n2"]), "get_gpu_inventory", {})
     assert ok.ok
     assert not down.ok and down.error_kind == "not_ready"
     assert down.error is not None and "is Pending" in down.error
@@ -140,7 +141,7 @@ async def test_hung_agent_times_out_and_the_session_is_reset(local_agents: Local
     local_agents.add("ok")
     async with pool(local_agents, call_timeout=1.0) as p:
         started = time.monotonic()
-        hung, ok = await p.fan_out(["hung", "ok"], "get_gpu_inventory", {})
+        hung, ok = await p.fan_out(await p.resolve(["hung", "ok"]), "get_gpu_inventory", {})
         elapsed = time.monotonic() - started
         assert ok.ok
         assert hung.error_kind == "timeout" and hung.error is not None
@@ -163,7 +164,7 @@ async def test_agent_that_never_answers_cannot_hold_up_a_fan_out(
         local_agents.add(name)
     async with pool(local_agents, call_timeout=1.5) as p:
         started = time.monotonic()
-        results = await p.fan_out(["a", "silent", "b"], "get_gpu_inventory", {})
+        results = await p.fan_out(await p.resolve(["a", "silent", "b"]), "get_gpu_inventory", {})
         elapsed = time.monotonic() - started
     assert elapsed < 2.5
     assert [r.ok for r in results] == [True, False, True]
@@ -197,8 +198,8 @@ async def test_quiet_dead_session_is_checked_before_a_call(local_agents: LocalAg
     local_agents.add("n1")
     async with pool(local_agents, ping_interval=0.4, call_timeout=3.0) as p:
         assert (await p.call("n1", "get_gpu_inventory", {})).ok
-        await anyio.sleep(0.25)  # quiet for longer than ping_interval / 2
         local_agents.freeze("n1")  # half-open: nothing sent reaches the agent any more
+        await anyio.sleep(0.65)  # the keepalive went unanswered: quiet > 1.5 ping_interval
         # Sent down the dead session, the call would time out; probed first, it succeeds.
         result = await p.call("n1", "get_gpu_inventory", {})
     assert result.ok, result
@@ -215,7 +216,7 @@ async def test_cancelling_the_caller_cancels_the_node_calls(local_agents: LocalA
         await p.call("fast", "get_gpu_inventory", {})  # warm one session
         started = time.monotonic()
         with anyio.move_on_after(0.8):
-            await p.fan_out(["slow", "fast"], "get_gpu_inventory", {})
+            await p.fan_out(await p.resolve(["slow", "fast"]), "get_gpu_inventory", {})
         assert time.monotonic() - started < 1.5
         await anyio.sleep(0.1)  # let the courtesy cancel reach the transport
         assert (await p.call("fast", "get_gpu_inventory", {})).ok
@@ -236,7 +237,7 @@ async def test_closing_the_pool_mid_call_gives_cancelled_results(
     async with pool(local_agents, call_timeout=30) as p:
 
         async def sweep() -> None:
-            results.extend(await p.fan_out(["slow"], "get_gpu_inventory", {}))
+            results.extend(await p.fan_out(await p.resolve(["slow"]), "get_gpu_inventory", {}))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(sweep)
@@ -274,16 +275,20 @@ async def test_open_concurrency_is_bounded(local_agents: LocalAgents) -> None:
 
     counting.live = 0  # type: ignore[attr-defined]
     async with NodePool(connect=counting, discover=local_agents.discover, max_concurrency=2) as p:
-        results = await p.fan_out(names, "get_gpu_inventory", {})
+        results = await p.fan_out(await p.resolve(names), "get_gpu_inventory", {})
     assert all(r.ok for r in results)
     assert peak == 2
 
 
-def test_pool_refuses_nonsense_settings() -> None:
-    with pytest.raises(ValueError):
-        NodePool(max_concurrency=0)
-    with pytest.raises(ValueError):
-        NodePool(call_timeout=0)
+def test_pool_refuses_nonsense_settings(local_agents: LocalAgents) -> None:
+    def bad(**options: Any) -> None:
+        with pytest.raises(ValueError):
+            NodePool(connect=local_agents.connect, discover=local_agents.discover, **options)
+
+    bad(max_concurrency=0)
+    bad(call_timeout=0)
+    bad(sweep_timeout=0)
+    bad(max_sessions=0)
 
 
 async def test_calls_need_an_open_pool(local_agents: LocalAgents) -> None:
@@ -332,3 +337,102 @@ async def test_call_joining_an_open_that_then_fails_opens_its_own(
     assert not results["first"].ok and "500" in (results["first"].error or "")
     assert results["second"].ok, results["second"].error
     assert opens == 2
+
+
+def slow_connect(agents: LocalAgents, delay_s: float, only: set[str] | None = None) -> Any:
+    """The agents' transport, each open (of ``only`` those nodes) taking ``delay_s``
+    longer: a busy API server."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def connect(target: Any) -> Any:
+        if only is None or target.node in only:
+            await anyio.sleep(delay_s)
+        async with agents.connect(target) as streams:
+            yield streams
+
+    return connect
+
+
+async def test_waiting_for_an_open_slot_does_not_count_against_a_node(
+    local_agents: LocalAgents,
+) -> None:
+    """One open at a time, each 0.8 s: the last node waits ~3 s for its turn, longer than
+    the 2.5 s call timeout, and still answers (its own open and call take < 2.5 s)."""
+    names = [f"n{i}" for i in range(4)]
+    for name in names:
+        local_agents.add(name)
+    connect = slow_connect(local_agents, 0.8)
+    async with NodePool(
+        connect=connect, discover=local_agents.discover, max_concurrency=1, call_timeout=2.5
+    ) as p:
+        started = time.monotonic()
+        results = await p.fan_out(await p.resolve(names), "get_gpu_inventory", {})
+        elapsed = time.monotonic() - started
+    assert elapsed > 2.5  # the queue really was longer than one node's deadline
+    assert [r.error for r in results] == [None] * 4
+
+
+async def test_sweep_deadline_reports_queued_nodes_apart_from_silent_ones(
+    local_agents: LocalAgents,
+) -> None:
+    local_agents.add("warm")
+    local_agents.add("hung", HUNG_NVML, agent_args=HUNG_ARGS)
+    for name in ("q1", "q2"):
+        local_agents.add(name)
+    connect = slow_connect(local_agents, 1.5, only={"q1", "q2"})
+    async with NodePool(
+        connect=connect,
+        discover=local_agents.discover,
+        max_concurrency=1,
+        call_timeout=2.0,
+        sweep_timeout=1.2,
+    ) as p:
+        assert (await p.call("warm", "get_gpu_inventory", {})).ok
+        await p.list_tools("hung")  # open, not called yet
+        started = time.monotonic()
+        targets = await p.resolve(["warm", "hung", "q1", "q2"])
+        warm, hung, q1, q2 = await p.fan_out(targets, "get_gpu_inventory", {})
+        elapsed = time.monotonic() - started
+    assert warm.ok  # a warm session needs no slot
+    assert hung.error_kind == "timeout"  # reached, but did not answer in time
+    # q1 was still opening (within its own deadline), q2 never got its turn: not reached.
+    assert (q1.error_kind, q2.error_kind) == ("queued", "queued")
+    assert q2.error is not None and "not reached within the sweep's 1.2 s" in q2.error
+    assert "did not fail" in q2.error
+    assert elapsed < 2.0
+
+
+async def test_sessions_beyond_the_cap_close_least_recently_used_first(
+    local_agents: LocalAgents,
+) -> None:
+    for name in ("n1", "n2", "n3"):
+        local_agents.add(name)
+    async with pool(local_agents, max_sessions=2) as p:
+        for name in ("n1", "n2", "n1", "n3"):  # n2 is now the least recently used
+            assert (await p.call(name, "get_gpu_inventory", {})).ok
+        await until(lambda: p.stats()["open_sessions"] == 2)
+        assert (await p.call("n1", "get_gpu_inventory", {})).ok
+        stats = p.stats()
+    assert stats["evicted"] == 1
+    assert local_agents.connects == {"n1": 1, "n2": 1, "n3": 1}  # n1 stayed warm
+
+
+async def test_sessions_stay_warm_up_to_the_cluster_size(local_agents: LocalAgents) -> None:
+    names = [f"n{i}" for i in range(3)]
+    for name in names:
+        local_agents.add(name)
+    async with pool(local_agents) as p:
+        for _ in range(2):
+            results = await p.fan_out(await p.resolve(names), "get_gpu_inventory", {})
+            assert all(r.ok for r in results)
+        stats = p.stats()
+    assert stats["open_sessions"] == 3 and stats["opened"] == 3 and stats["evicted"] == 0
+
+
+async def until(check: Any, limit_s: float = 5.0) -> None:
+    for _ in range(int(limit_s / 0.02)):
+        if check():
+            return
+        await anyio.sleep(0.02)
+    raise AssertionError(f"not true within {limit_s} s")

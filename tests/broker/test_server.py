@@ -132,8 +132,8 @@ async def test_fan_out_answer_is_aggregated_worst_first(local_agents: LocalAgent
     ]
     assert answer["nodes"][0]["findings"]["issues"][0]["check"] == "gpu_lost"
     assert answer["healthy"] == ["n1"]
-    (pending,) = answer["summary"]["unreachable"]
-    assert pending["node"] == "n4" and pending["kind"] == "not_ready"
+    (pending,) = answer["summary"]["unreachable"]  # grouped by reason
+    assert pending["nodes"] == ["n4"] and pending["kind"] == "not_ready"
     assert "Pending (ContainerCreating)" in pending["reason"]
     assert "n4" not in local_agents.connects  # a not-ready node is reported, not contacted
 
@@ -171,7 +171,7 @@ async def test_targeting(local_agents: LocalAgents) -> None:
     labelled = by_label.structured_content
     assert labelled is not None
     assert labelled["summary"]["nodes"]["total"] == 2  # n3 answers, n4 is not ready
-    assert [u["node"] for u in labelled["summary"]["unreachable"]] == ["n4"]
+    assert [u["nodes"] for u in labelled["summary"]["unreachable"]] == [["n4"]]
     empty = none.structured_content
     assert empty is not None and empty["summary"]["nodes"]["total"] == 0
     assert "no GPU node matched" in empty["warnings"][0]
@@ -247,9 +247,15 @@ async def test_list_gpu_nodes(local_agents: LocalAgents) -> None:
     assert answer is not None
     assert answer["summary"] == {"total": 4, "ready": 3, "not_ready": 1}
     assert answer["ready"] == [
-        {"gpu_product": "NVIDIA-H100-80GB-HBM3", "gpu_count": "2", "nodes": ["n1", "n2"]},
-        {"gpu_product": "Tesla-T4", "gpu_count": "2", "nodes": ["n3"]},
+        {
+            "gpu_product": "NVIDIA-H100-80GB-HBM3",
+            "gpu_count": "2",
+            "count": 2,
+            "nodes": ["n1", "n2"],
+        },
+        {"gpu_product": "Tesla-T4", "gpu_count": "2", "count": 1, "nodes": ["n3"]},
     ]
+    assert "truncated" not in answer
     assert answer["not_ready"][0]["node"] == "n4"
     assert t4.structured_content is not None
     assert t4.structured_content["summary"]["total"] == 4

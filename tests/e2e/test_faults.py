@@ -106,7 +106,7 @@ async def test_fifty_node_sweep_with_every_fault(sim: SimServer, tmp_path: Path)
 
         summary = answer["summary"]
         assert summary["nodes"]["total"] == 50
-        failed = {u["node"]: u for u in summary["unreachable"]}
+        failed = {n: u for u in summary["unreachable"] for n in u["nodes"]}  # by reason
         expected = {n: kind for n, (_, kind) in FAULTS.items() if kind is not None}
         assert {n: u["kind"] for n, u in failed.items()} == expected
         assert summary["nodes"]["ok"] == 50 - len(expected)
@@ -131,7 +131,7 @@ async def test_fifty_node_sweep_with_every_fault(sim: SimServer, tmp_path: Path)
         # which ends with the sweep's; let them, so that the next sweep opens afresh.
         await anyio.sleep(1.0)
         again = structured(await session.call_tool("get_gpu_health", {"limit": 100}))
-        still = {u["node"]: u["kind"] for u in again["summary"]["unreachable"]}
+        still = {n: u["kind"] for u in again["summary"]["unreachable"] for n in u["nodes"]}
         # gpu-node-011's new agent pod is not among the names the user may exec into.
         assert still == {RBAC_DENIED_NODE: "rbac", "gpu-node-011": "rbac"}
         assert again["summary"]["nodes"]["ok"] == 48
