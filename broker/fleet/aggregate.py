@@ -27,11 +27,11 @@ node is targeted or ``detail="full"`` (which has no size budget).
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from broker.fleet.causes import cause_key, names_out
 from broker.fleet.pool import NodeResult
 
 __all__ = [
@@ -393,22 +393,19 @@ def _short(node: str) -> str:
     return node.rsplit("/", 1)[-1]
 
 
-_POD_NAME = re.compile(r"agent pod \S+")
-
-
 def group_failures(failed: Iterable[NodeResult]) -> list[Json]:
     """Nodes with no answer, grouped by kind and reason: count and the first names.
 
-    The node's own name in a reason is generalised (``node <node>: ...``) so that one
-    cause shows once however many nodes it hit.
+    The node's and pod's own names in a reason are taken out (:func:`cause_key`) so that
+    one cause shows once however many nodes it hit.
     """
     groups: dict[tuple[str, str], Json] = {}
     for r in sorted(failed, key=lambda r: r.node):
         kind = r.error_kind or "protocol"
-        reason = _POD_NAME.sub(
-            "agent pod <pod>", (r.error or "no answer").replace(_short(r.node), "<node>")
-        )
-        group = groups.setdefault((kind, reason), {"kind": kind, "reason": reason, "count": 0})
+        key = cause_key(_short(r.node), kind, r.error or "no answer")
+        # Shown: the first node's reason with its own node and pod names taken out.
+        shown = names_out(_short(r.node), r.error or "no answer")
+        group = groups.setdefault(key, {"kind": kind, "reason": shown, "count": 0})
         group["count"] += 1
         group.setdefault("nodes", [])
         if len(group["nodes"]) < GROUP_NAMES:

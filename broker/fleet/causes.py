@@ -18,6 +18,7 @@ __all__ = [
     "SAMPLE_NODES",
     "cause_key",
     "common_causes",
+    "names_out",
     "nodes_with_causes",
     "with_causes",
 ]
@@ -47,14 +48,17 @@ CAUSES_SCHEMA: Json = {
 }
 
 
+def names_out(node: str, reason: str) -> str:
+    """``reason`` with the node's and its agent pod's names replaced by <node> and <pod>."""
+    text = re.sub(rf"(?<![\w.-]){re.escape(node)}(?![\w.-])", "<node>", reason)
+    text = _POD_UID.sub("pod=<pod>", text)
+    return _POD.sub(lambda m: f"{m.group(1)}<pod>", text)
+
+
 def cause_key(node: str, kind: str, reason: str) -> tuple[str, str]:
     """(kind, reason without the node's or pod's name): equal for the same cause."""
-    text = reason.replace(f"node {node}: ", "")
-    text = re.sub(rf"(?<![\w.-]){re.escape(node)}(?![\w.-])", "<node>", text)
-    text = _POD_UID.sub("pod=<pod>", text)
-    text = _POD.sub(lambda m: f"{m.group(1)}<pod>", text)
-    text = _SECONDS.sub("N s", text)
-    return kind, text
+    text = names_out(node, reason.replace(f"node {node}: ", ""))
+    return kind, _SECONDS.sub("N s", text)
 
 
 def common_causes(
@@ -131,7 +135,7 @@ def with_causes(answer: Json, *, namespace: str, surface: Surface = "mcp") -> Js
     for group in groups:
         kind, reason = str(group.get("kind") or "unreachable"), str(group.get("reason") or "")
         count = int(group.get("count") or 1)
-        reason = reason.removeprefix("node <node>: ")  # the aggregate's generalised name
+        reason = reason.removeprefix("node <node>: ")  # as the aggregate shows it
         group["fix"] = _fix(kind, reason, count, total, namespace, surface)
     return answer
 

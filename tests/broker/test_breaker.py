@@ -66,11 +66,12 @@ async def test_the_pool_skips_a_failing_node_and_keeps_serving_the_rest(
         call_timeout=10,
         breaker=breaker,
     ) as pool:
+        targets = await pool.resolve(["good", "bad"])
         for _ in range(2):
-            results = await pool.fan_out(["good", "bad"], "get_gpu_health", {})
+            results = await pool.fan_out(targets, "get_gpu_health", {})
             assert results[0].ok and results[1].error_kind != "circuit_open"
         connects = local_agents.connects["bad"]
-        results = await pool.fan_out(["good", "bad"], "get_gpu_health", {})
+        results = await pool.fan_out(targets, "get_gpu_health", {})
         assert results[0].ok
         assert results[1].error_kind == "circuit_open"
         assert "skipped, it failed 2 times in a row" in (results[1].error or "")

@@ -54,11 +54,21 @@ def test_causes_are_grouped_largest_first_with_their_own_fix() -> None:
     assert "nodeSelector" in causes[1]["fix"]  # some nodes only: the DaemonSet's placement
 
 
-def test_with_causes_adds_to_a_fan_out_answer_only_when_nodes_failed() -> None:
-    answer = {"summary": {"nodes": {"total": 2}, "unreachable": [no_pod("n-1"), no_pod("n-2")]}}
-    assert with_causes(answer, namespace=NS)["summary"]["causes"][0]["count"] == 2
+def test_with_causes_gives_each_group_of_failed_nodes_its_fix() -> None:
+    group = {
+        "kind": "not_ready",
+        "count": 2,
+        "nodes": ["n-1", "n-2"],
+        "reason": "node <node>: no agent pod on this GPU node in namespace gpu-diagnostics",
+    }
+    answer = {"summary": {"nodes": {"total": 2}, "unreachable": [group]}}
+    (fixed,) = with_causes(answer, namespace=NS)["summary"]["unreachable"]
+    assert "no agent pods at all" in fixed["fix"]  # every node: a setup problem
+    partial = {"summary": {"nodes": {"total": 9}, "unreachable": [dict(group)]}}
+    (fixed,) = with_causes(partial, namespace=NS)["summary"]["unreachable"]
+    assert "nodeSelector" in fixed["fix"]  # some nodes: the DaemonSet's placement
     clean: dict[str, object] = {"summary": {"nodes": {"total": 2}, "unreachable": []}}
-    assert "causes" not in with_causes(clean, namespace=NS)["summary"]
+    assert with_causes(clean, namespace=NS) == clean
 
 
 def test_unknown_node_suggests_the_closest_name() -> None:

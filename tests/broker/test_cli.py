@@ -155,5 +155,5 @@ def test_nodes_failing_alike_are_one_row_with_the_fix(sim: SimServer) -> None:
     wide = run("nodes", "-n", "gpu-tools", "-o", "wide", *kc(sim))
     assert sum("gpu-node-0" in ln for ln in wide.stdout.splitlines()) == 10  # one row each
     doc = json.loads(run("sweep", "-n", "gpu-tools", "-o", "json", *kc(sim)).stdout)
-    (cause,) = doc["summary"]["causes"]
+    (cause,) = doc["summary"]["unreachable"]
     assert cause["count"] == 10 and "broker doctor" in cause["fix"]

@@ -73,9 +73,9 @@ async def test_a_cause_shared_by_many_nodes_is_said_once(local_agents: LocalAgen
         sweep = await session.call_tool("get_gpu_health", {})  # the client validates it
         nodes = await session.call_tool("list_gpu_nodes", {})
     assert not sweep.is_error and sweep.structured_content is not None
-    (cause,) = sweep.structured_content["summary"]["causes"]
+    (cause,) = sweep.structured_content["summary"]["unreachable"]
     assert cause["count"] == 6 and cause["kind"] == "not_ready"
-    assert cause["reason"] == "agent pod <pod> is Pending (ContainerCreating)"
+    assert cause["reason"] == "node <node>: agent pod <pod> is Pending (ContainerCreating)"
     assert "describe pod" in cause["fix"] and "check_setup" in cause["fix"]
     assert nodes.structured_content is not None
     assert nodes.structured_content["causes"][0]["count"] == 6
