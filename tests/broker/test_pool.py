@@ -436,3 +436,23 @@ async def until(check: Any, limit_s: float = 5.0) -> None:
             return
         await anyio.sleep(0.02)
     raise AssertionError(f"not true within {limit_s} s")
+
+
+async def test_calls_in_flight_are_bounded_and_waiting_does_not_count(
+    local_agents: LocalAgents,
+) -> None:
+    names = [f"n{i}" for i in range(3)]
+    for name in names:
+        local_agents.add(name)
+    async with pool(local_agents, max_in_flight=1, call_timeout=5.0) as p:
+        targets = await p.resolve(names)
+        async with anyio.create_task_group() as tg:  # two sweeps share the one slot
+
+            async def sweep(into: list[NodeResult]) -> None:
+                into.extend(await p.fan_out(targets, "get_gpu_inventory", {}))
+
+            a: list[NodeResult] = []
+            b: list[NodeResult] = []
+            tg.start_soon(sweep, a)
+            tg.start_soon(sweep, b)
+    assert [r.ok for r in a + b] == [True] * 6, [r.error for r in a + b]
