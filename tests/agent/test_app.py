@@ -14,7 +14,7 @@ import pytest
 
 from agent import __version__
 from agent.app import Options, _fast_parse, build_parser, parse_options
-from tests.agent.conftest import AGENT, ROOT
+from tests.agent.helpers import AGENT, ROOT
 
 SCRIPT = Path(sys.executable).with_name("gpu-agent")
 

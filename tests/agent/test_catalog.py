@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.catalog import STATUSES, TOOL_DEFINITIONS, TOOL_NAMES, rank, worst
-from tests.agent.conftest import ROOT
+from tests.agent.helpers import ROOT
 
 # The simulated cluster hosts agents (it runs them in-process), so it may import more.
 BROKER_MAY_IMPORT = {"agent.catalog", "agent.xid"}

@@ -22,7 +22,7 @@ from agent.protocol import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
 )
-from tests.agent.conftest import AGENT, ROOT, Wire
+from tests.agent.helpers import AGENT, ROOT, Wire
 
 ERROR_CODES = {PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS}
 KNOWN = ("initialize", "ping", "tools/list", "tools/call")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from agent.catalog import TOOL_NAMES
 from agent.protocol import MAX_MESSAGE_BYTES
-from tests.agent.conftest import AGENT, ROOT, Wire
+from tests.agent.helpers import AGENT, ROOT, Wire
 
 pytestmark = pytest.mark.fuzz
 

@@ -16,7 +16,7 @@ import pytest
 
 from agent.catalog import TOOL_DEFINITIONS
 from agent.journal import read_journal, read_text_log
-from tests.agent.conftest import Wire
+from tests.agent.helpers import Wire
 from tests.agent.journalfile import write_journal
 
 SCHEMAS = {t["name"]: t["outputSchema"] for t in TOOL_DEFINITIONS}

@@ -16,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 
 from agent.catalog import TOOL_DEFINITIONS, TOOL_NAMES
 from agent.protocol import LATEST_VERSION
-from tests.agent.conftest import ROOT, mcp_agent
+from tests.agent.helpers import ROOT, mcp_agent
 
 ARGUMENTS: dict[str, dict[str, Any]] = {
     "get_gpu_health": {"since_minutes": 1440},

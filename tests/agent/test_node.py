@@ -16,7 +16,7 @@ from agent.catalog import TOOL_DEFINITIONS
 from agent.node_checks import judge_gpu_events, judge_infiniband, judge_sxids
 from agent.sxid import parse_gpu_events, parse_sxids, sxid_groups
 from agent.sysfs import read_aer, read_host, read_infiniband, sysfs_pci_address
-from tests.agent.conftest import Wire
+from tests.agent.helpers import Wire
 
 SCHEMAS = {t["name"]: t["outputSchema"] for t in TOOL_DEFINITIONS}
 GPU0 = "00000000:18:00.0"  # the default fake H100 node's GPU 0

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 
 from agent.catalog import TOOL_DEFINITIONS, TOOL_NAMES
-from tests.agent.conftest import AGENT, ROOT
+from tests.agent.helpers import AGENT, ROOT
 
 SCHEMAS = {t["name"]: t["outputSchema"] for t in TOOL_DEFINITIONS}
 

@@ -27,7 +27,7 @@ from agent.protocol import (
     scan_id,
 )
 from agent.schema import validate
-from tests.agent.conftest import Wire
+from tests.agent.helpers import Wire
 
 SLOW = {"faults": [{"gpu": 0, "kind": "slow_nvml", "seconds": 30}]}
 

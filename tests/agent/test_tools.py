@@ -20,7 +20,7 @@ from agent.catalog import TOOL_DEFINITIONS, TOOL_NAMES
 from agent.errors import ScenarioError, UsageError
 from agent.kmsg import boot_time
 from agent.protocol import INVALID_PARAMS
-from tests.agent.conftest import AGENT, ROOT, Wire
+from tests.agent.helpers import AGENT, ROOT, Wire
 
 SCHEMAS = {t["name"]: t["outputSchema"] for t in TOOL_DEFINITIONS}
 POD_UID = "7c3f0c7e-2f0a-4a3c-9d61-1f0a9a1b2c3d"

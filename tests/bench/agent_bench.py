@@ -1,4 +1,4 @@
-"""Agent budgets (DESIGN.md): process start -> first ``tools/call get_gpu_health``
+"""Agent budgets (ARCHITECTURE.md): process start -> first ``tools/call get_gpu_health``
 answered, in CPU-seconds and peak RSS, for the fake backend and for the NVML backend over
 the fake libnvidia-ml.so.1; plus warm ``get_gpu_health`` latency for 8 GPUs. A
 ``python -c pass`` baseline is measured in the same run.

@@ -1,4 +1,4 @@
-"""Broker pool figures against the budgets in DESIGN.md (``make bench``).
+"""Broker pool figures against the budgets in ARCHITECTURE.md (``make bench``).
 
 - warm proxied call, added latency p50: ``pool.call`` to a warm session through the
   simulated API server's exec websocket, vs the same in-process agent called directly,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import fake_nvml_lib  # noqa: F401  (a fixture, shared)
+from tests.agent.helpers import fake_nvml_lib  # noqa: F401  (a fixture, shared)
 from tests.chart.helmchart import Chart
 from tests.release.scripts import builder
 

@@ -10,8 +10,7 @@ import time
 
 from broker.sim import Rule, SimServer
 from broker.sim.objects import AGENT_LABELS
-
-from .conftest import Api
+from tests.broker.sim.helpers import Api
 
 AGENT_SELECTOR = "app.kubernetes.io/name=k8s-gpu-mcp,app.kubernetes.io/component=agent"
 

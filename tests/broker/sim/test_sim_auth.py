@@ -10,7 +10,7 @@ import pytest
 
 from broker.sim import Rule, SimScenarioError, SimServer, start_sim
 from broker.sim.auth import Attributes
-from tests.broker.sim.conftest import Api, Kubectl
+from tests.broker.sim.helpers import Api, Kubectl
 
 NS = "gpu-diagnostics"
 BROKER_SA = "system:serviceaccount:gpu-diagnostics:gpu-mcp-broker"

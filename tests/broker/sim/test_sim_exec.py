@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.sim import SimServer, start_sim
-
-from .conftest import mcp_lines, ws_exec
+from tests.broker.sim.helpers import mcp_lines, ws_exec
 
 pytestmark = pytest.mark.e2e
 HEALTH = ("get_gpu_health", {})

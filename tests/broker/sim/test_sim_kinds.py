@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker.sim import SimServer
-
-from .conftest import Kubectl
+from tests.broker.sim.helpers import Kubectl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_kubectl]
 

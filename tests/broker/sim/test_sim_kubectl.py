@@ -7,8 +7,7 @@ import json
 import pytest
 
 from broker.sim import SimServer
-
-from .conftest import Kubectl, mcp_lines
+from tests.broker.sim.helpers import Kubectl, mcp_lines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.needs_kubectl]
 

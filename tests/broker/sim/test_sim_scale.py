@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.sim import start_sim
-
-from .conftest import Api, client_ssl, mcp_lines, ws_exec
+from tests.broker.sim.helpers import Api, client_ssl, mcp_lines, ws_exec
 
 
 @pytest.mark.e2e
