@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.table import Table
 
-from broker.cli.commands import CommonOptions, Consoles, _print_json, _run
+from broker.cli.commands import CommonOptions, Consoles, _machine, _print_json, _run
 from broker.diagnosis.job import explain_job
 from broker.fleet.aggregate import EXIT_OK
 from broker.fleet.analysis import config_drift, stragglers
@@ -17,42 +18,49 @@ __all__ = ["EXIT_FOUND", "run_drift", "run_explain_job", "run_stragglers"]
 EXIT_FOUND = 2  # drift or stragglers found: scripts can gate on it
 
 
-def run_drift(
-    opts: CommonOptions, arguments: dict[str, Any], output: str, consoles: Consoles | None = None
+Gather = Callable[[BrokerContext, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def _run_analysis(
+    opts: CommonOptions,
+    gather: Gather,
+    arguments: dict[str, Any],
+    output: str,
+    table: Callable[[dict[str, Any]], Table],
+    found: str,
+    consoles: Consoles | None,
 ) -> int:
-    """``broker drift``: settings where GPU nodes differ from their product's majority."""
+    """Gather one analysis, print it (table, or -o json|yaml), exit 2 when ``found`` is
+    not empty."""
     cons = consoles or Consoles()
 
     async def main() -> int:
         async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
-            answer = await config_drift(ctx, arguments)
-        if output == "json":
-            _print_json(answer)
+            answer = await gather(ctx, arguments)
+        if _machine(output):
+            _print_json(answer, output)
         else:
-            cons.out.print(drift_table(answer))
+            cons.out.print(table(answer))
             _print_unreachable(cons, answer)
-        return EXIT_FOUND if answer["findings"] else EXIT_OK
+        return EXIT_FOUND if answer[found] else EXIT_OK
 
     return _run(cons, main)
+
+
+def run_drift(
+    opts: CommonOptions, arguments: dict[str, Any], output: str, consoles: Consoles | None = None
+) -> int:
+    """``broker drift``: settings where GPU nodes differ from their product's majority."""
+    return _run_analysis(opts, config_drift, arguments, output, drift_table, "findings", consoles)
 
 
 def run_stragglers(
     opts: CommonOptions, arguments: dict[str, Any], output: str, consoles: Consoles | None = None
 ) -> int:
     """``broker stragglers``: the nodes lagging their peers, ranked, with the reading why."""
-    cons = consoles or Consoles()
-
-    async def main() -> int:
-        async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
-            answer = await stragglers(ctx, arguments)
-        if output == "json":
-            _print_json(answer)
-        else:
-            cons.out.print(stragglers_table(answer))
-            _print_unreachable(cons, answer)
-        return EXIT_FOUND if answer["stragglers"] else EXIT_OK
-
-    return _run(cons, main)
+    return _run_analysis(
+        opts, stragglers, arguments, output, stragglers_table, "stragglers", consoles
+    )
 
 
 def run_explain_job(
@@ -64,8 +72,8 @@ def run_explain_job(
     async def main() -> int:
         async with BrokerContext.open(opts.config, call_timeout=opts.timeout) as ctx:
             answer = await explain_job(ctx, job, namespace)
-        if output == "json":
-            _print_json(answer)
+        if _machine(output):
+            _print_json(answer, output)
             return EXIT_OK
         cons.out.print(f"{answer['verdict'].upper()} ({answer['confidence']} confidence)",
                        style="bold", highlight=False)  # fmt: skip

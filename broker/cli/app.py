@@ -449,12 +449,15 @@ def serve(
     raise typer.Exit(run_serve(options))
 
 
+CompareNodes = Annotated[
+    list[str] | None,
+    typer.Option("--node", help="Compare only these nodes (repeat for several)."),
+]
+
+
 def drift(
     selector: Selector = None,
-    node: Annotated[
-        list[str] | None,
-        typer.Option("--node", help="Compare only these nodes (repeat for several)."),
-    ] = None,
+    node: CompareNodes = None,
     output: OutputOpt = Output.table,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
@@ -484,10 +487,7 @@ def stragglers(
         str | None, typer.Option("--job-namespace", help="The job's namespace (with --job).")
     ] = None,
     selector: Selector = None,
-    node: Annotated[
-        list[str] | None,
-        typer.Option("--node", help="Compare only these nodes (repeat for several)."),
-    ] = None,
+    node: CompareNodes = None,
     output: OutputOpt = Output.table,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
