@@ -8,6 +8,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from broker.fleet.context import BrokerContext
 from broker.kube.config import ClusterConfig
-from broker.server import HttpSettings, build_server
+from broker.server import BrokerApp, HttpSettings, build_server
 from broker.server.http import http_server
 from broker.sim import SimServer
 
@@ -41,29 +42,39 @@ async def broker_session(tmp_path: Path, *args: str, **env: str) -> AsyncIterato
 
 
 @asynccontextmanager
-async def http_broker(sim: SimServer, settings: HttpSettings) -> AsyncIterator[int]:
-    """The broker serving HTTP on a free port of ``settings.host``; yields the port."""
+async def serve_http(app: BrokerApp, settings: HttpSettings) -> AsyncIterator[int]:
+    """``app`` over HTTP (uvicorn, in this event loop) on a free port of ``settings.host``;
+    yields the port once the server is accepting."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, 0))
     port = sock.getsockname()[1]
-    config = ClusterConfig(kubeconfig=str(sim.kubeconfig))
     try:
-        async with BrokerContext.open(config, call_timeout=20) as ctx:
-            server = http_server(build_server(ctx), settings)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: server.serve(sockets=[sock]))
-                for _ in range(500):
-                    if server.started:
-                        break
-                    await anyio.sleep(0.01)
-                assert server.started, "uvicorn did not start"
-                try:
-                    yield port
-                finally:
-                    server.should_exit = True
+        server = http_server(app, replace(settings, port=port))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: server.serve(sockets=[sock]))
+            for _ in range(500):
+                if server.started:
+                    break
+                await anyio.sleep(0.01)
+            assert server.started, "uvicorn did not start"
+            try:
+                yield port
+            finally:
+                server.should_exit = True
     finally:
         sock.close()
+
+
+@asynccontextmanager
+async def http_broker(sim: SimServer, settings: HttpSettings) -> AsyncIterator[int]:
+    """The broker serving HTTP on a free port of ``settings.host``; yields the port."""
+    config = ClusterConfig(kubeconfig=str(sim.kubeconfig))
+    async with (
+        BrokerContext.open(config, call_timeout=20) as ctx,
+        serve_http(build_server(ctx), settings) as port,
+    ):
+        yield port
 
 
 def structured(result: Any) -> dict[str, Any]:

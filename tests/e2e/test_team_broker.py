@@ -5,24 +5,21 @@ record names the caller on every exec."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 
 import aiohttp
-import anyio
 import httpx2
 import pytest
 
 from broker.errors import ConfigError
 from broker.kube.config import ClusterConfig
 from broker.server import HttpSettings, ServeOptions, serve
-from broker.server.http import http_app, http_server
+from broker.server.http import http_app
 from broker.server.limits import CallerLimits
 from broker.server.team import TeamOptions, team_app
 from broker.sim import Rule, SimServer
-from tests.e2e.session import structured
+from tests.e2e.session import serve_http, structured
 from tests.e2e.test_http import INIT, JSON_HEADERS, mcp_over_http, post
 
 pytestmark = pytest.mark.e2e
@@ -44,26 +41,11 @@ async def team_broker(sim: SimServer, team: TeamOptions | None = None) -> AsyncI
     context = sim.add_user(BROKER, rules=CHART_BROKER_RULES)
     config = ClusterConfig(kubeconfig=str(sim.kubeconfig), context=context)
     settings = HttpSettings(host="127.0.0.1", auth="kubernetes")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    try:
-        async with team_app(config, call_timeout=20, team=team) as app:
-            server = http_server(app, replace(settings, port=port))
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: server.serve(sockets=[sock]))
-                for _ in range(500):
-                    if server.started:
-                        break
-                    await anyio.sleep(0.01)
-                assert server.started, "uvicorn did not start"
-                try:
-                    yield port
-                finally:
-                    server.should_exit = True
-    finally:
-        sock.close()
+    async with (
+        team_app(config, call_timeout=20, team=team) as app,
+        serve_http(app, settings) as port,
+    ):
+        yield port
 
 
 @pytest.mark.timeout(180)
