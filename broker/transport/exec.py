@@ -19,6 +19,7 @@ the SDK's stdio transport but carried by the API server:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,7 +28,6 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
 from broker.errors import (
@@ -46,10 +46,7 @@ from broker.transport import channels
 
 logger = logging.getLogger(__name__)
 
-Streams = tuple[
-    MemoryObjectReceiveStream[SessionMessage | Exception],
-    MemoryObjectSendStream[SessionMessage],
-]
+Streams = tuple["ExecReader", "ExecWriter"]
 
 
 # asyncio's SSL transport gives every TLS connection a 256 KiB read buffer
@@ -58,6 +55,9 @@ Streams = tuple[
 # takes a few more reads: at 4 KiB a warm 1,000-node sweep costs the same broker CPU as
 # at 16 KiB or 64 KiB (measured), and each session holds 60 KiB less.
 TLS_READ_BUFFER = 4 * 1024
+
+# How long a failed write waits for the reader to read why the stream ended.
+END_GRACE = 1.0
 
 
 def limit_tls_read_buffer(size: int = TLS_READ_BUFFER) -> None:
@@ -89,7 +89,19 @@ def parse_message(line: bytes) -> types.JSONRPCMessage:
 
 
 class ExecChannel:
-    """One exec websocket carrying one MCP session: the two pumps and their bookkeeping."""
+    """One exec websocket carrying one MCP session, read and written by its callers.
+
+    No task of its own: the session's receive loop pulls frames through :attr:`reader`
+    and its requests go straight out through :attr:`writer`. Two pump tasks and two
+    memory streams per session cost about 11 KiB each at 5,000 open sessions, and a
+    task switch per message.
+    """
+
+    __slots__ = (
+        "ws", "protocol", "node", "drain_timeout", "status", "failure", "stderr",
+        "closing", "answers", "answers_at_half_close", "reader", "writer", "_pending",
+        "_splitter", "_ready", "_ended", "_final", "_eof", "_half_closed", "_on_end",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -107,67 +119,74 @@ class ExecChannel:
         self.status: channels.ExecStatus | None = None
         self.failure: BrokerError | None = None
         self.stderr = channels.TailBuffer(stderr_limit)
-        self.closing = False
-        self._pending: set[str] = set()
+        self.closing = False  # from here on the agent exiting is expected
         self.answers = 0  # responses received from the agent
         self.answers_at_half_close: int | None = None  # v5: when stdin was half-closed
-        self._answered = anyio.Event()
-        self.reader_done = anyio.Event()
-        self.writer_done = anyio.Event()
-        self.read_in, self.read_out = anyio.create_memory_object_stream[SessionMessage | Exception](
-            0
-        )
-        self.write_in, self.write_out = anyio.create_memory_object_stream[SessionMessage](0)
+        self.reader = ExecReader(self)
+        self.writer = ExecWriter(self)
+        self._pending: set[str] = set()  # request ids written and not yet answered
+        self._splitter = channels.LineSplitter()
+        self._ready: list[SessionMessage] = []  # parsed from a frame, not yet received
+        self._ended = False  # no more frames will come
+        self._final: BrokerError | None = None  # why it ended, not yet delivered
+        self._eof = False  # the session closed its write side
+        self._half_closed = False
+        self._on_end: anyio.Event | None = None
 
     # -- reading: websocket -> session --------------------------------------------------
-    async def read_loop(self) -> None:
+    async def receive(self) -> SessionMessage | Exception:
+        """The next message; the failure that ended the stream once; then EndOfStream."""
+        while not self._ready:
+            if self._ended:
+                final, self._final = self._final, None
+                if final is not None:
+                    return final
+                raise anyio.EndOfStream
+            await self._read_frame()
+        return self._ready.pop(0)
+
+    async def _read_frame(self) -> None:
         import aiohttp
 
-        splitter = channels.LineSplitter()
-        ended = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
         try:
-            while True:
-                msg = await self.ws.receive()
-                if msg.type in ended:
-                    break
-                if msg.type == aiohttp.WSMsgType.ERROR:
-                    self._fail(
-                        ApiUnavailable(f"node {self.node}: exec websocket error: {msg.data}")
-                    )
-                    break
-                data = msg.data if isinstance(msg.data, bytes) else str(msg.data).encode()
-                # Drop the frame before waiting for the next one: an idle session must not
-                # pin its last (possibly large) answer in memory.
-                del msg
-                if not await self._on_frame(data, splitter):
-                    break
-                del data
+            msg = await self.ws.receive()
         except (aiohttp.ClientError, OSError) as exc:
             self._fail(ApiUnavailable(f"node {self.node}: exec stream broke: {exc}"))
-        finally:
-            await self._finish_reading()
-
-    async def _on_frame(self, data: bytes, splitter: channels.LineSplitter) -> bool:
-        """Handle one websocket message; False ends the stream."""
+            self._end()
+            return
+        kind = msg.type
+        if kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+            self._end()
+            return
+        if kind == aiohttp.WSMsgType.ERROR:
+            self._fail(ApiUnavailable(f"node {self.node}: exec websocket error: {msg.data}"))
+            self._end()
+            return
+        data = msg.data if isinstance(msg.data, bytes) else str(msg.data).encode()
+        # Drop the frame before anything waits: an idle session must not pin its last
+        # (possibly large) answer in memory.
+        del msg
         try:
             channel, payload = channels.decode(data, self.protocol)
         except channels.FrameError as exc:
             self._fail(AgentProtocolError(f"node {self.node}: bad exec frame: {exc}"))
-            return False
+            self._end()
+            return
+        del data
         if channel == channels.STDOUT:
             try:
-                lines = splitter.feed(payload)
+                lines = self._splitter.feed(payload)
             except channels.FrameError as exc:
                 self._fail(self._garbage(str(exc)))
-                return False
-            return await self._deliver(lines)
-        if channel == channels.STDERR:
+                self._end()
+                return
+            await self._deliver(lines)
+        elif channel == channels.STDERR:
             self.stderr.feed(payload)
         elif channel == channels.STATUS:
             self.status = channels.parse_status(payload)
-        return True
 
-    async def _deliver(self, lines: list[bytes]) -> bool:
+    async def _deliver(self, lines: list[bytes]) -> None:
         for line in lines:
             if not line.strip():
                 continue
@@ -175,17 +194,14 @@ class ExecChannel:
                 message = parse_message(line)
             except ValueError:
                 self._fail(self._garbage(f"not JSON-RPC: {line[:120]!r}"))
-                return False
+                self._end()
+                return
             if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
                 self.answers += 1
                 self._pending.discard(_request_key(message.id))
-                if not self._pending:
-                    self._answered.set()
-            try:
-                await self.read_in.send(SessionMessage(message))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return False  # the session is gone; the shutdown path takes over
-        return True
+            self._ready.append(SessionMessage(message))
+        if self._eof and not self._pending:
+            await self.half_close()
 
     def _garbage(self, what: str) -> AgentProtocolError:
         return AgentProtocolError(
@@ -199,20 +215,17 @@ class ExecChannel:
         if self.failure is None:
             self.failure = error
 
-    async def _finish_reading(self) -> None:
-        """Turn how the stream ended into an exception item (unless we ended it), then EOF."""
+    def _end(self) -> None:
+        """No more frames: turn how the stream ended into one last item (unless we ended it)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._on_end is not None:
+            self._on_end.set()
         outcome = self.failure or self._outcome()
-        self.reader_done.set()
-        self._answered.set()
-        try:
-            if outcome is not None and not self.closing:
-                self.failure = outcome
-                with anyio.move_on_after(1.0):
-                    await self.read_in.send(outcome)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
-        finally:
-            self.read_in.close()
+        if outcome is not None and not self.closing:
+            self.failure = outcome
+            self._final = outcome
 
     def _outcome(self) -> BrokerError | None:
         status = self.status
@@ -234,30 +247,53 @@ class ExecChannel:
         )
 
     # -- writing: session -> websocket --------------------------------------------------
-    async def write_loop(self) -> None:
-        try:
-            async with self.write_out:
-                async for item in self.write_out:
-                    self._track(item.message)
-                    body = item.message.model_dump_json(by_alias=True, exclude_unset=True)
-                    await self.ws.send_bytes(channels.encode(channels.STDIN, body.encode() + b"\n"))
-            # EOF from the session: half-close stdin only once every answer is in,
-            # because the agent cancels in-flight requests at stdin EOF.
-            if self._pending:
-                self._answered = anyio.Event()
-                if self._pending and not self.reader_done.is_set():
-                    with anyio.move_on_after(self.drain_timeout):
-                        await self._answered.wait()
-            self.closing = True  # from here on the agent exiting is expected
-            if self.protocol == channels.V5 and not self.ws.closed:
-                self.answers_at_half_close = self.answers
+    async def send(self, item: SessionMessage) -> None:
+        if self._eof or self.closing:
+            raise anyio.ClosedResourceError
+        if not self._ended and not self.ws.closed:
+            self._track(item.message)
+            body = item.message.model_dump_json(by_alias=True, exclude_unset=True)
+            try:
+                await self.ws.send_bytes(channels.encode(channels.STDIN, body.encode() + b"\n"))
+                return
+            except (ConnectionError, OSError, RuntimeError) as exc:
+                # aiohttp raises ClientConnectionResetError (a ConnectionError) on a dead
+                # socket; the frames still unread (a status, the last stderr) explain it.
+                broke = f"exec stream broke on write: {exc}"
+        else:
+            broke = "exec stream broke: the connection is closed"
+        await self._await_end()
+        self._fail(ApiUnavailable(f"node {self.node}: {broke}"))
+        raise anyio.BrokenResourceError
+
+    async def _await_end(self) -> None:
+        """Give the session's reader a moment to read why the stream ended (it is reading:
+        the receive loop never stops), so the caller is told that, not just "closed"."""
+        if self._ended:
+            return
+        if self._on_end is None:
+            self._on_end = anyio.Event()  # made only for a broken stream
+        with anyio.move_on_after(END_GRACE):
+            await self._on_end.wait()
+
+    async def close_input(self) -> None:
+        """The session is done writing: half-close stdin once every answer is in, because
+        the agent cancels in-flight requests at stdin EOF (the reader finishes it)."""
+        self._eof = True
+        if not self._pending:
+            await self.half_close()
+
+    async def half_close(self) -> None:
+        """v5: close the agent's stdin (once); from here on its exit is expected."""
+        if self._half_closed:
+            return
+        self._half_closed = True
+        self.closing = True
+        if self.protocol == channels.V5 and not self.ws.closed and not self._ended:
+            self.answers_at_half_close = self.answers
+            # A dead stream is the reader's to report.
+            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
                 await self.ws.send_bytes(channels.encode_close(self.protocol))
-        except (ConnectionError, OSError, RuntimeError) as exc:
-            # aiohttp raises ClientConnectionResetError (a ConnectionError) on a dead socket.
-            if not self.reader_done.is_set():
-                self._fail(ApiUnavailable(f"node {self.node}: exec stream broke on write: {exc}"))
-        finally:
-            self.writer_done.set()
 
     def _track(self, message: types.JSONRPCMessage) -> None:
         if isinstance(message, types.JSONRPCRequest):
@@ -269,6 +305,83 @@ class ExecChannel:
         ):
             # A cancelled request may never be answered (the spec allows silence).
             self._pending.discard(_request_key(message.params.get("requestId")))
+
+    # -- winding down -------------------------------------------------------------------
+    async def shutdown(self, close_timeout: float, *, abandoned: bool = False) -> None:
+        """Nobody reads any more: let late answers in, half-close, wait for the status.
+
+        ``abandoned`` (the session was cancelled or timed out): its pending requests are
+        not waited for, nor is the agent's exit; the stream is closed at once.
+        """
+        if abandoned:
+            self.closing = True
+        else:
+            if self._pending and not self._ended:
+                with anyio.move_on_after(self.drain_timeout):
+                    while self._pending and not self._ended:
+                        await self._read_frame()
+            await self.half_close()
+            self._ready.clear()
+            if self.protocol == channels.V5:
+                # After the half-close the agent exits and the server sends the status.
+                with anyio.move_on_after(close_timeout):
+                    while not self._ended:
+                        await self._read_frame()
+                        self._ready.clear()
+        if not self.ws.closed:
+            with anyio.move_on_after(close_timeout):
+                await self.ws.close()
+
+
+class ExecReader:
+    """The session's read stream: items come off the websocket as they are asked for."""
+
+    __slots__ = ("_chan",)
+
+    def __init__(self, chan: ExecChannel) -> None:
+        self._chan = chan
+
+    async def receive(self) -> SessionMessage | Exception:
+        return await self._chan.receive()
+
+    def __aiter__(self) -> ExecReader:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self._chan.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        return None  # the channel closes with open_exec_streams
+
+    async def __aenter__(self) -> ExecReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class ExecWriter:
+    """The session's write stream: each message is one stdin frame, sent at once."""
+
+    __slots__ = ("_chan",)
+
+    def __init__(self, chan: ExecChannel) -> None:
+        self._chan = chan
+
+    async def send(self, item: SessionMessage) -> None:
+        await self._chan.send(item)
+
+    async def aclose(self) -> None:
+        await self._chan.close_input()
+
+    async def __aenter__(self) -> ExecWriter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def _describe_failure(status: channels.ExecStatus) -> str:
@@ -336,38 +449,17 @@ async def open_exec_streams(
     )
     if on_open is not None:
         on_open(chan)
+    abandoned = False
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(chan.read_loop)
-            tg.start_soon(chan.write_loop)
-            try:
-                yield chan.read_out, chan.write_in
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await _shutdown(chan, close_timeout)
-                tg.cancel_scope.cancel()
+        yield chan.reader, chan.writer
+    except BaseException:
+        abandoned = True  # cancelled, timed out or failed: nothing more to wait for
+        raise
     finally:
         with anyio.CancelScope(shield=True):
-            if not ws.closed:
-                with anyio.move_on_after(close_timeout):
-                    await ws.close()
+            try:
+                await chan.shutdown(close_timeout, abandoned=abandoned)
+            except Exception as exc:  # winding down must not mask what ended the session
+                logger.debug("node %s: closing the exec stream: %s", target.node, exc)
             if not ws.closed:  # close() was interrupted: drop the connection outright
                 ws._response.close()
-        for stream in (chan.read_in, chan.read_out, chan.write_in, chan.write_out):
-            stream.close()
-
-
-async def _shutdown(chan: ExecChannel, close_timeout: float) -> None:
-    """Wind down: let the writer drain and half-close, wait for the status, close."""
-    chan.write_in.close()
-    with anyio.move_on_after(chan.drain_timeout + close_timeout):
-        await chan.writer_done.wait()
-    chan.closing = True
-    if chan.protocol == channels.V5:
-        # After the half-close the agent exits and the server sends the status frame.
-        with anyio.move_on_after(close_timeout):
-            await chan.reader_done.wait()
-    chan.read_out.close()
-    if not chan.ws.closed:
-        with anyio.move_on_after(close_timeout):
-            await chan.ws.close()
