@@ -95,7 +95,7 @@ non-root process (Kubernetes sets no ambient capabilities).
 
 {{/* "true" when the pod mounts anything from the host. */}}
 {{- define "k8s-gpu-mcp.usesHostPath" -}}
-{{- if or (include "k8s-gpu-mcp.mountKmsg" .) .Values.hostProc.enabled .Values.podResources.enabled (eq .Values.gpu.mode "privileged") -}}true{{- end -}}
+{{- if or (include "k8s-gpu-mcp.mountKmsg" .) .Values.hostProc.enabled .Values.podResources.enabled .Values.hostJournal.enabled .Values.hostSys.enabled (eq .Values.gpu.mode "privileged") -}}true{{- end -}}
 {{- end -}}
 
 {{/*
