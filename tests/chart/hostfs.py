@@ -74,9 +74,7 @@ def write_host(root: Path) -> Path:
         for name, value in (("state", state), ("phys_state", phys), ("rate", rate)):
             (port / name).write_text(value + "\n")
         (port / "link_layer").write_text("InfiniBand\n")
-        (sys / "class" / "infiniband" / device).symlink_to(
-            f"../../{HCA_PATH}/infiniband/{device}"
-        )
+        (sys / "class" / "infiniband" / device).symlink_to(f"../../{HCA_PATH}/infiniband/{device}")
     for path in NOT_MOUNTED:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text("max\n")

@@ -120,9 +120,7 @@ def test_the_pod_security_level_follows_the_mounts(
 def test_supplemental_groups_apply_only_with_the_journal(chart: Chart) -> None:
     docs = chart.template(values=[CI["node-sources-values.yaml"]])
     assert pod_spec_of(docs)["securityContext"]["supplementalGroups"] == [4]
-    without = chart.template(
-        "hostJournal.enabled=false", values=[CI["node-sources-values.yaml"]]
-    )
+    without = chart.template("hostJournal.enabled=false", values=[CI["node-sources-values.yaml"]])
     assert "supplementalGroups" not in pod_spec_of(without)["securityContext"]
 
 
@@ -160,7 +158,7 @@ def test_notes_say_which_sources_are_on_and_how_to_turn_them_on(chart: Chart) ->
     assert "--set hostJournal.enabled=true" not in on
     assert "Whoever may exec into the agent pods can read the host's whole journal" in on
     # Turning one on costs the baseline level: said where the pod meets baseline today.
-    cost = "makes the pod need the \"privileged\" Pod Security level"
+    cost = 'makes the pod need the "privileged" Pod Security level'
     assert cost in chart.notes("xid.enabled=false")
     assert "--set hostJournal.enabled=true" not in chart.notes("xid.enabled=false")
 
