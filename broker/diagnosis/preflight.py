@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from broker.diagnosis.node_sources import describe, node_sources
 from broker.errors import ApiUnavailable, BrokerError, ConfigError, RbacDenied, Unauthenticated
 from broker.fleet.context import BrokerContext
 from broker.kube import preflight as kube
@@ -312,6 +313,8 @@ async def _chart(run: _Run) -> Check:
     note = "" if served else " (DaemonSets not served by this API server: counted the pods)"
     summary = f"{what}: {desired} desired, {ready} ready{note}"
     details: Json = {"namespace": ns, "desired": desired, "ready": ready, "daemonset": name}
+    # What the chart turned on for the agents (they say the same per answer, "sources").
+    details["node_sources"] = sources = node_sources(pods)
     covered = {str((pod.get("spec") or {}).get("nodeName") or "") for pod in pods}
     uncovered = sorted(_name(n) for n in run.gpu_nodes if _name(n) not in covered)
     if uncovered:
@@ -344,6 +347,8 @@ async def _chart(run: _Run) -> Check:
         # No agent pod on any GPU node: nothing can be diagnosed, that is a failure.
         status = "fail" if ready == 0 else "warn"
         return Check("chart", status, f"{summary}{without}", placement, details)
+    if sources:
+        summary = f"{summary}; {describe(sources)}"
     return Check("chart", "ok", summary, details=details)
 
 

@@ -57,6 +57,11 @@ def test_a_ready_cluster_passes(ready_sim: SimServer) -> None:
     assert check(report, "gpu_nodes")["details"]["gpu_nodes"] == 3
     chart = check(report, "chart")
     assert chart["status"] == "ok" and "3 desired, 3 ready" in chart["summary"]
+    # The sim's agent pods are the chart's defaults: the ring buffer only.
+    assert chart["details"]["node_sources"] == {
+        "kernel_log": "on", "journal": "off", "host_sysfs": "off", "host_proc": "off",
+    }  # fmt: skip
+    assert "node sources: kernel log on, journal off (hostJournal.enabled)" in chart["summary"]
     agent = check(report, "agent")
     assert agent["status"] == "ok" and "sees 2 GPU(s)" in agent["summary"]
     assert check(report, "rbac")["details"] == {"pods": True, "nodes": True, "exec": True}

@@ -83,6 +83,20 @@ non-root process (Kubernetes sets no ambient capabilities).
 {{- if and .Values.xid.enabled (not .Values.agent.nonRoot.enabled) -}}true{{- end -}}
 {{- end -}}
 
+{{/*
+"true" when a non-root agent reads XIDs from the host journal alone: it cannot use
+CAP_SYSLOG, so the ring buffer stays closed to it and the agent falls back to the journal
+(hostJournal, readable through hostJournal.supplementalGroups).
+*/}}
+{{- define "k8s-gpu-mcp.journalOnlyXids" -}}
+{{- if and .Values.xid.enabled .Values.agent.nonRoot.enabled .Values.hostJournal.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* GPU_AGENT_KMSG: "auto" (/dev/kmsg, else syslog(2), else the journal) or "off". */}}
+{{- define "k8s-gpu-mcp.kmsgSetting" -}}
+{{- ternary "auto" "off" (or (eq (include "k8s-gpu-mcp.xidEnabled" .) "true") (eq (include "k8s-gpu-mcp.journalOnlyXids" .) "true")) -}}
+{{- end -}}
+
 {{/* "true" when the host's /dev/kmsg is mounted (opt-in: xid.mountDevKmsg). */}}
 {{- define "k8s-gpu-mcp.mountKmsg" -}}
 {{- if and (include "k8s-gpu-mcp.xidEnabled" .) .Values.xid.mountDevKmsg -}}true{{- end -}}
@@ -95,7 +109,7 @@ non-root process (Kubernetes sets no ambient capabilities).
 
 {{/* "true" when the pod mounts anything from the host. */}}
 {{- define "k8s-gpu-mcp.usesHostPath" -}}
-{{- if or (include "k8s-gpu-mcp.mountKmsg" .) .Values.hostProc.enabled .Values.podResources.enabled (eq .Values.gpu.mode "privileged") -}}true{{- end -}}
+{{- if or (include "k8s-gpu-mcp.mountKmsg" .) .Values.hostProc.enabled .Values.podResources.enabled .Values.hostJournal.enabled .Values.hostSys.enabled (eq .Values.gpu.mode "privileged") -}}true{{- end -}}
 {{- end -}}
 
 {{/*
@@ -153,6 +167,9 @@ what to set instead. Included once, from the DaemonSet.
 {{- end -}}
 {{- if and .Values.rbac.clusterWidePodReads .Values.rbac.podReadNamespaces -}}
 {{- fail "rbac.podReadNamespaces is set, but rbac.clusterWidePodReads=true already lets the bound subjects read pods in every namespace. To restrict pod reads to those namespaces, set rbac.clusterWidePodReads=false; otherwise remove rbac.podReadNamespaces." -}}
+{{- end -}}
+{{- if and .Values.hostJournal.enabled (not .Values.xid.enabled) -}}
+{{- fail "hostJournal.enabled=true but xid.enabled=false: with XID analysis off (GPU_AGENT_KMSG=off) the agent reads no kernel log, the journal included, so the mount would only expose the host's logs. Set xid.enabled=true, or hostJournal.enabled=false." -}}
 {{- end -}}
 {{- if and (eq $mode "dra") (semverCompare "<1.32.0-0" .Capabilities.KubeVersion.Version) -}}
 {{- fail (printf "gpu.mode=dra needs Kubernetes 1.32 or newer (resource.k8s.io DRA); this cluster is %s. Use gpu.mode=runtimeClass." .Capabilities.KubeVersion.Version) -}}
