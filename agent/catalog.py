@@ -17,6 +17,12 @@ STATUSES: tuple[str, ...] = ("healthy", "warning", "degraded", "critical")
 _RANK = {status: n for n, status in enumerate(STATUSES)}
 DEFAULT_SINCE_MINUTES = 60
 
+# An MCP extension (client capability ``extensions``) a client declares when it reads
+# tool answers from ``structuredContent`` alone: the agent then sends a one-line text
+# block instead of a second copy of the whole answer as JSON text. The broker declares
+# it, halving the bytes every node answer costs to send, relay, parse and validate.
+STRUCTURED_ONLY = "io.github.k8s-gpu-mcp/structured-only"
+
 
 def rank(status: str) -> int:
     """A status's place in STATUSES (healthy 0 ... critical 3); unknown words rank as

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from agent.catalog import STRUCTURED_ONLY
 from agent.errors import AgentError, ToolArgumentError, clip
 from agent.schema import validate
 
@@ -164,11 +165,19 @@ def _dumps_ascii(value: Any) -> str:
         return json.dumps(_finite(value), separators=(",", ":"))
 
 
-def tool_result(structured: Json, version: str) -> Json:
-    """A successful CallToolResult: structuredContent plus the same JSON as text."""
-    text = dumps(structured)  # the whole answer goes through dumps() again when sent
+def tool_result(structured: Json, version: str, *, brief: bool = False) -> Json:
+    """A successful CallToolResult: structuredContent plus the same JSON as text, or
+    (``brief``: the client declared the structured-only extension) a one-line text."""
+    structured_ok = version >= "2025-06-18"  # structuredContent arrived with 2025-06-18
+    if brief and structured_ok:
+        summary = structured.get("summary")
+        text = (summary + "; " if isinstance(summary, str) else "") + (
+            "the full answer is in structuredContent"
+        )
+    else:
+        text = dumps(structured)  # the whole answer goes through dumps() again when sent
     result: Json = {"content": [{"type": "text", "text": text}], "isError": False}
-    if version >= "2025-06-18":  # structuredContent arrived with 2025-06-18
+    if structured_ok:
         result["structuredContent"] = structured
     return result
 
@@ -347,6 +356,7 @@ class Session:
         self._instructions = instructions
         self._max_workers = max_workers
         self.version = LATEST_VERSION  # until initialize says otherwise
+        self.structured_only = False  # the client declared STRUCTURED_ONLY
         self.client_info: Json | None = None
         self.initialized = False
         self._write_lock = threading.Lock()
@@ -488,9 +498,19 @@ class Session:
         self.version = negotiate(requested)
         info = params.get("clientInfo")
         self.client_info = info if isinstance(info, dict) else None
+        capabilities: Json = {"tools": {"listChanged": False}}
+        declared = params.get("capabilities")
+        extensions = declared.get("extensions") if isinstance(declared, dict) else None
+        self.structured_only = (
+            isinstance(extensions, dict)
+            and STRUCTURED_ONLY in extensions
+            and self.version >= "2025-06-18"
+        )
+        if self.structured_only:
+            capabilities["extensions"] = {STRUCTURED_ONLY: {}}
         result: Json = {
             "protocolVersion": self.version,
-            "capabilities": {"tools": {"listChanged": False}},
+            "capabilities": capabilities,
             "serverInfo": dict(self._server_info),
         }
         if self._instructions:
@@ -661,7 +681,8 @@ class Session:
 
     def _execute(self, call: _Call) -> Json:
         try:
-            return tool_result(self.provider.call(call.name, call.arguments), self.version)
+            structured = self.provider.call(call.name, call.arguments)
+            return tool_result(structured, self.version, brief=self.structured_only)
         except ToolArgumentError as exc:
             return error_result(f"Invalid arguments: {exc}")
         except AgentError as exc:

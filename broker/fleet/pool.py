@@ -41,6 +41,7 @@ from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
+from agent.catalog import STRUCTURED_ONLY
 from broker import __version__
 from broker.errors import (
     AgentProtocolError,
@@ -69,6 +70,8 @@ Discover = Callable[[bool], Awaitable[list[NodeTarget]]]
 Progress = Callable[[int, int, "NodeResult"], Awaitable[None]]
 
 _CLIENT_INFO = types.Implementation(name="k8s-gpu-mcp-broker", version=__version__)
+# The pool reads structuredContent only: the agent may skip the answer's text copy.
+_EXTENSIONS: dict[str, dict[str, Any]] = {STRUCTURED_ONLY: {}}
 _CLOSE_GRACE_S = 5.0
 
 
@@ -750,7 +753,9 @@ class NodePool:
             with anyio.fail_after(self.call_timeout) as scope:
                 async with self._connect(s.target) as (read, write):
                     watched = s.watched = _Watched(read, s)
-                    async with ClientSession(watched, write, client_info=_CLIENT_INFO) as client:
+                    async with ClientSession(
+                        watched, write, client_info=_CLIENT_INFO, extensions=_EXTENSIONS
+                    ) as client:
                         try:
                             init = await client.initialize()
                             listing = await client.send_request(

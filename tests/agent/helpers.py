@@ -91,12 +91,14 @@ class Wire:
         with self._cond:
             return len(self.messages)
 
-    def initialize(self, version: str = "2025-11-25") -> dict[str, Any]:
+    def initialize(
+        self, version: str = "2025-11-25", capabilities: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         response = self.request(
             "initialize",
             {
                 "protocolVersion": version,
-                "capabilities": {},
+                "capabilities": capabilities or {},
                 "clientInfo": {"name": "pytest", "version": "0"},
             },
         )
@@ -154,9 +156,13 @@ def scenario(tmp_path: Path) -> Callable[[dict[str, Any]], str]:
 
 @asynccontextmanager
 async def mcp_agent(
-    *args: str, env: dict[str, str] | None = None, stderr: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    stderr: Path | None = None,
+    extensions: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[Any]:
-    """Run ``python -m agent ARGS`` and yield an initialized ``mcp.ClientSession``."""
+    """Run ``python -m agent ARGS`` and yield an initialized ``mcp.ClientSession``
+    (declaring the MCP ``extensions`` given)."""
     from mcp import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -166,7 +172,7 @@ async def mcp_agent(
     async with AsyncExitStack() as stack:
         errlog = stack.enter_context(_log_file(stderr))
         read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
-        session = await stack.enter_async_context(ClientSession(read, write))
+        session = await stack.enter_async_context(ClientSession(read, write, extensions=extensions))
         await session.initialize()
         yield session
 

@@ -14,7 +14,7 @@ import pytest
 from mcp import types
 from mcp.shared.exceptions import MCPError
 
-from agent.catalog import TOOL_DEFINITIONS, TOOL_NAMES
+from agent.catalog import STRUCTURED_ONLY, TOOL_DEFINITIONS, TOOL_NAMES
 from agent.protocol import LATEST_VERSION
 from tests.agent.helpers import ROOT, mcp_agent
 
@@ -76,6 +76,25 @@ async def test_sdk_client_lists_and_calls_every_tool(tmp_path: Path) -> None:
     xids = {g["xid"] for g in results["analyze_xid_errors"]["xids"]}
     assert 79 in xids
     assert (tmp_path / "stderr").read_text() == ""  # nothing logged on a clean run
+
+
+async def test_structured_only_clients_get_a_one_line_text() -> None:
+    """A client declaring the structured-only extension (the broker) gets the answer
+    once, in structuredContent; the text block is one line, not a second copy."""
+    declared = {STRUCTURED_ONLY: {}}
+    async with mcp_agent("--backend", "fake", extensions=declared) as brief:
+        assert brief.server_capabilities.extensions == declared  # the agent honours it
+        short = await brief.call_tool("get_gpu_health", ARGUMENTS["get_gpu_health"])
+    async with mcp_agent("--backend", "fake") as plain:
+        assert not plain.server_capabilities.extensions
+        full = await plain.call_tool("get_gpu_health", ARGUMENTS["get_gpu_health"])
+    assert short.structured_content is not None
+    assert short.structured_content["summary"] == structured(full)["summary"]
+    (text,) = short.content
+    assert isinstance(text, types.TextContent)
+    assert text.text.startswith(short.structured_content["summary"])
+    assert "structuredContent" in text.text and "\n" not in text.text
+    assert len(text.text) < 200
 
 
 async def test_sdk_rejects_bad_arguments_with_invalid_params() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent.catalog import TOOL_NAMES
+from agent.catalog import STRUCTURED_ONLY, TOOL_NAMES
 from agent.protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -66,6 +66,29 @@ def test_initialize_requires_a_version_string(
     response = wire("--backend", "fake").request("initialize", params)
     assert response["error"]["code"] == INVALID_PARAMS
     assert "protocolVersion" in response["error"]["message"]
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_structured_only_applies_where_structured_content_exists(
+    wire: Callable[..., Wire], version: str
+) -> None:
+    """The extension drops the answer's text copy only when structuredContent carries it
+    (2025-06-18 on): an older session keeps the JSON text, its only copy."""
+    w = wire("--backend", "fake")
+    init = w.initialize(version, {"extensions": {STRUCTURED_ONLY: {}}})
+    result = w.call("get_gpu_inventory")
+    text = result["content"][0]["text"]
+    if version >= "2025-06-18":
+        assert init["capabilities"]["extensions"] == {STRUCTURED_ONLY: {}}
+        assert result["structuredContent"]["gpus"] and "structuredContent" in text
+    else:
+        assert "extensions" not in init["capabilities"]
+        assert json.loads(text)["gpus"]
+    # An unknown extension, or a malformed declaration, changes nothing.
+    for declared in ({"extensions": {"example.org/other": {}}}, {"extensions": []}):
+        other = wire("--backend", "fake")
+        assert "extensions" not in other.initialize(version, declared)["capabilities"]
+        assert json.loads(other.call("get_gpu_inventory")["content"][0]["text"])["gpus"]
 
 
 def test_tool_shape_follows_the_negotiated_version(wire: Callable[..., Wire]) -> None:

@@ -19,6 +19,7 @@ import yaml
 from mcp.client.session import ClientSession
 from mcp.shared.message import SessionMessage
 
+from agent.catalog import STRUCTURED_ONLY
 from broker.errors import ApiUnavailable, RbacDenied
 from broker.fleet.pool import NodePool
 from broker.kube.config import ClusterConfig, KubeApi
@@ -441,6 +442,18 @@ async def test_fifty_node_mixed_fault_sweep_then_recovery(tmp_path: Path) -> Non
             await pool.discover(refresh=True)
             again = await pool.fan_out(await pool.resolve(nodes), "get_gpu_health", {})
         assert [r.node for r in again if not r.ok] == []
+
+
+async def test_pool_sessions_get_structured_only_answers(sim: SimServer) -> None:
+    """Through the API server the agent honours the extension the pool declares, so a
+    node answer crosses the wire once (structuredContent), not twice."""
+    node = sim.nodes[0]
+    async with cluster_pool(sim_config(sim), call_timeout=10) as pool:
+        result = await pool.call(node, "get_gpu_health", {})
+        client = pool._sessions[node].client  # the pool's own SDK session
+        assert client is not None and client.server_capabilities is not None
+        assert client.server_capabilities.extensions == {STRUCTURED_ONLY: {}}
+    assert result.ok and result.result is not None and result.result["gpus"]
 
 
 async def test_closing_the_pool_ends_every_agent_cleanly(sim: SimServer) -> None:
