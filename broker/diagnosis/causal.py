@@ -21,6 +21,8 @@ CLOCK_SKEW_S = 30.0  # kernel log vs kubelet clocks; the kubelet stamps whole se
 NEAR_EXIT_S = 900.0  # an XID this close before the exit can have ended the run
 UNKNOWN_START_S = 900.0  # start unknown: look this far back from the exit
 
+RESET_STATE = "recovery_action"  # the health check of a GPU waiting for a reset/reboot
+
 # Health checks (agent/health.py) whose state holds until a reset, reboot or repair:
 # a GPU in one of them fails every workload on it, whenever its XID was logged.
 PERSISTENT_CHECKS: dict[str, str] = {

@@ -56,13 +56,17 @@ PCIE_REPLAY_WARN = 100  # the agent's warning threshold (agent/health.py)
 # XIDs whose remedy is a GPU reset (memory errors, GSP/firmware), not a reboot.
 RESET_XIDS = {48, 63, 64, 95, 119, 120, 140, 109, 62, 158}
 CONTAINED_XIDS = {94}  # only the affected app restarts; the GPU keeps working
+# XIDs the catalog describes as driver firmware errors / illegal accesses by the driver
+# although its bucket says IGNORE (the driver recovers): the driver's, not informational.
+DRIVER_FIRMWARE_XIDS = {37, 38, 66, 67}
 MEMORY_EVENT_XIDS = {63}  # repair events: the error itself is another XID
 
 MESSAGE_PATTERNS: dict[str, re.Pattern[str]] = {
     "driver": re.compile(
         r"driver/library version mismatch|driver version is insufficient|forward compatibility"
         r"|nvidia-container-cli|driver not loaded|failed to initiali[sz]e nvml"
-        r"|system not yet initiali[sz]ed|cuda_error_system_driver_mismatch",
+        r"|system not yet initiali[sz]ed|cuda_error_system_driver_mismatch"
+        r"|couldn't communicate with the nvidia driver",
         re.I,
     ),
     "no_device": re.compile(
@@ -71,6 +75,13 @@ MESSAGE_PATTERNS: dict[str, re.Pattern[str]] = {
         re.I,
     ),
     "gpu_oom": re.compile(r"cuda out of memory|cuda_error_out_of_memory|outofmemoryerror", re.I),
+    # NCCL's failed system call (socket, InfiniBand verbs, /dev/shm) or a peer that went
+    # away: the network, the node or another rank, rarely this process's own code.
+    "nccl_system": re.compile(
+        r"unhandled system error|ncclSystemError|remote process exited or there was a network"
+        r"|ncclRemoteError",
+        re.I,
+    ),
     "hardware": re.compile(
         r"uncorrectable ecc|ecc error|fallen off the bus|gpu is lost|gpu has fallen"
         r"|unspecified launch failure|nvlink|hardware",
@@ -78,6 +89,8 @@ MESSAGE_PATTERNS: dict[str, re.Pattern[str]] = {
     ),
     "cuda": re.compile(r"cuda|nccl|cublas|cudnn|gpu", re.I),
 }
+# A message that names its error: a Python/Java-style exception class or a C errno.
+NAMED_ERROR = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b|\[Errno \d+\]")
 # What each XID's meaning makes likely in the application's own message.
 XID_WORDS: dict[int, re.Pattern[str]] = {
     79: re.compile(r"fallen off the bus|gpu is lost|unspecified launch failure|device lost", re.I),
@@ -195,6 +208,15 @@ def corroborates(row: Mapping[str, Any], message: str | None) -> bool:
     if row.get("category") in ("hardware", "driver"):
         return matches(str(row.get("category")), message)
     return False
+
+
+def gpu_free(message: str | None) -> bool:
+    """A termination message that names an error (an exception, an errno) and says nothing
+    of the GPU, its driver or CUDA (a full disk, a KeyError): what a GPU fault does not
+    produce. A message that names no error ("exit") is not evidence either way."""
+    return bool(NAMED_ERROR.search(message or "")) and not any(
+        matches(kind, message) for kind in ("cuda", "hardware", "driver", "no_device", "gpu_oom")
+    )
 
 
 def quote(row: Mapping[str, Any], message: str | None) -> str | None:

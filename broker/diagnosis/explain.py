@@ -16,9 +16,15 @@ still holds. In short:
   known to hold it, a GPU that is critical now. A CUDA error message alone never blames
   the hardware.
 - XID 13/31-style faults (NVIDIA's ``RESTART_APP`` bucket) are the application's; XID 32
-  is the PCIe link's when the GPU counts PCIe replays.
-- Scheduling, eviction, preemption (``DisruptionTarget``), image and sandbox problems and
-  NotReady nodes are infrastructure.
+  is the PCIe link's when the GPU counts PCIe replays. Driver/firmware XIDs (GSP 119/120,
+  and 37/38/66/67, which the catalog says to ignore) are the driver's; one that left its
+  GPU waiting for a reset explains later failures on it too.
+- Scheduling, eviction, preemption (``DisruptionTarget``), image and sandbox problems,
+  containers lost with their node (``ContainerStatusUnknown``) and NotReady nodes are
+  infrastructure; a pod's own ``activeDeadlineSeconds`` and a container that keeps
+  exiting 0 under ``restartPolicy: Always`` are the application's.
+- NCCL system/network errors with no XID on the pod's GPUs are ``unknown``: the network,
+  a peer rank or ``/dev/shm`` are likelier than the code.
 
 Everything here is deterministic over its inputs (``now`` included) so it can be tested
 without a cluster; :mod:`broker.diagnosis.gather` gathers the inputs.
@@ -30,8 +36,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker.diagnosis.allocation import covers_gpu, gpu_assignment, pod_requests
-from broker.diagnosis.causal import RunWindow, checked_from, gpu_states, place, run_window
-from broker.diagnosis.evidence import Case, health_gpus
+from broker.diagnosis.causal import (
+    RESET_STATE,
+    RunWindow,
+    checked_from,
+    gpu_states,
+    place,
+    run_window,
+)
+from broker.diagnosis.evidence import DRIVER_FIRMWARE_XIDS, Case, health_gpus
 from broker.diagnosis.facts import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts
 from broker.diagnosis.pod_status import (
     containers_view,
@@ -86,6 +99,8 @@ def xid_category(group: Mapping[str, Any]) -> str:
         return "side_effect"
     if xid in (94, 95):  # contained/uncontained memory errors: the memory, not the code
         return "hardware"
+    if xid in DRIVER_FIRMWARE_XIDS:  # the description names the driver; IGNORE is the remedy
+        return "driver"
     if bucket == "IGNORE" or severity == "info":
         return "informational"
     if bucket == "RESTART_APP":
@@ -120,7 +135,11 @@ def _xid_rows(facts: Facts, window: RunWindow | None, assignment: Obj) -> list[O
         persists = (
             isinstance(index, int)
             and index in states
-            and category == "hardware"
+            and (
+                category == "hardware"
+                # a driver/firmware XID (GSP timeout...) that left its GPU waiting for a reset
+                or (category == "driver" and any(c == RESET_STATE for c, _ in states[index]))
+            )
             and timing in ("before_start", "during_run")
         )
         rows.append(

@@ -10,8 +10,10 @@ confident wrong answer.
 
 from __future__ import annotations
 
+from typing import Any
+
 from broker.diagnosis.allocation import covers_gpu
-from broker.diagnosis.causal import PERSISTENT_CHECKS, pcie_replays
+from broker.diagnosis.causal import PERSISTENT_CHECKS, RESET_STATE, pcie_replays
 from broker.diagnosis.evidence import (
     INFRA_EVENTS,
     INFRA_WAITING,
@@ -26,8 +28,10 @@ from broker.diagnosis.evidence import (
     add_health,
     closeness,
     corroborates,
+    gpu_free,
     gpu_indexes,
     health_gpus,
+    held_words,
     matches,
     quote,
     remedy_for,
@@ -142,6 +146,54 @@ def not_started(c: Case) -> Verdict | None:
     return v
 
 
+def deadline_exceeded(c: Case) -> Verdict | None:
+    """status.reason DeadlineExceeded: the pod ran past its *own* activeDeadlineSeconds.
+    The kubelet enforced the workload's limit; why the run took that long (slow input, a
+    hang, a stuck GPU) is not recorded, so medium."""
+    f = c.failure
+    if f.kind != "evicted" or f.reason != "DeadlineExceeded":
+        return None
+    v = Verdict(
+        "application",
+        "medium",
+        f"Application: pod {c.ns_name} ran past its own activeDeadlineSeconds and the kubelet "
+        "stopped it; find out why the run took that long, or raise the deadline.",
+    )
+    v.add("pod", f"status.reason {f.reason}: {f.message}")
+    add_clean(v, c)
+    return v
+
+
+def admission_without_gpu(c: Case) -> Verdict | None:
+    """The kubelet rejected the pod because a GPU it counted on was gone at admission
+    (UnexpectedAdmissionError, "Allocate failed ... nvidia.com/gpu"), and a GPU of the node
+    is lost or waiting for a reset now: that GPU is why."""
+    f = c.failure
+    if f.kind != "evicted" or f.reason != "UnexpectedAdmissionError":
+        return None
+    if "nvidia.com/" not in (f.message or ""):
+        return None
+    gone = ("gpu_lost", RESET_STATE)
+    bad = sorted(i for i, states in c.states.items() if any(k in gone for k, _ in states))
+    if not bad:
+        return None
+    check, message = c.states[bad[0]][0]
+    v = Verdict(
+        "hardware",
+        "medium",
+        f"Hardware (likely): the kubelet rejected pod {c.ns_name} because a GPU it expected was "
+        f"unavailable, and GPU {bad[0]} of {c.node} {PERSISTENT_CHECKS[check]}; the pod never "
+        "ran on it.",
+        remedy="drain",
+        gpus=bad,
+    )
+    v.add("pod", f"status.reason {f.reason}: {f.message}")
+    for i in bad:
+        v.add("health", f"GPU {i} now: {c.states[i][0][1]}")
+    add_health(v, c, bad)
+    return v
+
+
 def ended_by_the_node(c: Case) -> Verdict | None:
     """status.reason Evicted / Shutdown / NodeLost...: the kubelet or control plane ended it."""
     f = c.failure
@@ -152,6 +204,33 @@ def ended_by_the_node(c: Case) -> Verdict | None:
         "infrastructure", "high", f"Pod {c.ns_name} was {what}: {f.message or ''}".rstrip(": ")
     )
     v.add("pod", f"status.reason {f.reason}: {f.message}")
+    return v
+
+
+def exits_cleanly_in_a_loop(c: Case) -> Verdict | None:
+    """CrashLoopBackOff whose last run exited 0: under restartPolicy Always the kubelet
+    restarts a container that ends at all; the process ends although it should keep running."""
+    f = c.failure
+    if f.kind != "waiting" or f.reason != "CrashLoopBackOff":
+        return None
+    statuses = (c.pod.get("status") or {}).get("containerStatuses") or []
+    cs: dict[str, Any] = next((s for s in statuses if s.get("name") == f.container), {})
+    last = (cs.get("lastState") or {}).get("terminated") or {}
+    if last.get("exitCode") != 0:
+        return None
+    v = Verdict(
+        "application",
+        "medium",
+        f"Application: container {f.container} keeps exiting with code 0 and is restarted "
+        f"(restartPolicy {(c.pod.get('spec') or {}).get('restartPolicy')}): its process ends "
+        "although the pod is meant to keep running; check its command/entrypoint.",
+    )
+    v.add(
+        "pod",
+        f"container {f.container} waiting: CrashLoopBackOff after {f.restarts} restart(s); last "
+        f"run exited 0 ({last.get('reason')}) at {last.get('finishedAt')}",
+    )
+    add_clean(v, c)
     return v
 
 
@@ -227,7 +306,14 @@ def disrupted(c: Case) -> Verdict | None:
 def hardware_xid_in_run(c: Case) -> Verdict | None:
     """A hardware XID on a GPU the pod held (or may have held), during its run, near the
     exit. High only when the GPU is known to be the pod's."""
-    rows = [r for r in c.causal({"hardware"}) if r["xid"] not in PCIE_XIDS]
+    rows = [
+        r
+        for r in c.causal({"hardware"})
+        if r["xid"] not in PCIE_XIDS
+        # a GPU it only may have held, and an exit that names a cause a GPU fault does not
+        # produce (a full disk, a Python error): two weak links, not the cause
+        and not (r["on_pod_gpu"] is None and gpu_free(c.message))
+    ]
     if not rows:
         return None
     rows.sort(key=lambda r: closeness(r, c.message))
@@ -271,23 +357,31 @@ def gpu_state_still_holds(c: Case) -> Verdict | None:
         return None
     for r in sorted(c.rows, key=lambda r: r["on_pod_gpu"] is not True):
         index = r.get("gpu_index")
+        driver = r["category"] == "driver"
         if (
-            r["category"] != "hardware"
+            r["category"] not in ("hardware", "driver")
             or not r["persists"]
             or r["on_pod_gpu"] is False
             or r["timing"] == "after_exit"
+            or (driver and r["near_exit"])  # in the run: driver_xid_in_run judges it
         ):
             continue
         states = c.states.get(index) if isinstance(index, int) else None
+        if driver and states:
+            states = [s for s in states if s[0] == RESET_STATE]
         if not states:
             continue
         check, message = states[0]
         sure = r["on_pod_gpu"] is True and not c.slice_only()
         f = c.failure
+        if driver:  # firmware or a failing GPU: as for driver XIDs in the run, medium at best
+            confidence, label = ("medium" if sure else "low"), "Driver/firmware"
+        else:
+            confidence, label = ("high" if sure else "medium"), "Hardware"
         v = Verdict(
-            "hardware",
-            "high" if sure else "medium",
-            f"Hardware: {gpu_label(r)} of {c.node} {PERSISTENT_CHECKS[check]} since XID "
+            r["category"],
+            confidence,
+            f"{label}: {gpu_label(r)} of {c.node} {PERSISTENT_CHECKS[check]} since XID "
             f"{r['xid']} at {r['first_seen']}, before this run of container {f.container} "
             f"(exit code {f.exit_code} at {iso(f.finished)}); a GPU in that state fails "
             "every workload on it.",
@@ -296,6 +390,11 @@ def gpu_state_still_holds(c: Case) -> Verdict | None:
         )
         v.add("pod", c.exit_line())
         v.add("health", f"GPU {index} now: {message}")
+        if driver:
+            v.notes.append(
+                "GSP/driver timeouts can come from firmware or from a failing GPU: reset the "
+                "GPU; if the XID returns after the reset, treat it as hardware."
+            )
         v.add("xid", xid_line(r) + f"; {gpu_label(r)} {PERSISTENT_CHECKS[check]} since then")
         add_allocation(v, c)
         if q := quote(r, c.message):
@@ -347,9 +446,12 @@ def driver_xid_in_run(c: Case) -> Verdict | None:
         return None
     rows.sort(key=lambda r: closeness(r, c.message))
     best = rows[0]
+    # the catalog asks no action for it (the driver recovers): it can have ended the run it
+    # hit, but that is a weak link
+    ignorable = best.get("immediate_action") == "IGNORE"
     v = Verdict(
         "driver",
-        "medium" if best["on_pod_gpu"] is True else "low",
+        "medium" if best["on_pod_gpu"] is True and not ignorable else "low",
         f"Driver/firmware: XID {best['xid']} ({best['description'] or best['name']}) on "
         f"{gpu_label(best)} {relative(best['offset_s'] or 0.0)} container "
         f"{c.failure.container} exited with code {c.failure.exit_code}.",
@@ -515,6 +617,31 @@ def cluster_gpu_condition(c: Case) -> Verdict | None:
     return v
 
 
+def container_vanished(c: Case) -> Verdict | None:
+    """ContainerStatusUnknown: the kubelet could not find the container any more (a node
+    reboot, a runtime restart); its exit code 137 is stamped, no signal was sent."""
+    f = c.failure
+    if f.reason != "ContainerStatusUnknown":
+        return None
+    ready, since = node_ready(c.facts.node)
+    back = (
+        f"; node {c.node} is Ready again only since {iso(since)}"
+        if ready and since is not None and f.finished is not None and since > f.finished
+        else ""
+    )
+    v = Verdict(
+        "infrastructure",
+        "medium",
+        f"Infrastructure: container {f.container} vanished: the kubelet could not locate it "
+        f"when the pod was terminated (a node reboot or container-runtime restart){back}.",
+    )
+    v.add("pod", c.exit_line())
+    if back:
+        v.add("node", back.removeprefix("; "))
+    add_clean(v, c)
+    return v
+
+
 def killed_by_signal(c: Case) -> Verdict | None:
     """Exit 137/143 (SIGKILL/SIGTERM) from outside, not the OOM killer: who sent it?"""
     f = c.failure
@@ -610,6 +737,26 @@ def gpu_error_unchecked(c: Case) -> Verdict | None:
     return v
 
 
+def nccl_system_error(c: Case) -> Verdict | None:
+    """NCCL's "unhandled system error" / "remote process exited or there was a network
+    error" with no GPU evidence on the pod's GPUs: a failed system call (socket, InfiniBand,
+    /dev/shm) or a peer rank that died, rarely the process's own code."""
+    if not matches("nccl_system", c.message):
+        return None
+    v = Verdict(
+        "unknown",
+        "low",
+        f"Unknown: container {c.failure.container} failed on an NCCL system/network error; no "
+        "XID on its GPUs explains it. A failed socket, InfiniBand or /dev/shm call, or another "
+        "rank that died first, are the usual causes: check the job's other ranks "
+        "(explain_job) and the node's network.",
+    )
+    v.add("pod", c.exit_line())
+    v.add("pod", f"termination message: {first_lines(c.message, 300)}")
+    add_clean(v, c)
+    return v
+
+
 def application_exit(c: Case) -> Verdict:
     """Nothing points at the GPU, the node or the control plane: the container's own exit."""
     f = c.failure
@@ -632,11 +779,29 @@ def application_exit(c: Case) -> Verdict:
         )
     else:
         confidence = "medium"
-        tail = "; the node logged no hardware or driver XID during its run" + (
-            " and its GPUs are healthy now."
-            if (c.facts.health or {}).get("status") == "healthy"
-            else "."
-        )
+        hit = [
+            r
+            for r in c.rows
+            if r["timing"] == "during_run" and r["category"] in ("hardware", "driver")
+        ]
+        if not hit:
+            tail = "; the node logged no hardware or driver XID during its run" + (
+                " and its GPUs are healthy now."
+                if (c.facts.health or {}).get("status") == "healthy"
+                else "."
+            )
+        else:
+            r = hit[0]
+            if r["on_pod_gpu"] is False:
+                why = "it was not on the pod's GPUs"
+            elif r["near_exit"] and gpu_free(c.message):
+                why = "the exit names a cause such an XID does not produce"
+            else:
+                why = "the container kept running after it"
+            tail = (
+                f"; XID {r['xid']} on {gpu_label(r)} ({held_words(r)}) "
+                f"{relative(r['offset_s'] or 0.0)} the exit is not the cause: {why}."
+            )
     v = Verdict(
         "application",
         confidence,
@@ -658,7 +823,10 @@ RULES: tuple[Rule, ...] = (
     running,
     never_scheduled,
     not_started,
+    deadline_exceeded,
+    admission_without_gpu,
     ended_by_the_node,
+    exits_cleanly_in_a_loop,
     cannot_start,
     host_oom,
     disrupted,
@@ -672,10 +840,12 @@ RULES: tuple[Rule, ...] = (
     memory_event_agrees,
     gpu_bad_now,
     cluster_gpu_condition,
+    container_vanished,
     killed_by_signal,
     node_not_ready_in_run,
     gpu_oom,
     gpu_error_unchecked,
+    nccl_system_error,
 )
 
 

@@ -1,5 +1,6 @@
-"""The failure case set (tests/data/explain_cases.yaml) as Facts for the verdict engine,
-and the scoring of answers against it (accuracy, calibration per confidence level)."""
+"""The failure case sets (tests/data/explain_cases.yaml, and the blind set
+tests/data/explain_cases_blind.yaml written before reading the rules) as Facts for the verdict
+engine, and the scoring of answers against them (accuracy, calibration per confidence level)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.broker import podfactory as pf
 
 Obj = dict[str, Any]
 CASES_FILE = Path(__file__).resolve().parents[1] / "data" / "explain_cases.yaml"
+BLIND_CASES_FILE = CASES_FILE.with_name("explain_cases_blind.yaml")
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,8 @@ class Case:
         return dict(self.data["expect"])
 
 
-def load_cases() -> list[Case]:
-    doc = yaml.safe_load(CASES_FILE.read_text())
+def load_cases(path: Path = CASES_FILE) -> list[Case]:
+    doc = yaml.safe_load(path.read_text())
     cases = [Case(c["id"], c["why"], c) for c in doc["cases"]]
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), "duplicate case ids"
@@ -192,3 +194,4 @@ def calibration(results: list[tuple[Case, Obj]]) -> Obj:
 
 
 CASES = load_cases()
+BLIND_CASES = load_cases(BLIND_CASES_FILE)
