@@ -112,6 +112,10 @@ class PcieLink:
         return self.narrow or self.flagged_slow
 
     @property
+    def link_known(self) -> bool:
+        return self.width is not None or self.gen is not None
+
+    @property
     def uncorrectable(self) -> int:
         return (self.aer_nonfatal or 0) + (self.aer_fatal or 0)
 

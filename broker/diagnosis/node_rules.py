@@ -31,12 +31,12 @@ from broker.diagnosis.node_facts import (
     NodeFacts,
     PcieLink,
 )
-from broker.diagnosis.pod_status import first_lines, relative, span
+from broker.diagnosis.pod_status import first_lines, owner_of, relative, span
 from broker.diagnosis.timeline import step
 
 # What an exit says when the network between nodes failed (NCCL over IB/RoCE, sockets).
 NETWORK = re.compile(
-    r"NET/IB|NET/Socket|NCCL WARN NET|\bibv_\w+|IBV_WC_\w+|transport retry counter exceeded"
+    r"NCCL WARN NET/\w+|NET/IB|NET/Socket|\bibv_\w+|IBV_WC_\w+|transport retry counter exceeded"
     r"|\bRDMA\b|connection reset by peer|remote process exited|ncclRemoteError"
     r"|NCCL error.*\b(?:remote|network|socket)\b|\bmlx5",
     re.I,
@@ -147,8 +147,13 @@ def fabric_not_ready(c: Case) -> Verdict | None:
     if said:
         v.add("pod", f"the termination message says CUDA could not initialise: {said[0]}")
     held = [s for s in bad if s.on_pod_gpu]
-    for s in (held or bad)[:8]:
-        v.add("fabric", s.text() + ("" if s.on_pod_gpu else " (a GPU this pod may have held)"))
+    groups: dict[str, list[int]] = {}
+    for s in held or bad:
+        groups.setdefault(s.text().split(": ", 1)[1], []).append(s.gpu_index)
+    for what, indexes in groups.items():
+        which = "GPU" + ("s " if len(indexes) > 1 else " ") + ", ".join(map(str, indexes))
+        maybe = "" if held else " (GPUs this pod may have held)"
+        v.add("fabric", f"{which}: {what}{maybe}")
     v.add(
         "fabric",
         "registration state is as of now; a registration that has not completed now had not "
@@ -269,8 +274,10 @@ def pcie_aer_in_run(c: Case) -> Verdict | None:
 
 
 def _add_link(v: Verdict, p: PcieLink) -> None:
-    line = f"GPU {p.gpu_index} PCIe link now {p.link_text()}" + (
-        ", trained below its maximum" if p.degraded else ""
+    line = f"GPU {p.gpu_index} PCIe link now " + (
+        p.link_text() + (", trained below its maximum" if p.degraded else "")
+        if p.link_known
+        else "width/speed not reported"
     )
     if p.replays is not None:
         line += f"; {p.replays} replays since the driver loaded"
@@ -333,6 +340,7 @@ def gpu_reset_in_run(c: Case) -> Verdict | None:
             remedy="reset_gpu" if verdict == "driver" else "drain",
             gpus=[best.gpu_index] if best.gpu_index is not None else [],
         )
+        v.add("pod", c.exit_line())
         v.add(
             "xid",
             f"XID {trigger['xid']} {trigger['name']} on GPU {trigger['gpu_index']}, "
@@ -377,9 +385,26 @@ def network_port_down(c: Case) -> Verdict | None:
     if c.window is None or not said or not nf.ib_ports:
         return None
     down = [p for p in nf.ib_ports if not p.active]
-    if not down:
-        return None
     f = c.failure
+    if not down:
+        v = Verdict(
+            "unknown",
+            "low",
+            f"Unknown (network): container {f.container} failed on a network error "
+            f"({said[0]}), but every RDMA port of {c.node} is active now: the fault may be on "
+            "a peer node, the fabric between them, or a port that recovered since.",
+        )
+        v.add("pod", c.exit_line())
+        v.add("pod", f"the termination message names the network: {first_lines(c.message, 200)}")
+        v.add("rdma", f"all {len(nf.ib_ports)} port(s) of {c.node} active now")
+        if owner := owner_of(c.pod):
+            v.steps.append(
+                step(
+                    f"kubectl mcp explain --job {owner[1]} -n {c.facts.namespace}",
+                    "which pod of the job failed first; its node's ports are the ones to check",
+                )
+            )
+        return v
     cabled = [p for p in down if p.phys_state != "Disabled"]
     names = ", ".join(p.label() for p in (cabled or down)[:8])
     polling = any(p.phys_state == "Polling" for p in down)
@@ -468,7 +493,13 @@ def _notes_not_cause(v: Verdict, c: Case, nf: NodeFacts) -> None:
             f"{len(in_run)} non-fatal NVSwitch SXid group(s) during the run (first: "
             f"{s.label()}, {s.at.when()}): the fabric corrected them; not a cause."
         )
-    elif any(s.fatal for s in in_run):
+    late = [s for s in nf.sxids or [] if s.fatal and s.at.timing == "after_exit"]
+    if late:
+        v.notes.append(
+            f"Fatal {late[0].label()} came {late[0].at.when()}: after the container exited, "
+            "so not its cause (later pods on the node will need the fabric reset)."
+        )
+    if any(s.fatal for s in in_run) and v.rule != "nvswitch_fatal_sxid":
         v.notes.append(
             "A fatal NVSwitch SXid came during the run, but "
             + (
