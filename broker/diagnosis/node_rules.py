@@ -305,7 +305,10 @@ def gpu_reset_in_run(c: Case) -> Verdict | None:
         events.append(e)
     if not events:
         return None
-    best = _nearest(events)
+    best = min(
+        events,
+        key=lambda e: (e.on_pod_gpu is not True, e.kind != "reset", abs(e.at.offset_s or 0.0)),
+    )
     f = c.failure
     trigger = None
     for r in sorted(c.rows, key=lambda r: -(r["offset_s"] or 0.0)):
@@ -481,7 +484,7 @@ def qualify(v: Verdict, c: Case, settled: bool) -> None:
         for g in gaps:
             v.notes.append(f"Not known, so not ruled out: {g}.")
     rest = [why for key, why in nf.unavailable.items() if key not in ("rdma", "fabric_manager")]
-    if rest:
+    if rest and (_gpu_message(c) or v.verdict in ("hardware", "driver", "unknown")):
         v.notes.append("Node sources not available: " + "; ".join(rest) + ".")
 
 

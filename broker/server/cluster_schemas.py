@@ -437,6 +437,11 @@ EXPLAIN_FAILURE: Json = {
                 },
             },
             "gpu_health": {"type": ["object", "null"]},
+            "node_signals": {
+                "type": ["object", "null"],
+                "description": "The rest of the node: SXids, GPU resets/AER lines (placed "
+                "against the run), PCIe links, Fabric Manager, RDMA ports; unavailable sources",
+            },
             "evidence": _EVIDENCE,
             "notes": {"type": "array", "items": {"type": "string"}},
             "timeline": {
