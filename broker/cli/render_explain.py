@@ -178,6 +178,11 @@ def node_signal_lines(signals: Json | None) -> list[Text]:
     if ports:
         down = [p for p in ports if not p.get("active")]
         text = f"{len(ports) - len(down)} of {len(ports)} port(s) active"
+        flapped = [p for p in ports if p.get("active") and p.get("link_downed")]
+        if flapped:
+            text += "; went down since boot: " + ", ".join(
+                f"{p.get('device')}/{p.get('port')} x{p.get('link_downed')}" for p in flapped
+            )
         if down:
             text += "; down: " + ", ".join(
                 f"{p.get('device')}/{p.get('port')} {p.get('state')}/{p.get('phys_state')}"

@@ -164,6 +164,7 @@ class RdmaPort:
     link_layer: str | None
     rate: str | None
     active: bool
+    link_downed: int | None = None  # since boot (None: not reported)
 
     def label(self) -> str:
         kind = "RoCE" if self.link_layer == "Ethernet" else "InfiniBand"
@@ -316,6 +317,7 @@ def _ports(health: Mapping[str, Any]) -> list[RdmaPort] | None:
             link_layer=p.get("link_layer"),
             rate=p.get("rate"),
             active=bool(p.get("active")),
+            link_downed=_int(p.get("link_downed")),
         )
         for p in rows
         if isinstance(p, dict)
@@ -469,6 +471,7 @@ def view(nf: NodeFacts) -> Obj:
                 "phys_state": p.phys_state,
                 "link_layer": p.link_layer,
                 "active": p.active,
+                "link_downed": p.link_downed,
             }
             for p in nf.ib_ports
         ],

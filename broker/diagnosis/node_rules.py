@@ -389,6 +389,30 @@ def network_port_down(c: Case) -> Verdict | None:
         return None
     down = [p for p in nf.ib_ports if not p.active]
     f = c.failure
+    flapped = [p for p in nf.ib_ports if p.active and p.link_downed]
+    if not down and flapped:
+        names = ", ".join(f"{p.device}/{p.port} ({p.link_downed}x)" for p in flapped[:8])
+        v = Verdict(
+            "infrastructure",
+            "low",
+            f"Infrastructure (network, possible): container {f.container} failed on a network "
+            f"error ({said[0]}); every RDMA port of {c.node} is active now, but the link of "
+            f"{names} went down since boot (link_downed counter): a flapping link would "
+            "explain it, though when it went down is not known.",
+        )
+        v.add("pod", c.exit_line())
+        v.add("pod", f"the termination message names the network: {first_lines(c.message, 200)}")
+        for p in flapped[:8]:
+            v.add("rdma", f"{p.label()}: link went down {p.link_downed} time(s) since boot")
+        v.steps.append(
+            step(
+                "ibstat",
+                f"on node {c.node} (host shell): then `perfquery` / the switch's port "
+                "counters for link errors; reseat or replace the cable or transceiver if the "
+                "count keeps rising",
+            )
+        )
+        return v
     if not down:
         v = Verdict(
             "unknown",

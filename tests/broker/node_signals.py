@@ -11,7 +11,7 @@ Case keys (times in seconds from the test's "now"):
     aer:      {gpu: {correctable, nonfatal, fatal, at}}   at: a timed AER line too
     link:     {gpu: {width, width_max, gen, gen_max}}
     fabric:   {state, status, gpus}        gpus: default every GPU
-    ib_ports: [{device, port, state, phys_state, link_layer, rate}]  (null: none seen)
+    ib_ports: [{device, port, state, phys_state, link_layer, rate, link_downed}]  (null: none)
     sources:  overrides of the agent's sources block (null: an agent without one)
 """
 
@@ -142,6 +142,7 @@ def health_answer(case: Obj, health: Obj) -> None:
                     "phys_state": phys,
                     "rate": p.get("rate", "400 Gb/sec (4X NDR)"),
                     "link_layer": p.get("link_layer", "InfiniBand"),
+                    "link_downed": p.get("link_downed"),
                     "active": state == "ACTIVE" and phys == "LinkUp",
                 }
             )
