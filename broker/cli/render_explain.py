@@ -157,7 +157,7 @@ def node_signal_lines(signals: Json | None) -> list[Text]:
     for p in signals.get("pcie") or []:
         aer = p.get("aer") or {}
         counts = ", ".join(f"{k} {v}" for k, v in aer.items() if v)
-        text = f"GPU {p.get('gpu_index')}: {p.get('link')}"
+        text = f"GPU {p.get('gpu_index')}: {p.get('link') or 'link width/speed not reported'}"
         if p.get("degraded"):
             text += " (below its maximum)"
         if p.get("replays"):

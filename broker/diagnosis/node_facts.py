@@ -442,7 +442,7 @@ def view(nf: NodeFacts) -> Obj:
             {
                 "gpu_index": p.gpu_index,
                 "on_pod_gpu": p.on_pod_gpu,
-                "link": p.link_text(),
+                "link": p.link_text() if p.link_known else None,
                 "degraded": p.degraded,
                 "replays": p.replays,
                 "aer": {
@@ -452,7 +452,7 @@ def view(nf: NodeFacts) -> Obj:
                 },
             }
             for p in nf.pcie
-            if p.degraded or p.uncorrectable or p.aer_correctable or p.on_pod_gpu
+            if p.degraded or p.uncorrectable or p.aer_correctable or p.replays
         ],
         "fabric": None
         if nf.fabric is None
