@@ -165,15 +165,14 @@ def node_signal_lines(signals: Json | None) -> list[Text]:
         if counts:
             text += f", AER {counts}"
         lines.append(Text.assemble(("PCIe ", "bold"), text))
+    fabric: dict[str, list[str]] = {}
     for f in signals.get("fabric") or []:
         if not f.get("ready"):
             status = f" ({f['status']})" if f.get("status") not in (None, "success") else ""
-            lines.append(
-                Text.assemble(
-                    ("Fabric Manager ", "bold"),
-                    f"GPU {f.get('gpu_index')}: {f.get('state')}{status}",
-                )
-            )
+            fabric.setdefault(f"{f.get('state')}{status}", []).append(str(f.get("gpu_index")))
+    for state, gpus in fabric.items():
+        which = ("GPUs " if len(gpus) > 1 else "GPU ") + ", ".join(gpus)
+        lines.append(Text.assemble(("Fabric Manager ", "bold"), f"{which}: {state}"))
     ports = signals.get("ib_ports")
     if ports:
         down = [p for p in ports if not p.get("active")]

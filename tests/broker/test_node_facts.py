@@ -139,4 +139,10 @@ def test_the_report_shows_the_rest_of_the_node() -> None:
         "GPU event pcie_aer_nonfatal on GPU 3 (held by the pod), during the run, "
         "3 s before the exit" in lines
     )
+    fabric = node_signal_lines(
+        explain(facts_for(BY_ID["fabric-manager-not-started-error-802"]))["node_signals"]
+    )
+    assert [str(t) for t in fabric if "Fabric" in str(t)] == [
+        "Fabric Manager GPUs 0, 1, 2, 3, 4, 5, 6, 7: not_started"
+    ]
     assert node_signal_lines(None) == []
