@@ -230,6 +230,7 @@ class IbPort:
     phys_state: str | None  # LinkUp, Polling, Disabled, ...
     rate: str | None  # "400 Gb/sec (4X NDR)"
     link_layer: str | None  # InfiniBand | Ethernet
+    link_downed: int | None = None  # times the link went down since boot (counters/link_downed)
 
     @property
     def active(self) -> bool:

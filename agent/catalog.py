@@ -242,6 +242,10 @@ _IB_PORT: Json = {
         "phys_state": _n("string"),
         "rate": _n("string"),
         "link_layer": _n("string"),
+        "link_downed": {
+            **_n("integer"),
+            "description": "times the link went down since boot (null: not reported)",
+        },
         "active": {"type": "boolean"},
     },
     "required": ["device", "port", "state", "active"],

@@ -1113,6 +1113,7 @@ class FakeBackend:
                     phys_state=r.str_("phys_state", "LinkUp"),
                     rate=r.str_("rate", "400 Gb/sec (4X NDR)"),
                     link_layer=r.str_("link_layer", "InfiniBand"),
+                    link_downed=r.int_("link_downed", 0) if "link_downed" in r.obj else None,
                 )
             )
         return ports
@@ -1127,7 +1128,7 @@ class FakeBackend:
 
 _PROC_KEYS = frozenset({"gpu", "pid", "name", "used_memory_mib", "kind"})
 _KMSG_KEYS = frozenset({"ago_s", "line", "priority"})
-_IB_KEYS = _names("device port state phys_state rate link_layer")
+_IB_KEYS = _names("device port state phys_state rate link_layer link_downed")
 _REMAP_KEYS = frozenset({"corrected", "uncorrected", "pending", "failure"})
 _LINK_KEYS = _names(
     "link active remote_pci_bus_id replay_errors recovery_errors crc_flit_errors crc_data_errors"

@@ -7,7 +7,7 @@ state. Read lazily, only by the tools that report them, under ``--host-sys`` (de
   ``TOTAL_ERR_FATAL`` the totals (kernel 5.7+, with AER enabled on the port).
 - ``<root>/class/infiniband/<device>/ports/<n>/{state,phys_state,rate,link_layer}``:
   ``4: ACTIVE``, ``5: LinkUp``, ``400 Gb/sec (4X NDR)``, ``InfiniBand`` or ``Ethernet``
-  (RoCE).
+  (RoCE); ``counters/link_downed``: how often the link went down since boot.
 
 Standard library only; a missing file is "not available", never an error.
 """
@@ -81,6 +81,11 @@ def _value(text: str | None) -> str | None:
     return tail.strip() if sep and head.isdigit() else text or None
 
 
+def _count(text: str | None) -> int | None:
+    text = (text or "").strip()
+    return int(text) if text.isdigit() else None
+
+
 def read_infiniband(root: str) -> list[IbPort] | None:
     """Every InfiniBand/RoCE port, or None when the node has no RDMA devices (or the
     tree is not mounted)."""
@@ -108,6 +113,7 @@ def read_infiniband(root: str) -> list[IbPort] | None:
                     phys_state=_value(_read(os.path.join(where, "phys_state"))),
                     rate=_value(_read(os.path.join(where, "rate"))),
                     link_layer=_value(_read(os.path.join(where, "link_layer"))),
+                    link_downed=_count(_read(os.path.join(where, "counters", "link_downed"))),
                 )
             )
             if len(ports) >= _MAX_PORTS:

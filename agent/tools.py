@@ -545,6 +545,7 @@ def ib_rows(ports: Sequence[IbPort] | None) -> list[Json] | None:
             "phys_state": p.phys_state,
             "rate": p.rate,
             "link_layer": p.link_layer,
+            "link_downed": p.link_downed,
             "active": p.active,
         }
         for p in ports

@@ -7,11 +7,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from broker.diagnosis.allocation import covers_gpu
 from broker.diagnosis.causal import RunWindow, checked_from
 from broker.diagnosis.facts import Facts
+from broker.diagnosis.node_facts import NodeFacts, node_facts
 from broker.diagnosis.pod_status import (
     Failure,
     first_lines,
@@ -120,6 +122,7 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     remedy: str | None = None  # restart_app | reset_gpu | drain | pcie | None
     gpus: list[int] = field(default_factory=list)  # GPUs the remedy is for
+    steps: list[Obj] = field(default_factory=list)  # next steps only this rule knows
 
     def add(self, source: str, text: str) -> None:
         entry = {"source": source, "text": text}
@@ -152,6 +155,11 @@ class Case:
     @property
     def message(self) -> str:
         return self.failure.message or ""
+
+    @cached_property
+    def host(self) -> NodeFacts:
+        """The rest of the node: SXids, GPU resets, PCIe, Fabric Manager, RDMA ports."""
+        return node_facts(self.facts, self.window, self.assignment)
 
     @property
     def xids_checked(self) -> bool:

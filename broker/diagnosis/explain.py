@@ -46,6 +46,7 @@ from broker.diagnosis.causal import (
 )
 from broker.diagnosis.evidence import DRIVER_FIRMWARE_XIDS, Case, health_gpus
 from broker.diagnosis.facts import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts
+from broker.diagnosis.node_facts import timeline_items, view
 from broker.diagnosis.pod_status import (
     containers_view,
     find_failure,
@@ -318,10 +319,13 @@ def explain(facts: Facts) -> Obj:
         "xid_window": xid_window,
         "xids": [r for r in rows if r["in_window"] or window is None],
         "gpu_health": health,
+        "node_signals": view(case.host),
         "evidence": v.evidence,
         "notes": v.notes,
-        "timeline": timeline(pod, events, rows),
-        "next_steps": next_steps(pod, f, v.verdict, rows, missing, v.remedy, v.gpus),
+        "timeline": sorted(
+            timeline(pod, events, rows) + timeline_items(case.host), key=lambda i: i["time"]
+        )[-50:],
+        "next_steps": next_steps(pod, f, v.verdict, rows, missing, v.remedy, v.gpus, v.steps),
         "nvidia_actions": actions,
     }
 

@@ -37,6 +37,7 @@ from broker.diagnosis.evidence import (
     remedy_for,
     xid_line,
 )
+from broker.diagnosis.node_rules import NODE_RULES, qualify
 from broker.diagnosis.pod_status import (
     POD_INFRA_REASONS,
     first_lines,
@@ -833,6 +834,7 @@ RULES: tuple[Rule, ...] = (
     hardware_xid_in_run,
     gpu_state_still_holds,
     pcie_link,
+    *NODE_RULES,
     driver_xid_in_run,
     driver_message,
     no_device,
@@ -872,6 +874,7 @@ def decide(c: Case) -> Verdict:
     else:
         v = application_exit(c)
         v.rule = application_exit.__name__
+    qualify(v, c, settled=v.rule in SETTLED_BY_KUBERNETES)
     if v.verdict != "none" or c.failure.kind == "running":
         for s in c.signals:
             v.add("node", s.text + (f" (since {iso(s.since)})" if s.since else ""))

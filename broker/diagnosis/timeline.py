@@ -95,9 +95,11 @@ def next_steps(
     missing: Sequence[Missing],
     remedy: str | None = None,
     gpus: Sequence[int] = (),
+    extra: Sequence[Obj] = (),
 ) -> list[Obj]:
     """Commands to run next, for the verdict and its remedy (``restart_app``: the GPU
-    keeps working; ``reset_gpu``; ``pcie``; ``drain``), deduplicated, in order of use."""
+    keeps working; ``reset_gpu``; ``pcie``; ``drain``) and the rule's own ``extra`` steps,
+    deduplicated, in order of use."""
     meta = pod.get("metadata") or {}
     ns, name = str(meta.get("namespace")), str(meta.get("name"))
     node = (pod.get("spec") or {}).get("nodeName")
@@ -206,6 +208,7 @@ def next_steps(
                     "get_pod_gpu_allocation shows who holds them)",
                 )
             )
+    steps.extend(extra)
     if verdict in ("unknown", "none") and f.container:
         steps.append(step(logs, "the container's output"))
     if owner and owner[0] == "Job" and verdict not in ("none",):

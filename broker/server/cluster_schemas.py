@@ -324,7 +324,8 @@ EXPLAIN_FAILURE: Json = {
         "pod's phase, container states (exit codes, reasons, OOMKilled = host memory, not "
         "GPU memory), restarts, conditions and events with its node's state, the node's XIDs "
         "during the container's run (or older, while their GPU is still lost or awaiting a "
-        "reset), the GPUs' health now and NVIDIA's recommended action. "
+        "reset), the rest of the node (NVSwitch SXids, Fabric Manager, PCIe AER and link, "
+        "RDMA ports, GPU resets), the GPUs' health now and NVIDIA's recommended action. "
         "Returns a verdict (hardware | driver | application | infrastructure | unknown, or "
         "none when the pod did not fail) with a confidence, the evidence lines behind it, a "
         "timeline, and next steps as commands. It never blames the hardware without "
@@ -437,6 +438,11 @@ EXPLAIN_FAILURE: Json = {
                 },
             },
             "gpu_health": {"type": ["object", "null"]},
+            "node_signals": {
+                "type": ["object", "null"],
+                "description": "The rest of the node: SXids, GPU resets/AER lines (placed "
+                "against the run), PCIe links, Fabric Manager, RDMA ports; unavailable sources",
+            },
             "evidence": _EVIDENCE,
             "notes": {"type": "array", "items": {"type": "string"}},
             "timeline": {

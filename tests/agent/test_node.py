@@ -52,6 +52,9 @@ def make_sys(root: Path, aer: dict[str, tuple[str, str, str]], ports: list[dict[
         where.mkdir(parents=True)
         for name in ("state", "phys_state", "rate", "link_layer"):
             (where / name).write_text(p[name] + "\n")
+        if "link_downed" in p:
+            (where / "counters").mkdir()
+            (where / "counters" / "link_downed").write_text(p["link_downed"] + "\n")
     return str(root)
 
 
@@ -71,6 +74,7 @@ PORTS = [
         "phys_state": "2: Polling",
         "rate": "10 Gb/sec (4X SDR)",
         "link_layer": "InfiniBand",
+        "link_downed": "3",
     },
 ]
 
@@ -85,7 +89,7 @@ def test_sysfs_aer_and_infiniband(tmp_path: Path) -> None:
     ports = read_infiniband(root)
     assert ports == [
         IbPort("mlx5_0", 1, "ACTIVE", "LinkUp", "400 Gb/sec (4X NDR)", "InfiniBand"),
-        IbPort("mlx5_1", 1, "DOWN", "Polling", "10 Gb/sec (4X SDR)", "InfiniBand"),
+        IbPort("mlx5_1", 1, "DOWN", "Polling", "10 Gb/sec (4X SDR)", "InfiniBand", 3),
     ]
     assert read_infiniband(str(tmp_path / "nothing")) is None
     host = read_host(root, [GPU0, "00000000:2A:00.0"])
@@ -191,6 +195,7 @@ def test_health_through_a_session_with_a_fake_sysfs_and_kernel_log(
     assert [i["check"] for i in gpu0["issues"]] == ["pcie_aer"]
     assert gpu0["status"] == "degraded"
     assert [p["active"] for p in health["infiniband"]] == [True, False]
+    assert [p["link_downed"] for p in health["infiniband"]] == [None, 3]
     assert health["sources"]["sysfs"] == {"root": root, "pcie_aer_gpus": 1, "infiniband_ports": 2}
     assert health["sources"]["kernel_log"] == {"source": str(kmsg), "readable": True}
     assert health["sources"]["fabric_manager"] == "reported by NVML"
@@ -206,7 +211,7 @@ def test_the_fake_scenario_expresses_the_rest_of_the_node(
         {
             "infiniband": [
                 {"device": "mlx5_0"},
-                {"device": "mlx5_1", "state": "DOWN", "phys_state": "Polling"},
+                {"device": "mlx5_1", "state": "DOWN", "phys_state": "Polling", "link_downed": 7},
             ],
             "faults": [
                 {"gpu": 1, "kind": "sxid", "sxid": 12028, "count": 2},
@@ -225,6 +230,7 @@ def test_the_fake_scenario_expresses_the_rest_of_the_node(
     by_gpu = {g["index"]: {i["check"] for i in g["issues"]} for g in health["gpus"]}
     assert by_gpu[2] == {"pcie_aer"} and by_gpu[3] == {"fabric_manager"}
     assert health["sources"]["sysfs"]["root"] == "scenario"
+    assert [p["link_downed"] for p in health["infiniband"]] == [None, 7]
     xids = w.call("analyze_xid_errors")["structuredContent"]
     assert [e["kind"] for e in xids["gpu_events"]] == ["reset", "reattached"]
 

@@ -12,6 +12,7 @@ import yaml
 
 from broker.diagnosis.explain import Facts
 from broker.kube.reader import Missing
+from tests.broker import node_signals
 from tests.broker import podfactory as pf
 
 Obj = dict[str, Any]
@@ -140,6 +141,13 @@ def facts_for(case: Case) -> Facts:
     if c.get("processes"):
         processes = pf.processes({int(k): v for k, v in c["processes"].items()})
     events = [pf.event(**e) for e in c.get("events", [])]
+    health = _health(c)
+    if xids is not None:
+        node_signals.log_answer(c, xids)
+    if health is not None:
+        node_signals.health_answer(c, health)
+        if xids is None and health.get("sources"):
+            health["sources"]["kernel_log"]["readable"] = False
     return Facts(
         namespace="ml",
         name="trainer-abc",
@@ -147,7 +155,7 @@ def facts_for(case: Case) -> Facts:
         events=events,
         node=_node(c.get("node")) if pod["spec"].get("nodeName") else None,
         xids=xids,
-        health=_health(c),
+        health=health,
         inventory=None if c.get("inventory", {}) is None else _inventory(c.get("inventory")),
         processes=processes,
         missing=missing,
