@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 
 SECTIONS = ("tests.bench.agent_bench", "tests.bench.broker_bench", "tests.bench.fleet_bench")
 
 
+def reference_loop_s() -> float:
+    """Seconds one core takes for ten million Python additions: the machine's speed, so
+    figures from different machines (budgets were set on one) can be compared."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - started
+
+
 def main() -> int:
     failed = 0
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(
+        f"machine: {os.cpu_count()} cores, load average {load}; reference loop "
+        f"{reference_loop_s():.2f} s (10M Python additions on one core)\n",
+        flush=True,
+    )
     for name in SECTIONS:
         print(f"== {name.rsplit('.', 1)[-1]} ==", flush=True)
         started = time.perf_counter()
