@@ -17,6 +17,8 @@ STATUSES: tuple[str, ...] = ("healthy", "warning", "degraded", "critical")
 _RANK = {status: n for n, status in enumerate(STATUSES)}
 DEFAULT_SINCE_MINUTES = 60
 
+AGENT_NAME = "k8s-gpu-mcp-agent"  # serverInfo.name
+
 # An MCP extension (client capability ``extensions``) a client declares when it reads
 # tool answers from ``structuredContent`` alone: the agent then sends a one-line text
 # block instead of a second copy of the whole answer as JSON text. The broker declares

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from agent.catalog import STRUCTURED_ONLY
+from agent.catalog import AGENT_NAME, STRUCTURED_ONLY
 from agent.errors import AgentError, ToolArgumentError, clip
 from agent.schema import validate
 
@@ -342,7 +342,7 @@ class Session:
         write: Writer,
         *,
         call_timeout: float = 20.0,
-        server_name: str = "k8s-gpu-mcp-agent",
+        server_name: str = AGENT_NAME,
         server_version: str = "0",
         instructions: str = "",
         max_workers: int = MAX_WORKERS,

@@ -41,7 +41,8 @@ from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
-from agent.catalog import STRUCTURED_ONLY
+from agent import __version__ as AGENT_VERSION
+from agent.catalog import AGENT_NAME, STRUCTURED_ONLY, TOOL_DEFINITIONS
 from broker import __version__
 from broker.errors import (
     AgentProtocolError,
@@ -97,13 +98,23 @@ class _ToolCatalog:
 
     Interning matters at scale: 1,000 nodes running one agent version hold one copy
     of the tool definitions (and one compiled output-schema validator per tool).
+
+    An agent of the very version this broker carries the contract of
+    (:mod:`agent.catalog`) is not asked: its catalog is :meth:`bundled` (``assumed``).
+    The listing is the largest message of a session's opening (17 KiB to send, relay,
+    parse and validate per node); a tool such an agent lacks is still refused by it
+    ("Unknown tool"), which the pool reports as ToolMissing.
     """
 
     _interned: dict[tuple[str, ...], list[_ToolCatalog]] = {}  # by tool names
+    _bundled: _ToolCatalog | None = None
 
-    def __init__(self, tools: list[dict[str, Any]], listed: list[types.Tool]) -> None:
+    def __init__(
+        self, tools: list[dict[str, Any]], listed: list[types.Tool] | None, assumed: bool = False
+    ) -> None:
         self.tools = tools
         self.listed = listed
+        self.assumed = assumed
         self.names = frozenset(t["name"] for t in tools)
         self._schemas = {t["name"]: t.get("outputSchema") for t in tools}
         self._validators: dict[str, Any] = {}
@@ -121,6 +132,25 @@ class _ToolCatalog:
         candidates.append(found)
         return found
 
+    @classmethod
+    def bundled(cls) -> _ToolCatalog:
+        """The tools of the agent version whose contract this broker carries."""
+        if cls._bundled is None:
+            cls._bundled = cls([dict(t) for t in TOOL_DEFINITIONS], None, assumed=True)
+        return cls._bundled
+
+    @staticmethod
+    def covers(init: types.InitializeResult) -> bool:
+        """Whether the bundled catalog is this agent's: the same agent at the same
+        version, on a protocol version whose listing carries every field."""
+        info = init.server_info
+        return (
+            info is not None
+            and info.name == AGENT_NAME
+            and info.version == AGENT_VERSION
+            and init.protocol_version >= "2025-06-18"
+        )
+
     def check(self, tool: str, structured: Any) -> str | None:
         """Why ``structured`` breaks the tool's outputSchema (None when it conforms)."""
         schema = self._schemas.get(tool)
@@ -133,6 +163,12 @@ class _ToolCatalog:
             validator = self._validators[tool] = cls(schema)
         error = next(iter(validator.iter_errors(structured)), None)
         return None if error is None else f"{error.message} at {list(error.absolute_path)}"
+
+
+async def _listed(client: ClientSession) -> _ToolCatalog:
+    """The agent's own tools/list, interned."""
+    listing = await client.send_request(types.ListToolsRequest(), types.ListToolsResult)
+    return _ToolCatalog.intern(listing)
 
 
 class _Flag:
@@ -494,7 +530,15 @@ class NodePool:
         (target,) = await self.resolve([node])
         with anyio.move_on_after(self.sweep_timeout):
             s = await self._session(target)
-            assert s.catalog is not None
+            assert s.catalog is not None and s.client is not None
+            if s.catalog.assumed:  # asked for: what this agent itself lists
+                try:
+                    with anyio.fail_after(self.call_timeout):
+                        s.catalog = await _listed(s.client)
+                except TimeoutError:
+                    raise NodeTimeout(node, self.call_timeout, "tools/list") from None
+                except MCPError as exc:
+                    raise s.failure or as_broker_error(exc, node) from None
             return list(s.catalog.tools)
         raise NotReached(node, self.sweep_timeout)
 
@@ -758,17 +802,17 @@ class NodePool:
                     ) as client:
                         try:
                             init = await client.initialize()
-                            listing = await client.send_request(
-                                types.ListToolsRequest(), types.ListToolsResult
-                            )
+                            if _ToolCatalog.covers(init):
+                                s.catalog = _ToolCatalog.bundled()
+                            else:
+                                s.catalog = await _listed(client)
                         except MCPError as exc:
                             if exc.error.code == types.CONNECTION_CLOSED and s.failure:
                                 raise s.failure from None
                             raise
                         s.client = client
-                        s.catalog = _ToolCatalog.intern(listing)
                         s.agent_version = init.server_info.version if init.server_info else None
-                        del init, listing  # this frame lives as long as the session
+                        del init  # this frame lives as long as the session
                         s.last_seen = s.last_used = time.monotonic()
                         scope.deadline = float("inf")  # the deadline was for opening only
                         opened = True

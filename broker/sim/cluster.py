@@ -80,6 +80,9 @@ class SimCluster:
             s.name: s.agent_pod if self.chart_installed else "missing" for s in specs if s.gpu
         }
         self._agent_since = {name: self.start - 1800 for name in self._agent_state}
+        # Agent pod name -> node: an exec names the pod, and a scan of every node's
+        # generated name per exec made a 5,000-node sweep quadratic.
+        self._agent_by_pod = {agent_pod_name(n): n for n in self._agent_state}
         self._agent_extra: dict[str, dict[str, Any]] = {}
         self._agent_cache: dict[str, tuple[Obj | None, list[Obj]]] = {}
         self._pods_sorted: list[Obj] | None = None
@@ -233,9 +236,9 @@ class SimCluster:
 
     def pod(self, namespace: str, name: str) -> Obj | None:
         if namespace == self.namespace:
-            for node in self._agent_state:
-                if agent_pod_name(node) == name:
-                    return self._agent(node)[0]
+            node = self._agent_by_pod.get(name)
+            if node is not None:
+                return self._agent(node)[0]
         for pod in self._static_pods:
             meta = pod["metadata"]
             if meta["name"] == name and meta["namespace"] == namespace:

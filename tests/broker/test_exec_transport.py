@@ -226,7 +226,7 @@ async def test_agent_killed_mid_call_then_recovers(sim: SimServer) -> None:
 
 async def test_dropped_websocket_is_an_error_then_recovers(sim: SimServer) -> None:
     node = sim.nodes[3]
-    sim.faults(node).exec_drop_after = 2  # cut after initialize + tools/list answers
+    sim.faults(node).exec_drop_after = 1  # cut after the initialize answer
     async with cluster_pool(sim_config(sim), call_timeout=10) as pool:
         dropped = await pool.call(node, "get_gpu_inventory", {})
         sim.faults(node).exec_drop_after = None
@@ -239,7 +239,7 @@ async def test_dropped_websocket_is_an_error_then_recovers(sim: SimServer) -> No
 
 async def test_warm_session_cut_under_us_is_noticed_without_a_call(sim: SimServer) -> None:
     node = sim.nodes[3]
-    sim.faults(node).exec_drop_after = 3  # the first call's answer arrives, then the cut
+    sim.faults(node).exec_drop_after = 2  # initialize, the first call's answer, the cut
     async with cluster_pool(sim_config(sim), call_timeout=10) as pool:
         assert (await pool.call(node, "get_gpu_inventory", {})).ok
         with anyio.fail_after(5):
@@ -375,7 +375,7 @@ async def test_fifty_node_mixed_fault_sweep_then_recovery(tmp_path: Path) -> Non
 
         fault(0, "unreachable", "429", api_429=-1, retry_after_s=0)
         fault(1, "unreachable", "500", api_500=-1)
-        fault(2, "unreachable", "status frame", exec_drop_after=2)
+        fault(2, "unreachable", "status frame", exec_drop_after=1)
         fault(3, "agent_error", "exit 137", exec_kill_after=1)
         fault(4, "timeout", "tool call", exec_hang="tools/call")
         fault(5, "timeout", "opening the session", exec_hang="*")

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from agent.catalog import TOOL_NAMES
 from broker.errors import UnknownNode
 from broker.fleet.pool import NodePool, NodeResult
 from tests.broker.agents import LocalAgents
@@ -103,6 +104,27 @@ async def test_version_skew_names_the_tool_and_agent_version(local_agents: Local
     assert "get_nvlink_topology" not in {t["name"] for t in tools}
     assert "get_gpu_inventory" in {t["name"] for t in tools}
     assert still.ok  # the session stays usable
+
+
+@pytest.mark.parametrize("carried", ["0.1.0", "0.0.9"])
+async def test_tools_are_listed_only_for_an_agent_of_another_version(
+    local_agents: LocalAgents, monkeypatch: pytest.MonkeyPatch, carried: str
+) -> None:
+    """An agent of the version whose contract the broker carries is not asked for its
+    tools at every opening; any other version is, and its listing is what counts."""
+    import broker.fleet.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "AGENT_VERSION", carried)
+    same = carried == "0.1.0"  # the local agents run this checkout's agent (0.1.0)
+    local_agents.add("n1")
+    async with pool(local_agents) as p:
+        assert (await p.call("n1", "get_gpu_inventory", {})).ok
+        catalog = p._sessions["n1"].catalog
+        assert catalog is not None and catalog.assumed is same
+        listed = await p.list_tools("n1")  # always the agent's own answer
+        assert {t["name"] for t in listed} == set(TOOL_NAMES)
+        after = p._sessions["n1"].catalog
+        assert after is not None and not after.assumed
 
 
 async def test_bad_arguments_come_back_as_an_agent_error(local_agents: LocalAgents) -> None:
