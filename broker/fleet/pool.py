@@ -186,6 +186,7 @@ class _Session:
         "open_started",
         "ready_at",
         "watched",
+        "relist",
     )
 
     def __init__(self, target: NodeTarget) -> None:
@@ -205,6 +206,7 @@ class _Session:
         self.open_started: float | None = None  # left the queue: the node's own clock runs
         self.ready_at = 0.0
         self.watched: _Watched | None = None
+        self.relist = False  # a tool was missing: close once idle, so the next open re-lists
 
     @property
     def usable(self) -> bool:
@@ -645,7 +647,11 @@ class NodePool:
         node = s.target.node
         if tool not in s.catalog.names:
             # Re-list next time: the container may be restarted with a newer agent in place.
-            s.stop.set()
+            # Not now if other calls are in flight on the session (explain_failure asks one
+            # node for several tools at once): closing would lose their answers too.
+            s.relist = True
+            if not s.in_flight:
+                s.stop.set()
             raise ToolMissing(node, tool, s.agent_version)
         s.in_flight += 1
         try:
@@ -667,6 +673,8 @@ class NodePool:
             s.last_used = time.monotonic()
             if not s.in_flight and s.watched is not None:
                 s.watched.forget_last()  # every caller has validated its answer by now
+            if not s.in_flight and s.relist:
+                s.stop.set()
         s.last_seen = s.last_used
         elapsed = time.monotonic() - started
         structured = result.structured_content
