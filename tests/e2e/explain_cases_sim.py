@@ -53,8 +53,12 @@ class SimCaseSet:
         """Pods that are no case, and cases neither in the sim nor declared not to be."""
         ids, pods = {c.id for c in self.cases}, set(self.pods)
         out = [f"pod {p} is no case of the set" for p in sorted(pods - ids)]
-        out += [f"case {i} is missing from the sim" for i in sorted(ids - pods - set(self.not_in_sim))]
-        out += [f"case {i} is in the sim and in not_in_sim" for i in sorted(pods & set(self.not_in_sim))]
+        out += [
+            f"case {i} is missing from the sim" for i in sorted(ids - pods - set(self.not_in_sim))
+        ]
+        out += [
+            f"case {i} is in the sim and in not_in_sim" for i in sorted(pods & set(self.not_in_sim))
+        ]
         out += [f"not_in_sim names no case: {i}" for i in sorted(set(self.not_in_sim) - ids)]
         return out
 
