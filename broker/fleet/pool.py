@@ -41,8 +41,7 @@ from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
-from agent import __version__ as AGENT_VERSION
-from agent.catalog import AGENT_NAME, STRUCTURED_ONLY, TOOL_DEFINITIONS
+from agent.catalog import AGENT_NAME, AGENT_VERSION, STRUCTURED_ONLY, TOOL_DEFINITIONS
 from broker import __version__
 from broker.errors import (
     AgentProtocolError,
@@ -222,6 +221,7 @@ class _Session:
         "open_started",
         "ready_at",
         "watched",
+        "relist",
     )
 
     def __init__(self, target: NodeTarget) -> None:
@@ -241,6 +241,7 @@ class _Session:
         self.open_started: float | None = None  # left the queue: the node's own clock runs
         self.ready_at = 0.0
         self.watched: _Watched | None = None
+        self.relist = False  # a tool was missing: close once idle, so the next open re-lists
 
     @property
     def usable(self) -> bool:
@@ -689,7 +690,11 @@ class NodePool:
         node = s.target.node
         if tool not in s.catalog.names:
             # Re-list next time: the container may be restarted with a newer agent in place.
-            s.stop.set()
+            # Not now if other calls are in flight on the session (explain_failure asks one
+            # node for several tools at once): closing would lose their answers too.
+            s.relist = True
+            if not s.in_flight:
+                s.stop.set()
             raise ToolMissing(node, tool, s.agent_version)
         s.in_flight += 1
         try:
@@ -704,6 +709,7 @@ class NodePool:
                 s.stop.set()
                 raise s.failure or as_broker_error(exc, node) from None
             if exc.error.code == types.METHOD_NOT_FOUND or "unknown tool" in str(exc).lower():
+                s.relist = True  # as above: the agent itself says it lacks the tool
                 raise ToolMissing(node, tool, s.agent_version) from None
             raise
         finally:
@@ -711,6 +717,8 @@ class NodePool:
             s.last_used = time.monotonic()
             if not s.in_flight and s.watched is not None:
                 s.watched.forget_last()  # every caller has validated its answer by now
+            if not s.in_flight and s.relist:
+                s.stop.set()
         s.last_seen = s.last_used
         elapsed = time.monotonic() - started
         structured = result.structured_content

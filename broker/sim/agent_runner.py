@@ -10,6 +10,7 @@ import importlib.util
 import itertools
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -58,6 +59,26 @@ def write_scenario(workdir: Path, node: str, scenario: dict[str, Any]) -> Path:
     return path
 
 
+def write_host_proc(workdir: Path, node: str, procs: dict[int, dict[str, str]]) -> Path:
+    """*node*'s host /proc (``pid/cgroup``, ``pid/comm``) for the agent's pod mapping.
+    Written once per node (a workload's processes do not change while the sim runs), into
+    a fresh directory renamed into place, so a concurrent exec never reads half of it."""
+    final = workdir / "host-proc" / node
+    if final.is_dir():
+        return final
+    tmp = workdir / "host-proc" / f".{node}-{next(_seq)}"
+    for pid, files in procs.items():
+        (tmp / str(pid)).mkdir(parents=True)
+        for name, text in files.items():
+            (tmp / str(pid) / name).write_text(text)
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(final)
+    except OSError:  # another exec put it there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def _agent_pythonpath() -> str | None:
     spec = importlib.util.find_spec("agent")
     if spec is None or spec.origin is None:
@@ -68,9 +89,17 @@ def _agent_pythonpath() -> str | None:
 class SubprocessRun(AgentRun):
     """``python -m agent --backend fake --scenario FILE [ARGS...]`` in its own session."""
 
-    def __init__(self, args: list[str], scenario: Path, cwd: Path, node: str) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        scenario: Path,
+        cwd: Path,
+        node: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.node = node
+        self.env = dict(env or {})  # the agent pod's settings (the chart's GPU_AGENT_*)
         self.argv = [sys.executable, "-m", "agent", "--backend", "fake", "--scenario",
                      str(scenario), *args]  # fmt: skip
         self.scenario = scenario
@@ -83,6 +112,7 @@ class SubprocessRun(AgentRun):
     async def start(self) -> None:
         env = dict(os.environ)
         env["NODE_NAME"] = self.node  # the chart's downward-API variable
+        env.update(self.env)
         root = _agent_pythonpath()
         if root:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -152,9 +182,10 @@ class SubprocessRun(AgentRun):
 class InProcessRun(AgentRun):
     """The agent's protocol core in this process (``agent.app.create_session``)."""
 
-    def __init__(self, args: list[str], scenario: Path) -> None:
+    def __init__(self, args: list[str], scenario: Path, env: dict[str, str] | None = None) -> None:
         super().__init__()
         self.args = ["--backend", "fake", "--scenario", str(scenario), *args]
+        self.env = {**os.environ, **(env or {})}  # what the exec'd process would see
         self.scenario = scenario
         self._loop = asyncio.get_running_loop()
         self._session: Any = None
@@ -183,7 +214,7 @@ class InProcessRun(AgentRun):
         from agent.errors import AgentError
 
         try:
-            self._session = create_session(self.args, self._write)
+            self._session = create_session(self.args, self._write, env=self.env)
         except AgentError as exc:  # what `gpu-agent` prints before exiting 2
             self.output.put_nowait((2, f"gpu-agent: error: {exc}\n".encode()))
             self._finish(2)

@@ -23,7 +23,13 @@ from typing import Any
 from aiohttp import web
 
 from . import discovery, kubelet, protobuf
-from .agent_runner import AgentRun, InProcessRun, SubprocessRun, write_scenario
+from .agent_runner import (
+    AgentRun,
+    InProcessRun,
+    SubprocessRun,
+    write_host_proc,
+    write_scenario,
+)
 from .auth import (
     Attributes,
     Identity,
@@ -544,12 +550,16 @@ async def pod_exec(request: web.Request) -> web.StreamResponse:
     async def make_run(args: list[str]) -> AgentRun:
         assert node is not None
         path = write_scenario(ctx.workdir, node, cluster.agent_scenario(node))
+        env = {}
+        if cluster.scenario.host_proc:  # the chart's /host/proc mount is this directory
+            proc = write_host_proc(ctx.workdir, node, cluster.host_proc(node))
+            env["GPU_AGENT_HOST_PROC"] = str(proc)
         # In-process serves the MCP loop only; any other mode (--version, a one-shot
         # call) is the real command line in a subprocess.
         run: AgentRun = (
-            InProcessRun(args, path)
+            InProcessRun(args, path, env)
             if ctx.in_process and not args
-            else SubprocessRun(args, path, ctx.workdir, node)
+            else SubprocessRun(args, path, ctx.workdir, node, env)
         )
         started.append(run)
         ctx.runs.add(run)

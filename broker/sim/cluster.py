@@ -11,6 +11,7 @@ import copy
 import itertools
 import threading
 import time
+import zlib
 from typing import Any
 
 from . import infra, scheduling
@@ -27,15 +28,24 @@ from .objects import (
     agent_pod_events,
     agent_pod_name,
     event_object,
+    hexid,
     iso,
     lifecycle_events,
     namespace_object,
     node_lease,
     node_object,
     system_pods,
+    uid,
     workload_pod,
 )
-from .scenario import AGENT_POD_STATES, NodeFaults, NodeSpec, Scenario, expand_nodes
+from .scenario import (
+    AGENT_POD_STATES,
+    NodeFaults,
+    NodeSpec,
+    Scenario,
+    WorkloadSpec,
+    expand_nodes,
+)
 
 Obj = dict[str, Any]
 ADMIN = "sim-admin"
@@ -125,7 +135,8 @@ class SimCluster:
         for w in self.scenario.workloads:
             index = self._index.get(w.node) if w.node else None
             message = unschedulable.get((w.namespace, w.name), "")
-            pod = workload_pod(w, index, start, self.rv(), message)
+            uuids = self.gpu_uuids(w.node) if w.node and w.visible_gpus else []
+            pod = workload_pod(w, index, start, self.rv(), message, uuids)
             self._static_pods.append(pod)
             owned.append((w, pod))
             self._workload_specs[(w.namespace, w.name)] = w
@@ -199,6 +210,7 @@ class SimCluster:
                     since,
                     self.start,
                     self.rv(),
+                    host_proc=self.scenario.host_proc,
                 )
                 built = (pod, agent_pod_events(pod, node, state, since, self.rv()))
             self._agent_cache[node] = built
@@ -319,7 +331,14 @@ class SimCluster:
                     scheduled += 1
                     ready += state == "ready"
             template = agent_pod(
-                NodeSpec(name="template"), 0, self.namespace, "ready", self.start, self.start, "0"
+                NodeSpec(name="template"),
+                0,
+                self.namespace,
+                "ready",
+                self.start,
+                self.start,
+                "0",
+                host_proc=self.scenario.host_proc,
             )
             ds = agent_daemonset(self.namespace, template, iso(self._ds_created), self.rv())
             ds["status"] = daemonset_status(scheduled, scheduled, ready)
@@ -368,7 +387,42 @@ class SimCluster:
             for item in sc.get(key, []):
                 if isinstance(item, dict) and isinstance(item.get("ago_s"), int | float):
                     item["ago_s"] = float(item["ago_s"]) + elapsed
+        procs = self.gpu_processes(node)
+        if procs:
+            sc["processes"] = [*sc.get("processes", []),
+                               *({"gpu": gpu, "pid": pid, "name": "python3"}
+                                 for pid, gpu, _ in procs)]  # fmt: skip
         return sc
+
+    def gpu_uuids(self, node: str) -> list[str]:
+        """*node*'s GPU UUIDs by index, as its agent reports them."""
+        from agent.fake import FakeBackend  # the agent's own view of the node
+
+        backend = FakeBackend(self.agent_scenario(node), source=f"node {node}")
+        return [str(g.uuid) for g in backend.inventory()]
+
+    def gpu_processes(self, node: str) -> list[tuple[int, int, WorkloadSpec]]:
+        """(pid, GPU index, workload) for the processes of *node*'s running workload pods
+        (``gpu_processes``): what the node's NVML lists and its /proc explains."""
+        out: list[tuple[int, int, WorkloadSpec]] = []
+        for w in self.scenario.workloads:
+            if w.node == node and w.state == "running" and w.gpu_processes:
+                base = 1000 + zlib.crc32(f"{w.namespace}/{w.name}".encode()) % 3_000_000
+                out.extend((base + k, gpu, w) for k, gpu in enumerate(w.gpu_processes))
+        return out
+
+    def host_proc(self, node: str) -> dict[int, dict[str, str]]:
+        """*node*'s /proc as the agent reads it for pod mapping: pid -> {file: text}
+        (``cgroup`` under the systemd driver and containerd, as the kubelet names them;
+        ``comm``)."""
+        out = {}
+        for pid, _, w in self.gpu_processes(node):
+            pod = uid("pod", w.namespace, w.name).replace("-", "_")
+            container = hexid(w.namespace + w.name)  # the pod status's containerID
+            slice_ = f"/kubepods.slice/kubepods-pod{pod}.slice"
+            cgroup = f"0::{slice_}/cri-containerd-{container}.scope\n"
+            out[pid] = {"cgroup": cgroup, "comm": "python3\n"}
+        return out
 
     def pod_node(self, namespace: str, name: str) -> str | None:
         pod = self.pod(namespace, name)

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import uuid
 import zlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ Obj = dict[str, Any]
 
 RELEASE = "k8s-gpu-mcp"  # helm release (and DaemonSet) name; the chart's fullname
 AGENT_CONTAINER = "agent"
+HOST_PROC_MOUNT = "/host/proc"  # where the chart mounts the host's /proc (hostProc.enabled)
 # The apiVersion of each kind that may own a workload pod (the rest are apps/v1).
 OWNER_API_VERSIONS = {
     "Job": "batch/v1",
@@ -386,9 +388,18 @@ def agent_pod_name(node: str) -> str:
 
 
 def agent_pod(
-    node: NodeSpec, index: int, namespace: str, state: str, since: float, start: float, rv: str
+    node: NodeSpec,
+    index: int,
+    namespace: str,
+    state: str,
+    since: float,
+    start: float,
+    rv: str,
+    *,
+    host_proc: bool = False,
 ) -> Obj:
-    """The chart's DaemonSet pod on *node* in *state* (ready/not_ready/pending/crashloop)."""
+    """The chart's DaemonSet pod on *node* in *state* (ready/not_ready/pending/crashloop);
+    *host_proc*: the chart's hostProc.enabled (the host's /proc at /host/proc)."""
     name = agent_pod_name(node.name)
     created = start - min(node.age_s, 7 * 86400.0)
     started = created + 4
@@ -437,7 +448,7 @@ def agent_pod(
     status["containerStatuses"] = [
         _container_status(AGENT_CONTAINER, AGENT_IMAGE, name, cstate, ready, restarts, last)
     ]
-    return {
+    pod: Obj = {
         "kind": "Pod",
         "apiVersion": "v1",
         "metadata": {
@@ -556,6 +567,16 @@ def agent_pod(
         },
         "status": status,
     }
+    if host_proc:  # as the chart renders hostProc.enabled
+        spec, container = pod["spec"], pod["spec"]["containers"][0]
+        container["env"].append({"name": "GPU_AGENT_HOST_PROC", "value": HOST_PROC_MOUNT})
+        container["volumeMounts"].append(
+            {"name": "host-proc", "mountPath": HOST_PROC_MOUNT, "readOnly": True}
+        )
+        spec["volumes"].append(
+            {"name": "host-proc", "hostPath": {"path": "/proc", "type": "Directory"}}
+        )
+    return pod
 
 
 def agent_pod_events(pod: Obj, node: str, state: str, since: float, rv: str) -> list[Obj]:
@@ -658,9 +679,15 @@ def system_pods(node: NodeSpec, index: int, start: float, rv: str) -> list[Obj]:
 
 
 def workload_pod(
-    w: WorkloadSpec, node_index: int | None, start: float, rv: str, unschedulable: str = ""
+    w: WorkloadSpec,
+    node_index: int | None,
+    start: float,
+    rv: str,
+    unschedulable: str = "",
+    gpu_uuids: Sequence[str] = (),
 ) -> Obj:
-    """A workload's pod; *unschedulable* is the scheduler's message for an unplaced one."""
+    """A workload's pod; *unschedulable* is the scheduler's message for an unplaced one;
+    *gpu_uuids* are its node's GPU UUIDs by index (for ``visible_gpus``)."""
     created = start - w.created_ago_s
     started_at = start - (w.started_ago_s if w.started_ago_s is not None else w.created_ago_s - 9)
     ts_created = iso(created)
@@ -680,7 +707,9 @@ def workload_pod(
         term: Obj = {
             "exitCode": w.exit_code,
             "reason": w.reason or ("Completed" if w.exit_code == 0 else "Error"),
-            "startedAt": iso(started_at),
+            # A container that never started (StartError): the kubelet reports the zero
+            # time, which the API shows as the Unix epoch.
+            "startedAt": iso(0) if w.reason == "StartError" else iso(started_at),
             "finishedAt": iso(finished),
             "containerID": f"containerd://{hexid(w.namespace + w.name)}",
         }
@@ -822,8 +851,11 @@ def workload_pod(
                 w.container, w.image, w.namespace + w.name, cstate, ready, w.restarts, last
             )
         ]
-    if w.env:
-        spec["containers"][0]["env"] = [{"name": k, "value": v} for k, v in w.env.items()]
+    env = dict(w.env)
+    if w.visible_gpus:
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_uuids[i] for i in w.visible_gpus)
+    if env:
+        spec["containers"][0]["env"] = [{"name": k, "value": v} for k, v in env.items()]
     if w.init_containers:
         spec["initContainers"] = [
             {"name": str(i.get("name")), "image": str(i.get("image", "busybox:1.36"))}

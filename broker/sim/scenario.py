@@ -131,6 +131,12 @@ class WorkloadSpec:
     conditions: list[dict[str, Any]] = field(default_factory=list)
     last_message: str | None = None  # lastState.terminated.message
     env: dict[str, str] = field(default_factory=dict)  # e.g. NVIDIA_VISIBLE_DEVICES
+    # NVIDIA_VISIBLE_DEVICES pinned in the spec by GPU index: the sim writes those GPUs'
+    # UUIDs (as the node's agent reports them), as a user who pins devices would.
+    visible_gpus: list[int] = field(default_factory=list)
+    # GPUs this pod's processes run on while its container runs (one process each): the
+    # node's agent lists them, and maps them to the pod when ``host_proc`` is on.
+    gpu_processes: list[int] = field(default_factory=list)
     # Init containers, each {name, state: terminated|waiting|running, exit_code, reason,
     # message, started_ago_s, finished_ago_s}
     init_containers: list[dict[str, Any]] = field(default_factory=list)
@@ -169,6 +175,9 @@ class Scenario:
     cluster_faults: NodeFaults = field(default_factory=NodeFaults)  # requests about no node
     chart_installed: bool = True  # false: no DaemonSet, agent pods, release or ServiceAccount
     runtime_classes: list[str] = field(default_factory=lambda: ["nvidia"])  # RuntimeClass names
+    # The chart's hostProc.enabled: agent pods mount the host's /proc at /host/proc and map
+    # GPU processes to pods through their cgroups (the sim writes that /proc per node).
+    host_proc: bool = False
 
 
 # Generic checked construction ------------------------------------------------------
@@ -296,13 +305,33 @@ def _check_node(node: NodeSpec, where: str) -> None:
     _check_faults(node.faults, f"{where}.faults")
 
 
+def _check_devices(w: WorkloadSpec, node: NodeSpec | None, where: str) -> None:
+    """``visible_gpus`` / ``gpu_processes``: GPU indexes of the pod's node."""
+    for key in ("visible_gpus", "gpu_processes"):
+        indexes: list[int] = getattr(w, key)
+        if not indexes:
+            continue
+        if node is None:
+            raise SimScenarioError(f"{where}.{key}: the pod has no node, so no GPUs")
+        bad = [i for i in indexes if not 0 <= i < node.gpu_count]
+        if bad or len(set(indexes)) != len(indexes):
+            raise SimScenarioError(
+                f"{where}.{key}: distinct GPU indexes of node {node.name} "
+                f"(0..{node.gpu_count - 1}), got {indexes}"
+            )
+        if len(indexes) > w.gpus:
+            raise SimScenarioError(f"{where}.{key}: more GPUs than the pod's {w.gpus}")
+    if w.visible_gpus and "NVIDIA_VISIBLE_DEVICES" in w.env:
+        raise SimScenarioError(f"{where}.visible_gpus: env already sets NVIDIA_VISIBLE_DEVICES")
+
+
 def _check(sc: Scenario) -> None:
-    names: set[str] = set()
+    names: dict[str, NodeSpec] = {}
     for i, node in enumerate(sc.nodes):
         _check_node(node, f"nodes[{i}]")
         if node.name in names:
             raise SimScenarioError(f"nodes[{i}].name: duplicate node {node.name!r}")
-        names.add(node.name)
+        names[node.name] = node
     pods: set[tuple[str, str]] = set()
     for i, w in enumerate(sc.workloads):
         where = f"workloads[{i}]"
@@ -321,6 +350,7 @@ def _check(sc: Scenario) -> None:
             raise SimScenarioError(f"{where}.restart_policy: Always, OnFailure or Never")
         if w.service_ports and "app" not in w.labels:
             raise SimScenarioError(f"{where}.service_ports: needs labels.app (the selector)")
+        _check_devices(w, names.get(w.node) if w.node else None, where)
     from .auth import Rule  # local: auth has no scenario dependency
 
     rule_sets = [("users", i, u.rules) for i, u in enumerate(sc.users)]

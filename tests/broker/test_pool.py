@@ -127,6 +127,30 @@ async def test_tools_are_listed_only_for_an_agent_of_another_version(
         assert after is not None and not after.assumed
 
 
+async def test_a_missing_tool_spares_the_calls_in_flight_beside_it(
+    local_agents: LocalAgents,
+) -> None:
+    """explain_failure asks one node for several tools at once: the one its agent lacks
+    fails alone, and the session is re-listed only once those calls are answered."""
+    local_agents.add("old", {"disabled_tools": ["get_gpu_health"]})
+    results: dict[str, NodeResult] = {}
+    async with pool(local_agents) as p:
+        await p.call("old", "get_gpu_inventory", {})  # warm: the calls below share it
+
+        async def call(tool: str) -> None:
+            results[tool] = await p.call("old", tool, {})
+
+        async with anyio.create_task_group() as tg:
+            for tool in ("analyze_xid_errors", "get_gpu_inventory", "get_gpu_health"):
+                tg.start_soon(call, tool)
+        after = await p.call("old", "get_gpu_processes", {})
+    assert results["get_gpu_health"].error_kind == "tool_missing"
+    assert results["analyze_xid_errors"].ok, results["analyze_xid_errors"].error
+    assert results["get_gpu_inventory"].ok, results["get_gpu_inventory"].error
+    assert after.ok
+    assert local_agents.connects["old"] == 2  # re-listed once idle
+
+
 async def test_bad_arguments_come_back_as_an_agent_error(local_agents: LocalAgents) -> None:
     local_agents.add("n1")
     async with pool(local_agents) as p:

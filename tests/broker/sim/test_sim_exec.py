@@ -221,3 +221,46 @@ async def test_in_process_sims_run_other_agent_modes_as_processes(tmp_path: Path
         res = await ws_exec(sim, "gpu-node-001", command=command, open_stdin=False)
         assert res.status == {"metadata": {}, "status": "Success"}
         assert res.channel(1).startswith(b"gpu-agent ")
+
+
+PINNED = {
+    "host_proc": True,
+    "nodes": [{"name": "n1"}],
+    "workloads": [
+        {"name": "a", "namespace": "ml", "node": "n1", "gpus": 2, "visible_gpus": [2, 3],
+         "gpu_processes": [2, 3]},
+        {"name": "done", "namespace": "ml", "node": "n1", "gpus": 1, "gpu_processes": [5],
+         "phase": "Failed", "state": "terminated", "exit_code": 1},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+async def test_pinned_devices_and_pod_processes_are_what_the_agent_sees(
+    tmp_path: Path, in_process: bool
+) -> None:
+    async with start_sim(scenario=PINNED, in_process=in_process, workdir=tmp_path / "s") as sim:
+        calls = (("get_gpu_inventory", {}), ("get_gpu_processes", {}))
+        res = await ws_exec(sim, "n1", mcp_lines(*calls))
+        pod = sim.cluster.pod("ml", "a")
+        agent = sim.cluster.pod(sim.namespace, sim.agent_pod("n1") or "")
+    assert res.status == {"metadata": {}, "status": "Success"}
+    inventory, processes = _structured(res.answers()[2]), _structured(res.answers()[3])
+    uuids = {g["index"]: g["uuid"] for g in inventory["gpus"]}  # type: ignore[attr-defined]
+    assert pod is not None and agent is not None
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == f"{uuids[2]},{uuids[3]}"
+    # The chart's hostProc.enabled, and the pod's processes mapped through that /proc.
+    agent_env = {e["name"]: e.get("value") for e in agent["spec"]["containers"][0]["env"]}
+    assert agent_env["GPU_AGENT_HOST_PROC"] == "/host/proc"
+    assert processes["pod_mapping"]["enabled"] is True  # type: ignore[index]
+    seen = {
+        g["index"]: [p["pod"] for p in g["processes"]]
+        for g in processes["gpus"]  # type: ignore[attr-defined]
+    }
+    container = pod["status"]["containerStatuses"][0]["containerID"].split("://")[1]
+    mine = {"pod_uid": pod["metadata"]["uid"], "container_id": container}
+    for index in (2, 3):
+        (p,) = seen[index]
+        assert {k: p[k] for k in mine} == mine, p
+    assert all(seen[i] == [] for i in (0, 1, 4, 5, 6, 7))  # a finished pod runs nothing

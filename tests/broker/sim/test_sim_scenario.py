@@ -61,6 +61,35 @@ def test_nodes_are_padded_with_healthy_generated_ones() -> None:
         ({"defaults": {"gpu_count": 99}}, "defaults"),
         ({"nodes": [{"name": "a", "faults": {"exec_garbage": "lots"}}]}, "exec_garbage"),
         ([1, 2], "top level must be a mapping"),
+        (
+            {
+                "nodes": [{"name": "a"}],
+                "workloads": [{"name": "w", "node": "a", "visible_gpus": [8]}],
+            },
+            "workloads[0].visible_gpus: distinct GPU indexes of node a (0..7), got [8]",
+        ),
+        ({"workloads": [{"name": "w", "gpu_processes": [0]}]}, "the pod has no node, so no GPUs"),
+        (
+            {
+                "nodes": [{"name": "a"}],
+                "workloads": [{"name": "w", "node": "a", "gpus": 1, "gpu_processes": [0, 1]}],
+            },
+            "gpu_processes: more GPUs than the pod's 1",
+        ),
+        (
+            {
+                "nodes": [{"name": "a"}],
+                "workloads": [
+                    {
+                        "name": "w",
+                        "node": "a",
+                        "visible_gpus": [0],
+                        "env": {"NVIDIA_VISIBLE_DEVICES": "0"},
+                    }
+                ],
+            },
+            "env already sets NVIDIA_VISIBLE_DEVICES",
+        ),
     ],
 )
 def test_bad_scenarios_name_the_problem(doc: object, message: str) -> None:
@@ -251,3 +280,16 @@ def test_a_cluster_without_the_chart_or_the_nvidia_runtime() -> None:
         sa["metadata"]["name"] for sa in cluster.objects("serviceaccounts", "", "gpu-diagnostics")
     }
     assert names == {"default"}
+
+
+def test_a_container_that_never_started_has_the_epoch_as_its_start() -> None:
+    """StartError (e.g. the NVIDIA prestart hook failed): the kubelet reports a zero start
+    time, which the API server serialises as the Unix epoch."""
+    w = {"name": "w", "namespace": "ml", "node": "a", "phase": "Failed", "state": "terminated",
+         "exit_code": 128, "reason": "StartError"}  # fmt: skip
+    cluster = _cluster({"nodes": [{"name": "a"}], "workloads": [w]})
+    pod = cluster.pod("ml", "w")
+    assert pod is not None
+    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["startedAt"] == "1970-01-01T00:00:00Z"
+    assert term["finishedAt"] > "2020"
