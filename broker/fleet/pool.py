@@ -6,7 +6,8 @@ agent) and a ``discover`` function (the GPU nodes), both wired by
 
 Each node's session is owned by one task in the pool's task group (anyio scopes must
 be entered and left by the same task); callers in any task share it. The owner opens
-the transport, initialises MCP, lists the agent's tools once, then keeps the session
+the transport, initialises MCP, lists the agent's tools once (unless the agent is of the
+version whose contract the broker carries: see ``_ToolCatalog``), then keeps the session
 honest: it pings when idle so proxies and the kubelet's streaming idle timeout see
 traffic, closes it after ``idle_timeout``, and ends it at the first sign of a broken
 stream so that the next call re-opens it.
@@ -799,7 +800,7 @@ class NodePool:
 
     @asynccontextmanager
     async def _open(self, s: _Session) -> AsyncIterator[None]:
-        """Transport, MCP initialize and tools/list, bounded by the call timeout."""
+        """Transport, MCP initialize (and tools/list), bounded by the call timeout."""
         opened = False
         try:
             with anyio.fail_after(self.call_timeout) as scope:
