@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import __version__
-
 Json = dict[str, Any]
 
 # The one status vocabulary, best first. The broker, the health checks and every schema
@@ -20,7 +18,6 @@ _RANK = {status: n for n, status in enumerate(STATUSES)}
 DEFAULT_SINCE_MINUTES = 60
 
 AGENT_NAME = "k8s-gpu-mcp-agent"  # serverInfo.name
-AGENT_VERSION = __version__  # serverInfo.version: the version of this contract
 
 # An MCP extension (client capability ``extensions``) a client declares when it reads
 # tool answers from ``structuredContent`` alone: the agent then sends a one-line text

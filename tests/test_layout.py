@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first: a wing may import its own modules and the wings before it, never after.
 WINGS = ("errors", "kube", "transport", "fleet", "diagnosis", "server", "cli")
-# The agent modules the broker may import: the contract and the XID catalog lookup.
-AGENT_CONTRACT = {"agent", "agent.catalog", "agent.xid"}
+# What of the agent the broker may import: the contract, the XID catalog lookup and the
+# version (the contract's version: an agent of it is not asked for its tools list).
+AGENT_CONTRACT = {"agent", "agent.catalog", "agent.xid", "agent.__version__"}
 AGENT_FORBIDDEN = ("mcp", "mcp_types", "pydantic", "anyio", "broker", "kubernetes_asyncio")
 
 

@@ -42,7 +42,8 @@ from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
-from agent.catalog import AGENT_NAME, AGENT_VERSION, STRUCTURED_ONLY, TOOL_DEFINITIONS
+from agent import __version__ as AGENT_VERSION  # the version of agent.catalog
+from agent.catalog import AGENT_NAME, STRUCTURED_ONLY, TOOL_DEFINITIONS
 from broker import __version__
 from broker.errors import (
     AgentProtocolError,
