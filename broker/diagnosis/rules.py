@@ -752,7 +752,7 @@ def gpu_oom(c: Case) -> Verdict | None:
 def _slice_memory(c: Case, held: dict[str, Any] | None, profile: str) -> str:
     """The memory a MIG pod had: its slice's, against its GPU's."""
     index = (held or {}).get("index")
-    gpu = next(
+    gpu: dict[str, Any] = next(
         (
             g
             for g in (c.facts.inventory or {}).get("gpus") or []
