@@ -131,6 +131,9 @@ class WorkloadSpec:
     conditions: list[dict[str, Any]] = field(default_factory=list)
     last_message: str | None = None  # lastState.terminated.message
     env: dict[str, str] = field(default_factory=dict)  # e.g. NVIDIA_VISIBLE_DEVICES
+    # The MIG GPU instance the device plugin gave it (gpus: 1 of a nvidia.com/mig-* resource):
+    # its container gets NVIDIA_VISIBLE_DEVICES=MIG-<uuid> of that instance (devices.py).
+    mig_instance: int | None = None
     # Init containers, each {name, state: terminated|waiting|running, exit_code, reason,
     # message, started_ago_s, finished_ago_s}
     init_containers: list[dict[str, Any]] = field(default_factory=list)
