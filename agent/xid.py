@@ -269,7 +269,7 @@ def event_severity(event: XidEvent) -> str:
 # driver cannot attribute to one instance (Xid 95 uncontained, 79...) carry no tag.
 _XID_LINE = re.compile(
     r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{1,8}:[0-9A-Fa-f]{1,2}:[0-9A-Fa-f]{1,2}(?:\.[0-7])?)"
-    r"(?: GPU-I:(\d{1,3}))?(?: GPU-CI:(\d{1,3}))?\):"
+    r"(?: GPU-I:(\d{1,3})(?: GPU-CI:(\d{1,3}))?)?\):"
     r" ?(\d{1,6})(?:,\s*(.*))?$"
 )
 _PID_NAME = re.compile(r"pid='?(<unknown>|\d+)'?(?:,\s*name=(<unknown>|[^,]*))?(?:,\s*|$)")
