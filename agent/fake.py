@@ -6,8 +6,9 @@ driver_version, cuda_driver_version, uptime_s, product (``PRESETS``), gpu_count;
 ``gpus`` (per-GPU overrides of any field, null = unsupported), ``faults`` (``FAULT_KINDS``:
 each ``{"gpu": N, "kind": ..., params}``; ``xid`` and ``fell_off_bus`` on a MIG GPU may
 name ``gpu_instance``, logged as the driver's ``GPU-I:nn`` tag), ``processes``,
-``unsupported``, ``kmsg`` and ``journal`` (``{"ago_s", "line"}``; journal lines may predate the boot), ``mig``,
-``infiniband`` (RDMA ports), ``disabled_tools``. Errors name the key and what is wanted.
+``unsupported``, ``kmsg`` and ``journal`` (``{"ago_s", "line"}``; journal lines may
+predate the boot), ``mig``, ``infiniband`` (RDMA ports), ``disabled_tools``. Errors name
+the key and what is wanted.
 Standard library only and cheap to import (it is on the agent's start-up path): no
 hashlib (its OpenSSL import alone costs ~4 ms), identities come from zlib.crc32.
 """
