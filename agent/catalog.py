@@ -135,6 +135,12 @@ _ISSUE: Json = {
         "severity": {"type": "string", "enum": [*STATUSES[1:], "info"]},
         "message": {"type": "string"},
         "action": {"type": "string"},
+        "gpu_instance_ids": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "description": "XID issues on a MIG GPU: the GPU instances the XIDs were "
+            "attributed to (absent when none carried a tag)",
+        },
     },
     "required": ["check", "severity", "message", "action"],
 }
@@ -203,6 +209,18 @@ _XID_GROUP: Json = {
         "recovery_action": _n("string"),
         "last_message": {"type": "string"},
         "before_last_boot": {"type": "boolean"},
+        "gpu_instance_id": {
+            **_n("integer"),
+            "description": "MIG: the GPU instance the driver attributed the XID to (its "
+            "'GPU-I:nn' tag); null when the line carries none (MIG off, or an error of the "
+            "whole GPU)",
+        },
+        "compute_instance_id": {**_n("integer"), "description": "MIG: the 'GPU-CI:nn' tag"},
+        "mig_uuid": {
+            **_n("string"),
+            "description": "MIG device UUID of that GPU instance, when the inventory lists it",
+        },
+        "mig_profile": {**_n("string"), "description": "its MIG profile, e.g. 1g.10gb"},
     },
     "required": [
         "xid",
@@ -421,9 +439,10 @@ TOOL_DEFINITIONS: list[Json] = [
             "in the last since_minutes minutes. Repeats of the same XID on the same GPU are "
             "grouped with a count and first/last time (UTC). Each group carries the XID's "
             "name, severity, meaning and NVIDIA's recommended action, and the GPU (index, "
-            "UUID, PCI bus id) and process involved. Fails with the reason when the kernel "
-            "log cannot be read (e.g. the container lacks CAP_SYSLOG) or XID reading is "
-            "disabled by configuration, rather than reporting no errors."
+            "UUID, PCI bus id) and process involved; on MIG GPUs also the GPU instance the "
+            "driver attributed it to (and that MIG device's UUID and profile). Fails with the "
+            "reason when the kernel log cannot be read (e.g. the container lacks CAP_SYSLOG) "
+            "or XID reading is disabled by configuration, rather than reporting no errors."
         ),
         "inputSchema": {
             "type": "object",

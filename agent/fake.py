@@ -4,9 +4,11 @@
 optional and ``{}`` is a healthy 8x H100 node. Top-level keys (``_TOP_KEYS``): node,
 driver_version, cuda_driver_version, uptime_s, product (``PRESETS``), gpu_count;
 ``gpus`` (per-GPU overrides of any field, null = unsupported), ``faults`` (``FAULT_KINDS``:
-each ``{"gpu": N, "kind": ..., params}``), ``processes``, ``unsupported``, ``kmsg`` and
-``journal`` (``{"ago_s", "line"}``; journal lines may predate the boot), ``mig``,
-``infiniband`` (RDMA ports), ``disabled_tools``. Errors name the key and what is wanted.
+each ``{"gpu": N, "kind": ..., params}``; ``xid`` and ``fell_off_bus`` on a MIG GPU may
+name ``gpu_instance``, logged as the driver's ``GPU-I:nn`` tag), ``processes``,
+``unsupported``, ``kmsg`` and ``journal`` (``{"ago_s", "line"}``; journal lines may
+predate the boot), ``mig``, ``infiniband`` (RDMA ports), ``disabled_tools``. Errors name
+the key and what is wanted.
 Standard library only and cheap to import (it is on the agent's start-up path): no
 hashlib (its OpenSSL import alone costs ~4 ms), identities come from zlib.crc32.
 """
@@ -161,10 +163,12 @@ def _names(text: str) -> frozenset[str]:
 
 # Fault kind -> the parameters it accepts besides "gpu" and "kind".
 FAULT_KINDS: dict[str, frozenset[str]] = {
-    "fell_off_bus": frozenset({"ago_s", "recovery_action"}),
+    "fell_off_bus": frozenset({"ago_s", "recovery_action", "gpu_instance"}),
     "row_remap_failure": frozenset({"ago_s", "pid", "process", "uncorrected_rows"}),
     "thermal_throttle": frozenset({"temperature_c"}),
-    "xid": frozenset({"xid", "ago_s", "pid", "process", "message"}),
+    "xid": frozenset(
+        {"xid", "ago_s", "pid", "process", "message", "gpu_instance", "compute_instance"}
+    ),
     "nvlink_errors": frozenset(
         {"link", "crc_flit", "crc_data", "replay", "recovery", "down", "ago_s"}
     ),
@@ -749,13 +753,41 @@ class FakeBackend:
         self._kmsg.append((max(0.0, min(ago, self.uptime_s)), priority, line))
 
     def _xid_line(
-        self, gpu: int, xid: int, text: str, pid: int | None = None, process: str | None = None
+        self,
+        gpu: int,
+        xid: int,
+        text: str,
+        pid: int | None = None,
+        process: str | None = None,
+        tag: str = "",
     ) -> str:
         pci = _xid_pci(self._gpus[gpu]["pci_bus_id"])
         who = (
             f"pid={pid}, name={process or 'python3'}" if pid else "pid='<unknown>', name=<unknown>"
         )
-        return f"NVRM: Xid (PCI:{pci}): {xid}, {who}, {text}"
+        return f"NVRM: Xid (PCI:{pci}{tag}): {xid}, {who}, {text}"
+
+    def _instance_tag(self, r: _Reader, gpu: int) -> str:
+        """The driver's MIG attribution for a fault's Xid line: " GPU-I:05" (and
+        " GPU-CI:00") when the fault names a ``gpu_instance`` of the GPU's MIG instances."""
+        if "gpu_instance" not in r.obj:
+            if "compute_instance" in r.obj:
+                r.fail("compute_instance", "needs gpu_instance (the GPU instance it belongs to)")
+            return ""
+        instance = r.int_("gpu_instance", 0, 0, 99)
+        known = [m.gpu_instance_id for m in self._gpus[gpu]["mig_instances"]]
+        if not known:
+            r.fail("gpu_instance", f"GPU {gpu} has no MIG instances (give it a 'mig' entry)")
+        if instance not in known:
+            r.fail(
+                "gpu_instance",
+                f"GPU {gpu} has no GPU instance {instance}; its MIG GPU instances are "
+                + ", ".join(map(str, known)),
+            )
+        tag = f" GPU-I:{instance:02d}"
+        if "compute_instance" in r.obj:
+            tag += f" GPU-CI:{r.int_('compute_instance', 0, 0, 99):02d}"
+        return tag
 
     def _recovery_line(self, gpu: int, action: int) -> str:
         pci = _xid_pci(self._gpus[gpu]["pci_bus_id"])
@@ -780,8 +812,9 @@ class FakeBackend:
             "answer; see Xid 79 in the kernel log"
         )
         pci = g["pci_bus_id"]
+        tag = self._instance_tag(r, gpu)
         self._log(ago, f"NVRM: GPU at PCI:{_xid_pci(pci)}: {g['uuid']}", _KMSG_WARN)
-        self._log(ago, self._xid_line(gpu, 79, _XID_TEXT[79]))
+        self._log(ago, self._xid_line(gpu, 79, _XID_TEXT[79], tag=tag))
         self._log(ago, f"NVRM: GPU {pci[4:].lower()}: GPU has fallen off the bus.", _KMSG_WARN)
         self._log(ago, f"NVRM: GPU Board Serial Number: {g['serial']}", _KMSG_WARN)
         action = r.obj.get("recovery_action", 2)
@@ -835,7 +868,7 @@ class FakeBackend:
             self._log(ago, line)
             return
         text = r.str_("message", _XID_TEXT.get(xid, "Ch 00000010").format(link=0))
-        self._log(ago, self._xid_line(gpu, xid, text, pid, name))
+        self._log(ago, self._xid_line(gpu, xid, text, pid, name, self._instance_tag(r, gpu)))
 
     def _fault_nvlink_errors(self, r: _Reader, gpu: int) -> None:
         g = self._gpus[gpu]

@@ -128,11 +128,11 @@ class _Verdict:
         self.d = data
         self.i = data.index
         self.node = node
-        self.issues: list[dict[str, str]] = []
+        self.issues: list[dict[str, Any]] = []
 
-    def add(self, check: str, severity: str, message: str, action: str) -> None:
+    def add(self, check: str, severity: str, message: str, action: str, **extra: Any) -> None:
         self.issues.append(
-            {"check": check, "severity": severity, "message": message, "action": action}
+            {"check": check, "severity": severity, "message": message, "action": action, **extra}
         )
 
     @property
@@ -598,12 +598,20 @@ def _check_xids(v: _Verdict, events: Sequence[XidEvent]) -> None:
         pids = sorted({e.pid for e in group if e.pid is not None})
         who = f", pid {', '.join(map(str, pids))}" if pids else ""
         times = "once" if len(group) == 1 else f"{len(group)} times"
+        # MIG: the GPU instances the driver attributed them to ("GPU-I:nn" tags)
+        slices = sorted({e.gpu_instance_id for e in group if e.gpu_instance_id is not None})
+        where = ""
+        if slices:
+            where = f" (MIG GPU instance {', '.join(map(str, slices))})"
+            if len(slices) < len(group) and any(e.gpu_instance_id is None for e in group):
+                where = where[:-1] + ", and untagged)"
         v.add(
             "xid",
             severity,
-            f"Xid {xid} ({info.mnemonic}: {info.description}) logged {times} on {v.who}, "
-            f"last at {iso_utc(last.timestamp)}{who}.",
+            f"Xid {xid} ({info.mnemonic}: {info.description}) logged {times} on {v.who}"
+            f"{where}, last at {iso_utc(last.timestamp)}{who}.",
             recommended_action(info).replace("<index>", str(v.i)),
+            **({"gpu_instance_ids": slices} if slices else {}),
         )
 
 

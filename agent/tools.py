@@ -436,13 +436,15 @@ class Toolbox:
         since = float(arguments.get("since_minutes", DEFAULT_SINCE_MINUTES))
         backend = self.backend()
         node = self.node(backend)
-        gpus = [(g.index, g.uuid, g.pci_bus_id) for g in backend.inventory()]
+        inventory = backend.inventory()
+        gpus = [(g.index, g.uuid, g.pci_bus_id) for g in inventory]
         log = self.log_events(backend, gpus)  # KmsgUnavailable -> isError result
         cutoff = time.time() - since * 60
+        instances = {g.index: g.mig_instances for g in inventory if g.mig_instances}
         result = {
             "node": node,
             "source": log.source,
-            **analyze(log.xids, since),
+            **analyze(log.xids, since, instances=instances),
             "sxids": sxid_groups([e for e in log.sxids if e.timestamp >= cutoff]),
             "gpu_events": event_rows([e for e in log.gpu_events if e.timestamp >= cutoff]),
         }

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
-from agent.backend import KmsgRecord
+from agent.backend import KmsgRecord, MigInstance
 from agent.kmsg import DEFAULT_KMSG, boot_time, kmsg_error, parse_kmsg_text, read_kmsg
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "SEVERITY_ORDER",
     "XidEvent",
     "XidInfo",
+    "XidLine",
     "analyze",
     "boot_time",
     "catalog",
@@ -163,6 +164,10 @@ class XidEvent:
     gpu_index: int | None
     gpu_uuid: str | None
     recovery_action: int | None = None  # Xid 154 only: RECOVERY_ACTION_* value
+    # MIG: the GPU instance (and compute instance) the driver attributed the Xid to, from
+    # the line's "GPU-I:nn" ("GPU-CI:nn") tag; None when the line carries no tag.
+    gpu_instance_id: int | None = None
+    compute_instance_id: int | None = None
 
 
 _catalog: dict[int, XidInfo] | None = None
@@ -254,8 +259,17 @@ def event_severity(event: XidEvent) -> str:
 # "NVRM: Xid (PCI:0000:18:00): 13, pid=12345, name=python3, Graphics SM Warp Exception..."
 # "NVRM: Xid (0000:01:00): 31, Ch 0000000b, engmask 00000120, intr 10000000"  (old drivers)
 # "NVRM: Xid (PCI:0000:3f:00): 46"
+# On a GPU in MIG mode the driver adds the GPU instance (and, when it knows it, the compute
+# instance) the error is attributed to. NVIDIA's open kernel modules print
+#   "NVRM: Xid (PCI:%04x:%02x:%02x GPU-I:%02u GPU-CI:%02u): %d, pid=%s, name=%s, %s"
+#   "NVRM: Xid (PCI:%04x:%02x:%02x GPU-I:%02u): %d, pid=%s, name=%s, %s"
+# (src/nvidia/src/kernel/gpu/rc/kernel_rc.c, krcReportXid), and document the contained-error
+# form "NVRM: Xid (PCI:0000:01:00 GPU-I:05): 94, pid=7194, Contained: CE User Channel (0x9).
+# RST: No, D-RST: No" (src/nvidia/src/kernel/gpu/arch/ampere/kern_gpu_ga100.c). Errors the
+# driver cannot attribute to one instance (Xid 95 uncontained, 79...) carry no tag.
 _XID_LINE = re.compile(
-    r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{1,8}:[0-9A-Fa-f]{1,2}:[0-9A-Fa-f]{1,2}(?:\.[0-7])?)\):"
+    r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{1,8}:[0-9A-Fa-f]{1,2}:[0-9A-Fa-f]{1,2}(?:\.[0-7])?)"
+    r"(?: GPU-I:(\d{1,3})(?: GPU-CI:(\d{1,3}))?)?\):"
     r" ?(\d{1,6})(?:,\s*(.*))?$"
 )
 _PID_NAME = re.compile(r"pid='?(<unknown>|\d+)'?(?:,\s*name=(<unknown>|[^,]*))?(?:,\s*|$)")
@@ -301,9 +315,21 @@ def _recovery_action(detail: str) -> int | None:
     return None
 
 
-def parse_xid_line(line: str) -> tuple[int, str, int | None, str | None, str] | None:
-    """(xid, NVML PCI id, pid, process, NVRM text) from one log line, or None if it is
-    not a well-formed Xid line."""
+class XidLine(NamedTuple):
+    """One well-formed ``NVRM: Xid`` line, parsed."""
+
+    xid: int
+    pci_bus_id: str  # NVML form "00000000:3B:00.0"
+    pid: int | None
+    process: str | None
+    text: str  # the NVRM text as logged
+    gpu_instance_id: int | None = None  # MIG "GPU-I:nn" tag
+    compute_instance_id: int | None = None  # MIG "GPU-CI:nn" tag
+
+
+def parse_xid_line(line: str) -> XidLine | None:
+    """The Xid, NVML PCI id, pid, process, NVRM text and MIG instance tags of one log line,
+    or None if it is not a well-formed Xid line."""
     start = line.find("NVRM: Xid")
     if start < 0:
         return None
@@ -316,7 +342,7 @@ def parse_xid_line(line: str) -> tuple[int, str, int | None, str | None, str] | 
         return None
     pid: int | None = None
     process: str | None = None
-    detail = m[3] or ""
+    detail = m[5] or ""
     pm = _PID_NAME.match(detail)
     if pm is not None:
         if pm[1] != "<unknown>":
@@ -324,7 +350,15 @@ def parse_xid_line(line: str) -> tuple[int, str, int | None, str | None, str] | 
         name = (pm[2] or "").strip()
         if name and name != "<unknown>":
             process = name
-    return int(m[2]), pci, pid, process, text
+    return XidLine(
+        int(m[4]),
+        pci,
+        pid,
+        process,
+        text,
+        int(m[2]) if m[2] is not None else None,
+        int(m[3]) if m[3] is not None else None,
+    )
 
 
 def parse_xids(
@@ -356,24 +390,25 @@ def parse_xids(
             parsed = parse_xid_line(line)
             if parsed is None:
                 continue
-            xid, pci, pid, process, text = parsed
-            gpu_index, gpu_uuid = by_pci.get(pci, (None, None))
+            gpu_index, gpu_uuid = by_pci.get(parsed.pci_bus_id, (None, None))
             events.append(
                 XidEvent(
-                    xid=xid,
-                    pci_bus_id=pci,
+                    xid=parsed.xid,
+                    pci_bus_id=parsed.pci_bus_id,
                     timestamp=boot_time + record.usec_since_boot / 1e6,
-                    pid=pid,
-                    process=process,
-                    message=text,
+                    pid=parsed.pid,
+                    process=parsed.process,
+                    message=parsed.text,
                     gpu_index=gpu_index,
                     gpu_uuid=gpu_uuid,
-                    recovery_action=_recovery_action(text) if xid == 154 else None,
+                    recovery_action=_recovery_action(parsed.text) if parsed.xid == 154 else None,
+                    gpu_instance_id=parsed.gpu_instance_id,
+                    compute_instance_id=parsed.compute_instance_id,
                 )
             )
     if logged_uuids:
         events = [
-            _with_uuid(e, logged_uuids[e.pci_bus_id])
+            replace(e, gpu_uuid=logged_uuids[e.pci_bus_id])
             if e.gpu_uuid is None and e.pci_bus_id in logged_uuids
             else e
             for e in events
@@ -382,21 +417,21 @@ def parse_xids(
     return events
 
 
-def _with_uuid(event: XidEvent, uuid: str) -> XidEvent:
-    return XidEvent(
-        xid=event.xid,
-        pci_bus_id=event.pci_bus_id,
-        timestamp=event.timestamp,
-        pid=event.pid,
-        process=event.process,
-        message=event.message,
-        gpu_index=event.gpu_index,
-        gpu_uuid=uuid,
-        recovery_action=event.recovery_action,
+# --- analysis ---------------------------------------------------------------------
+
+
+def _instance(
+    instances: Mapping[int, Sequence[MigInstance]] | None,
+    gpu_index: int | None,
+    gpu_instance_id: int | None,
+) -> MigInstance | None:
+    """The MIG instance an instance-tagged Xid names, when the inventory lists it."""
+    if not instances or gpu_index is None or gpu_instance_id is None:
+        return None
+    return next(
+        (m for m in instances.get(gpu_index, ()) if m.gpu_instance_id == gpu_instance_id), None
     )
 
-
-# --- analysis ---------------------------------------------------------------------
 
 _MAX_LISTED = 20  # pids / process names kept per group, so output stays bounded
 
@@ -408,27 +443,33 @@ def iso_utc(timestamp: float) -> str:
 
 
 def analyze(
-    events: Iterable[XidEvent], since_minutes: float, now: float | None = None
+    events: Iterable[XidEvent],
+    since_minutes: float,
+    now: float | None = None,
+    instances: Mapping[int, Sequence[MigInstance]] | None = None,
 ) -> dict[str, Any]:
     """The ``analyze_xid_errors`` result: events at or after ``now - since_minutes``,
-    grouped by (xid, GPU), worst severity first, then most recent.
+    grouped by (xid, GPU, MIG GPU instance), worst severity first, then most recent.
+    ``instances``: the MIG instances of each GPU (by index), from the inventory, to name
+    the MIG device (uuid, profile) an instance-tagged Xid hit.
 
     Returns ``{"window": {"since_minutes", "start", "end"},
     "summary": {"events", "groups", "critical", "warning", "info", "gpus_affected",
     "worst_severity"}, "xids": [group, ...]}``; each group has xid, name, description,
     severity, immediate_action, investigatory_action, recommended_action, gpu_index,
     gpu_uuid, pci_bus_id, count, first_seen, last_seen (UTC ISO-8601), pids, processes,
-    recovery_action (Xid 154) and last_message.
+    recovery_action (Xid 154), last_message, and gpu_instance_id, compute_instance_id,
+    mig_uuid, mig_profile (MIG-tagged Xids; null otherwise).
     """
     end = time.time() if now is None else now
     start = end - since_minutes * 60.0
-    groups: dict[tuple[int, str], dict[str, Any]] = {}
+    groups: dict[tuple[int, str, int | None], dict[str, Any]] = {}
     total = 0
     for event in events:
         if event.timestamp < start:
             continue
         total += 1
-        key = (event.xid, event.pci_bus_id)
+        key = (event.xid, event.pci_bus_id, event.gpu_instance_id)
         group = groups.get(key)
         if group is None:
             group = {"events": [], "pids": [], "processes": []}
@@ -441,7 +482,7 @@ def analyze(
             names.append(event.process)
 
     rows: list[tuple[int, float, dict[str, Any]]] = []
-    for (xid, pci), group in groups.items():
+    for (xid, pci, gpu_instance), group in groups.items():
         evs: list[XidEvent] = sorted(group["events"], key=lambda e: e.timestamp)
         first, last = evs[0], evs[-1]
         info = info_for(xid)
@@ -458,6 +499,11 @@ def analyze(
                 recovery = f"0x{last.recovery_action:x}"
         if index is not None:
             action = action.replace("<index>", str(index))
+        mig = _instance(instances, index, gpu_instance)
+        compute = next(
+            (e.compute_instance_id for e in reversed(evs) if e.compute_instance_id is not None),
+            None,
+        )
         row = {
             "xid": xid,
             "name": info.mnemonic,
@@ -476,9 +522,21 @@ def analyze(
             "processes": group["processes"],
             "recovery_action": recovery,
             "last_message": last.message,
+            "gpu_instance_id": gpu_instance,
+            "compute_instance_id": compute,
+            "mig_uuid": mig.uuid if mig is not None else None,
+            "mig_profile": mig.profile if mig is not None else None,
         }
         rows.append((_SEVERITY_RANK.get(severity, 1), last.timestamp, row))
-    rows.sort(key=lambda r: (-r[0], -r[1], r[2]["xid"], r[2]["pci_bus_id"]))
+    rows.sort(
+        key=lambda r: (
+            -r[0],
+            -r[1],
+            r[2]["xid"],
+            r[2]["pci_bus_id"],
+            -1 if r[2]["gpu_instance_id"] is None else r[2]["gpu_instance_id"],
+        )
+    )
     xids = [r[2] for r in rows]
 
     counts = {name: 0 for name in SEVERITY_ORDER}

@@ -207,20 +207,25 @@ def gpu_assignment(
                 refs.append(_gpu_ref(int(item), g.get("uuid") if g else None))
             elif _UUID.match(item):
                 if item.startswith("MIG-"):
-                    parent = next(
+                    parent, mig = next(
                         (
-                            g
+                            (g, m)
                             for g in gpus
                             for m in g.get("mig_instances") or []
                             if m.get("uuid") == item
                         ),
-                        None,
+                        (None, None),
                     )
+                    extra: Obj = {"mig_uuid": item}
+                    if mig is not None and mig.get("profile"):
+                        extra["mig_profile"] = mig["profile"]
+                    if mig is not None and isinstance(mig.get("gpu_instance_id"), int):
+                        extra["gpu_instance_id"] = mig["gpu_instance_id"]
                     refs.append(
                         _gpu_ref(
                             parent.get("index") if parent else None,
                             parent.get("uuid") if parent else None,
-                            mig_uuid=item,
+                            **extra,
                         )
                     )
                 else:
@@ -286,9 +291,16 @@ def gpu_assignment(
                 if count > 1
                 else ""
             )
+            extra = {"mig_profile": profile}
+            if count == 1:  # the only instance of that profile: the device is known
+                (only,) = (m for m in g.get("mig_instances") or [] if m.get("profile") == profile)
+                if only.get("uuid"):
+                    extra["mig_uuid"] = only["uuid"]
+                if isinstance(only.get("gpu_instance_id"), int):
+                    extra["gpu_instance_id"] = only["gpu_instance_id"]
             return {
                 "known": True,
-                "gpus": [_gpu_ref(g.get("index"), g.get("uuid"), mig_profile=profile)],
+                "gpus": [_gpu_ref(g.get("index"), g.get("uuid"), **extra)],
                 "source": f"arithmetic: GPU {g.get('index')} is the node's only GPU with "
                 f"{profile} MIG instances",
                 "note": note,

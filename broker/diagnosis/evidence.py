@@ -13,6 +13,7 @@ from typing import Any
 from broker.diagnosis.allocation import covers_gpu
 from broker.diagnosis.causal import RunWindow, checked_from
 from broker.diagnosis.facts import Facts
+from broker.diagnosis.mig import pod_slice_label
 from broker.diagnosis.node_facts import NodeFacts, node_facts
 from broker.diagnosis.pod_status import (
     Failure,
@@ -143,6 +144,7 @@ class Case:
     window: RunWindow | None
     states: dict[int, list[tuple[str, str]]]  # persistent GPU states now
     signals: list[NodeSignal]
+    slices: list[Obj] = field(default_factory=list)  # MIG slices it holds (mig.pod_slices)
 
     @property
     def ns_name(self) -> str:
@@ -247,9 +249,24 @@ def closeness(row: Mapping[str, Any], message: str | None) -> tuple[bool, bool, 
 
 
 def held_words(row: Mapping[str, Any]) -> str:
+    where = row.get("slice")
+    if where == "own":
+        return "the MIG slice this pod held"
+    if where == "other":
+        return "another MIG slice than this pod's"
+    if where == "whole":
+        return "a GPU this pod held a MIG slice of, an XID that ends every slice"
+    if where == "unknown" and row.get("on_pod_gpu") is True:
+        return "a GPU this pod held a MIG slice of, on a slice that is not known"
     return {True: "a GPU this pod held", None: "a GPU this pod may have held"}.get(
         row.get("on_pod_gpu"), "a GPU this pod did not hold"
     )
+
+
+def slice_unsure(row: Mapping[str, Any]) -> bool:
+    """An XID on a GPU the pod holds a MIG slice of, with no tag that says it was the pod's
+    slice (or one that may be): weaker evidence than an XID on a whole GPU."""
+    return row.get("slice") == "unknown"
 
 
 def xid_line(row: Mapping[str, Any]) -> str:
@@ -284,6 +301,46 @@ def add_allocation(v: Verdict, c: Case) -> None:
         v.add("allocation", f"GPUs of the pod: {c.assignment['source']}")
     elif c.assignment.get("note"):
         v.add("allocation", str(c.assignment["note"]))
+    for s in c.slices:
+        v.add("allocation", f"the pod's MIG slice: {pod_slice_label(s)}")
+
+
+def add_slices(v: Verdict, c: Case) -> None:
+    """What the driver's GPU-instance tags say about the XIDs that count (in the run, or
+    whose GPU state still holds) on GPUs where MIG enters into it."""
+    rows = [r for r in c.rows if r.get("slice") and r["in_window"]]
+    if not rows:
+        return
+    mine = "; ".join(pod_slice_label(s) for s in c.slices) or "not known"
+    for r in rows:
+        what = f"XID {r['xid']} on {gpu_label(r)}"
+        if r["slice"] == "own":
+            text = (
+                f"{what}: the driver attributed it to GPU instance {r['gpu_instance_id']}, "
+                "the pod's own slice"
+            )
+        elif r["slice"] == "other":
+            text = (
+                f"{what}: the driver attributed it to another slice than the pod's ({mine}) "
+                "and contains such an error there; the pod's slice kept running"
+            )
+        elif r["slice"] == "whole":
+            tagged = (
+                f"though the driver attributed it to GPU instance {r['gpu_instance_id']}, "
+                if r.get("gpu_instance_id") is not None
+                else ""
+            )
+            remedy = r.get("immediate_action") or r.get("recovery_action") or "critical"
+            text = (
+                f"{what}: {tagged}it takes the whole GPU down (NVIDIA: {remedy}), every "
+                f"slice of it with it, the pod's ({mine}) included"
+            )
+        else:
+            text = (
+                f"{what}: no GPU-instance tag ties it to the pod's slice ({mine}); which "
+                "slice of the GPU it hit is not known"
+            )
+        v.add("xid", text)
 
 
 def add_clean(v: Verdict, c: Case) -> None:

@@ -46,6 +46,7 @@ from broker.diagnosis.causal import (
 )
 from broker.diagnosis.evidence import DRIVER_FIRMWARE_XIDS, Case, health_gpus
 from broker.diagnosis.facts import WINDOW_AFTER_S, WINDOW_BEFORE_S, Facts
+from broker.diagnosis.mig import instance, pod_slices, profiles_requested, relation
 from broker.diagnosis.node_facts import timeline_items, view
 from broker.diagnosis.pod_status import (
     containers_view,
@@ -115,10 +116,17 @@ def xid_category(group: Mapping[str, Any]) -> str:
     return "unknown"
 
 
-def _xid_rows(facts: Facts, window: RunWindow | None, assignment: Obj) -> list[Obj]:
+def _xid_rows(
+    facts: Facts,
+    window: RunWindow | None,
+    assignment: Obj,
+    slices: list[Obj],
+    profiles: set[str],
+) -> list[Obj]:
     """The agent's XID groups with their category, where they fall against the run
     (``timing``, ``offset_s`` to the exit, ``near_exit``), whether they hit a GPU the pod
-    held, and whether their GPU is still in the state they left it in (``persists``)."""
+    held (on MIG: its slice, see :mod:`broker.diagnosis.mig`), and whether their GPU is
+    still in the state they left it in (``persists``)."""
     states = gpu_states(facts.health)
     rows: list[Obj] = []
     for g in (facts.xids or {}).get("xids") or []:
@@ -133,6 +141,19 @@ def _xid_rows(facts: Facts, window: RunWindow | None, assignment: Obj) -> list[O
             timing, offset, near = place(first, last, window)
         index = g.get("gpu_index")
         category = xid_category(g)
+        tag = g.get("gpu_instance_id")
+        listed = instance(facts.inventory, index, tag)  # an agent that did not name it
+        mig = {
+            "gpu_instance_id": tag,
+            "mig_uuid": g.get("mig_uuid") or (listed or {}).get("uuid"),
+            "mig_profile": g.get("mig_profile") or (listed or {}).get("profile"),
+        }
+        on_pod = covers_gpu(assignment, index, g.get("gpu_uuid"))
+        where = relation({**g, **mig}, slices, profiles)
+        if where == "other":  # contained to another slice of the GPU
+            on_pod = False
+        elif where == "own":
+            on_pod = True
         persists = (
             isinstance(index, int)
             and index in states
@@ -162,7 +183,9 @@ def _xid_rows(facts: Facts, window: RunWindow | None, assignment: Obj) -> list[O
                 "persists": persists,
                 # Counted as a possible cause: in the run, or its GPU state still holds.
                 "in_window": timing == "during_run" or persists,
-                "on_pod_gpu": covers_gpu(assignment, index, g.get("gpu_uuid")),
+                "on_pod_gpu": on_pod,
+                **mig,
+                "slice": where,
                 "pids": g.get("pids") or [],
                 "processes": g.get("processes") or [],
                 "immediate_action": g.get("immediate_action"),
@@ -219,7 +242,8 @@ def explain(facts: Facts) -> Obj:
     assignment = gpu_assignment(
         pod, facts.node, processes=facts.processes, inventory=facts.inventory
     )
-    rows = _xid_rows(facts, window, assignment)
+    slices = pod_slices(assignment, facts.inventory)
+    rows = _xid_rows(facts, window, assignment, slices, profiles_requested(pod_requests(pod)))
     case = Case(
         facts=facts,
         pod=pod,
@@ -230,13 +254,19 @@ def explain(facts: Facts) -> Obj:
         window=window,
         states=gpu_states(facts.health),
         signals=node_signals(facts.node),
+        slices=slices,
     )
     v = decide(case)
     for r in rows:
         if r["timing"] == "during_run" and r["category"] == "hardware" and r["on_pod_gpu"] is False:
+            where = (
+                "another MIG slice than the pod's, and the driver contains it to its slice"
+                if r["slice"] == "other"
+                else "a GPU this pod did not hold"
+            )
             v.notes.append(
-                f"XID {r['xid']} ({r['name']}) on {gpu_label(r)} came during the run but on a "
-                "GPU this pod did not hold: not its cause."
+                f"XID {r['xid']} ({r['name']}) on {gpu_label(r)} came during the run but on "
+                f"{where}: not its cause."
             )
     if missing and v.confidence == "high" and v.rule not in SETTLED_BY_KUBERNETES:
         v.confidence = "medium"  # something was not seen that could change the answer

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.diagnosis.allocation import covers_gpu
+from broker.diagnosis.allocation import covers_gpu, pod_requests
 from broker.diagnosis.causal import PERSISTENT_CHECKS, RESET_STATE, pcie_replays
 from broker.diagnosis.evidence import (
     INFRA_EVENTS,
@@ -26,6 +26,7 @@ from broker.diagnosis.evidence import (
     add_allocation,
     add_clean,
     add_health,
+    add_slices,
     closeness,
     corroborates,
     gpu_free,
@@ -35,8 +36,10 @@ from broker.diagnosis.evidence import (
     matches,
     quote,
     remedy_for,
+    slice_unsure,
     xid_line,
 )
+from broker.diagnosis.mig import pod_slice_label, profiles_requested
 from broker.diagnosis.node_rules import NODE_RULES, qualify
 from broker.diagnosis.pod_status import (
     POD_INFRA_REASONS,
@@ -319,7 +322,8 @@ def hardware_xid_in_run(c: Case) -> Verdict | None:
         return None
     rows.sort(key=lambda r: closeness(r, c.message))
     best = rows[0]
-    sure = best["on_pod_gpu"] is True and not c.slice_only()
+    # on a MIG GPU: high when the XID is the pod's slice's, or one that ends every slice
+    sure = best["on_pod_gpu"] is True and not slice_unsure(best)
     f = c.failure
     v = Verdict(
         "hardware",
@@ -335,7 +339,7 @@ def hardware_xid_in_run(c: Case) -> Verdict | None:
     for r in rows:
         v.add("xid", xid_line(r))
     add_allocation(v, c)
-    if c.slice_only():
+    if slice_unsure(best):
         v.add(
             "allocation",
             "the pod held a MIG slice of that GPU; which slice the XID hit is not known",
@@ -373,7 +377,7 @@ def gpu_state_still_holds(c: Case) -> Verdict | None:
         if not states:
             continue
         check, message = states[0]
-        sure = r["on_pod_gpu"] is True and not c.slice_only()
+        sure = r["on_pod_gpu"] is True and not slice_unsure(r)
         f = c.failure
         if driver:  # firmware or a failing GPU: as for driver XIDs in the run, medium at best
             confidence, label = ("medium" if sure else "low"), "Driver/firmware"
@@ -450,9 +454,10 @@ def driver_xid_in_run(c: Case) -> Verdict | None:
     # the catalog asks no action for it (the driver recovers): it can have ended the run it
     # hit, but that is a weak link
     ignorable = best.get("immediate_action") == "IGNORE"
+    sure = best["on_pod_gpu"] is True and not slice_unsure(best)
     v = Verdict(
         "driver",
-        "medium" if best["on_pod_gpu"] is True and not ignorable else "low",
+        "medium" if sure and not ignorable else "low",
         f"Driver/firmware: XID {best['xid']} ({best['description'] or best['name']}) on "
         f"{gpu_label(best)} {relative(best['offset_s'] or 0.0)} container "
         f"{c.failure.container} exited with code {c.failure.exit_code}.",
@@ -518,7 +523,8 @@ def application_xid_in_run(c: Case) -> Verdict | None:
     f = c.failure
     v = Verdict(
         "application",
-        "high" if agreed else "medium",
+        # an XID with no tag on a MIG GPU may be another slice's process's fault
+        "high" if agreed and not slice_unsure(best) else "medium",
         f"Application fault: XID {best['xid']} ({best['description'] or best['name']}) on "
         f"{gpu_label(best)} {relative(best['offset_s'] or 0.0)} container {f.container} "
         f"exited with code {f.exit_code}; NVIDIA classes it as an application error "
@@ -710,18 +716,58 @@ def node_not_ready_in_run(c: Case) -> Verdict | None:
 
 
 def gpu_oom(c: Case) -> Verdict | None:
+    """CUDA out of memory: the workload's sizing. On a MIG slice the memory it had is the
+    slice's (a 1g.10gb slice has ~10 GB of an 80 GB GPU), which the answer says."""
     if not matches("gpu_oom", c.message):
         return None
-    v = Verdict(
-        "application",
-        "high",
-        f"Application: container {c.failure.container} ran out of GPU memory (CUDA out of "
-        "memory): the workload needs a smaller batch/model shard or a larger GPU.",
-    )
+    held = c.slices[0] if c.slices else None
+    profiles = sorted(profiles_requested(pod_requests(c.pod)))
+    profile = (held or {}).get("profile") or (profiles[0] if profiles else None)
+    if profile is None:
+        v = Verdict(
+            "application",
+            "high",
+            f"Application: container {c.failure.container} ran out of GPU memory (CUDA out of "
+            "memory): the workload needs a smaller batch/model shard or a larger GPU.",
+        )
+    else:
+        mib = (held or {}).get("memory_mib")
+        size = f" ({mib} MiB)" if mib else ""
+        v = Verdict(
+            "application",
+            "high",
+            f"Application: container {c.failure.container} ran out of GPU memory (CUDA out of "
+            f"memory) on its MIG {profile} slice{size}, which has only part of the GPU's "
+            "memory: the workload needs a smaller batch/model shard, a larger MIG profile or "
+            "a whole GPU.",
+        )
     v.add("pod", c.exit_line())
     v.add("pod", f"termination message: {first_lines(c.message, 300)}")
+    if profile is not None:
+        v.add("allocation", _slice_memory(c, held, profile))
     add_clean(v, c)
     return v
+
+
+def _slice_memory(c: Case, held: dict[str, Any] | None, profile: str) -> str:
+    """The memory a MIG pod had: its slice's, against its GPU's."""
+    index = (held or {}).get("index")
+    gpu: dict[str, Any] = next(
+        (
+            g
+            for g in (c.facts.inventory or {}).get("gpus") or []
+            if index is not None and g.get("index") == index
+        ),
+        {},
+    )
+    total = gpu.get("memory_total_mib")
+    whole = f" of GPU {index}'s {total} MiB" if total else ""
+    if held is not None and held.get("memory_mib"):
+        return (
+            f"the pod's GPU memory is its MIG slice's ({pod_slice_label(held)}): "
+            f"{held['memory_mib']} MiB{whole}"
+        )
+    return f"the pod requested a MIG {profile} slice: about {profile.split('.')[-1]} of GPU memory"
 
 
 def gpu_error_unchecked(c: Case) -> Verdict | None:
@@ -793,7 +839,9 @@ def application_exit(c: Case) -> Verdict:
             )
         else:
             r = hit[0]
-            if r["on_pod_gpu"] is False:
+            if r["slice"] == "other":
+                why = "the driver attributed it to another MIG slice than the pod's"
+            elif r["on_pod_gpu"] is False:
                 why = "it was not on the pod's GPUs"
             elif r["near_exit"] and gpu_free(c.message):
                 why = "the exit names a cause such an XID does not produce"
@@ -875,6 +923,8 @@ def decide(c: Case) -> Verdict:
         v = application_exit(c)
         v.rule = application_exit.__name__
     qualify(v, c, settled=v.rule in SETTLED_BY_KUBERNETES)
+    if v.verdict != "none":
+        add_slices(v, c)
     if v.verdict != "none" or c.failure.kind == "running":
         for s in c.signals:
             v.add("node", s.text + (f" (since {iso(s.since)})" if s.since else ""))

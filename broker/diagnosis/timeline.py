@@ -14,10 +14,17 @@ Obj = dict[str, Any]
 
 
 def gpu_label(row: Mapping[str, Any]) -> str:
-    """How an XID row names its GPU: by index, or by PCI address for a lost one."""
-    if row.get("gpu_index") is not None:
-        return f"GPU {row['gpu_index']}"
-    return f"the GPU at PCI {row.get('pci_bus_id')}"
+    """How an XID row names its GPU: by index, or by PCI address for a lost one; on a MIG
+    GPU with the slice the driver attributed it to ("GPU 2 MIG 1g.10gb instance 5")."""
+    gpu = (
+        f"GPU {row['gpu_index']}"
+        if row.get("gpu_index") is not None
+        else f"the GPU at PCI {row.get('pci_bus_id')}"
+    )
+    if row.get("gpu_instance_id") is None:
+        return gpu
+    profile = f" {row['mig_profile']}" if row.get("mig_profile") else ""
+    return f"{gpu} MIG{profile} instance {row['gpu_instance_id']}"
 
 
 def timeline(

@@ -60,6 +60,7 @@ GPU_REF: Json = {
         "uuid": _n("string"),
         "mig_uuid": {"type": "string"},
         "mig_profile": {"type": "string"},
+        "gpu_instance_id": {"type": "integer", "description": "the MIG slice's GPU instance"},
     },
     "required": ["index", "uuid"],
 }
@@ -433,6 +434,16 @@ EXPLAIN_FAILURE: Json = {
                         "offset_s": _n("number"),
                         "on_pod_gpu": _n("boolean"),
                         "recommended_action": _n("string"),
+                        "gpu_instance_id": _n("integer"),
+                        "mig_uuid": _n("string"),
+                        "mig_profile": _n("string"),
+                        "slice": {
+                            "type": ["string", "null"],
+                            "enum": ["own", "other", "whole", "unknown", None],
+                            "description": "MIG: the XID hit the pod's slice (own), another "
+                            "slice (other: contained there), every slice (whole), or an "
+                            "unknown one; null when MIG does not enter into it",
+                        },
                     },
                     "required": ["xid", "category", "gpu_index", "offset_s", "on_pod_gpu"],
                 },

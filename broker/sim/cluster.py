@@ -8,6 +8,7 @@ from the event loop or from a test's thread.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import threading
 import time
@@ -22,6 +23,7 @@ from .controllers import (
     device_plugin_daemonset,
     workload_controllers,
 )
+from .devices import mig_devices
 from .errors import SimError
 from .objects import (
     agent_pod,
@@ -132,7 +134,11 @@ class SimCluster:
         self._workload_specs = {}
         owned: list[tuple[Any, Obj]] = []
         unschedulable = scheduling.plan(self.scenario, list(self.specs.values()))
+        devices = mig_devices(self.scenario.workloads, self.agent_scenario)
         for w in self.scenario.workloads:
+            if (w.namespace, w.name) in devices:  # what the device plugin gave the container
+                env = {**w.env, "NVIDIA_VISIBLE_DEVICES": devices[(w.namespace, w.name)]}
+                w = dataclasses.replace(w, env=env)
             index = self._index.get(w.node) if w.node else None
             message = unschedulable.get((w.namespace, w.name), "")
             uuids = self.gpu_uuids(w.node) if w.node and w.visible_gpus else []

@@ -137,6 +137,9 @@ class WorkloadSpec:
     # GPUs this pod's processes run on while its container runs (one process each): the
     # node's agent lists them, and maps them to the pod when ``host_proc`` is on.
     gpu_processes: list[int] = field(default_factory=list)
+    # The MIG GPU instance the device plugin gave it (gpus: 1 of a nvidia.com/mig-* resource):
+    # its container gets NVIDIA_VISIBLE_DEVICES=MIG-<uuid> of that instance (devices.py).
+    mig_instance: int | None = None
     # Init containers, each {name, state: terminated|waiting|running, exit_code, reason,
     # message, started_ago_s, finished_ago_s}
     init_containers: list[dict[str, Any]] = field(default_factory=list)

@@ -11,6 +11,7 @@ import pytest
 from agent.catalog import STATUSES, TOOL_DEFINITIONS, TOOL_NAMES, rank, worst
 from tests.agent.helpers import ROOT
 
+
 def _agent_imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):

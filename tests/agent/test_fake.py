@@ -679,3 +679,48 @@ def test_import_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_xid_fault_on_a_mig_slice_logs_the_drivers_instance_tag() -> None:
+    mig = {"gpu": 0, "profiles": ["1g.10gb", "1g.10gb", "3g.40gb"]}
+    faults = [
+        {"gpu": 0, "kind": "xid", "xid": 13, "gpu_instance": 3, "compute_instance": 0},
+        {"gpu": 0, "kind": "xid", "xid": 94, "gpu_instance": 2, "ago_s": 30},
+    ]
+    b = backend({"product": "A100-80GB", "mig": mig, "faults": faults})
+    by_code = {e.xid: e for e in xids(b)}
+    assert (by_code[13].gpu_instance_id, by_code[13].compute_instance_id) == (3, 0)
+    assert "GPU-I:03 GPU-CI:00" in by_code[13].message
+    assert (by_code[94].gpu_instance_id, by_code[94].compute_instance_id) == (2, None)
+
+
+def test_fell_off_bus_on_a_mig_gpu_can_name_the_instance_and_lists_no_devices_after() -> None:
+    mig = {"gpu": 0, "profiles": ["1g.10gb", "3g.40gb"]}
+    fault = {"gpu": 0, "kind": "fell_off_bus", "gpu_instance": 2}
+    b = backend({"product": "A100-80GB", "mig": mig, "faults": [fault]})
+    (e79,) = [e for e in xids(b) if e.xid == 79]
+    assert e79.gpu_instance_id == 2
+    assert b.inventory()[0].mig_instances == []  # as NVML: a lost GPU lists nothing
+
+
+@pytest.mark.parametrize(
+    ("scenario", "message"),
+    [
+        ({"faults": [{"gpu": 0, "kind": "xid", "xid": 13, "gpu_instance": 1}]}, "no MIG instances"),
+        (
+            {
+                "product": "A100-80GB",
+                "mig": {"gpu": 0, "profiles": ["3g.40gb"]},
+                "faults": [{"gpu": 0, "kind": "xid", "xid": 13, "gpu_instance": 4}],
+            },
+            "no GPU instance 4; its MIG GPU instances are 1",
+        ),
+        (
+            {"faults": [{"gpu": 0, "kind": "xid", "xid": 13, "compute_instance": 1}]},
+            "needs gpu_instance",
+        ),
+    ],
+)
+def test_a_gpu_instance_must_exist(scenario: dict[str, Any], message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        backend(scenario)

@@ -468,3 +468,14 @@ def test_unsupported_queries_are_listed_never_issues() -> None:
 )
 def test_node_status_is_the_worst_gpus(statuses: list[str], expected: str) -> None:
     assert judge_node([{"status": s} for s in statuses]) == expected
+
+
+def test_xid_issues_on_a_mig_gpu_name_the_gpu_instances() -> None:
+    events = [xid(13, gpu_instance_id=3), xid(13, ago=30, gpu_instance_id=1), xid(13, ago=20)]
+    verdict = judge_gpu(gpu(), events)
+    (issue,) = [i for i in verdict["issues"] if i["check"] == "xid"]
+    assert issue["gpu_instance_ids"] == [1, 3]
+    assert "(MIG GPU instance 1, 3, and untagged)" in issue["message"]
+    plain = judge_gpu(gpu(), [xid(13)])
+    (issue,) = [i for i in plain["issues"] if i["check"] == "xid"]
+    assert "gpu_instance_ids" not in issue and "MIG" not in issue["message"]

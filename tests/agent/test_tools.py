@@ -227,6 +227,22 @@ def test_inventory_shows_mig_instances(
     assert data["driver"]["gpu_count"] == 8
 
 
+def test_xids_on_a_mig_slice_name_the_instance_and_its_device(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    mig = {"gpu": 4, "profiles": ["1g.10gb", "3g.40gb"]}
+    faults = [{"gpu": 4, "kind": "xid", "xid": 31, "gpu_instance": 2, "ago_s": 60}]
+    w = wire("--backend", "fake", "--scenario", scenario({"mig": mig, "faults": faults}))
+    inventory = content(w, "get_gpu_inventory")["gpus"][4]["mig_instances"]
+    (row,) = [g for g in content(w, "analyze_xid_errors")["xids"] if g["xid"] == 31]
+    assert (row["gpu_index"], row["gpu_instance_id"], row["mig_profile"]) == (4, 2, "3g.40gb")
+    assert row["mig_uuid"] == inventory[1]["uuid"]
+    assert "GPU-I:02" in row["last_message"]
+    health = content(w, "get_gpu_health")["gpus"][4]
+    (issue,) = [i for i in health["issues"] if i["check"] == "xid"]
+    assert issue["gpu_instance_ids"] == [2]
+
+
 def test_bad_start_up_input_is_an_agent_error(
     wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str], tmp_path: Path
 ) -> None:

@@ -786,3 +786,78 @@ def test_ctypes_is_imported_only_to_read_the_log(repo_root: Path) -> None:
         "print('ctypes' in sys.modules)\n"
     )
     assert _run_python(code, repo_root).split() == ["False", "1", "True"]
+
+
+# --- MIG: the driver's GPU-instance tag --------------------------------------------------
+# The forms NVIDIA's open kernel modules print (kernel_rc.c krcReportXid; the contained-error
+# example in kern_gpu_ga100.c).
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "NVRM: Xid (PCI:0000:18:00 GPU-I:05): 94, pid=7194, name=python, Contained: CE "
+            "User Channel (0x9). RST: No, D-RST: No",
+            (94, 7194, "python", 5, None),
+        ),
+        (
+            "NVRM: Xid (PCI:0000:18:00 GPU-I:01 GPU-CI:02): 13, pid=9, name=a, Graphics Exception",
+            (13, 9, "a", 1, 2),
+        ),
+        (
+            "NVRM: Xid (PCI:0000:18:00): 95, pid=7062, Uncontained: LTC TAG",
+            (95, 7062, None, None, None),
+        ),
+    ],
+)
+def test_mig_instance_tags_are_parsed(line: str, expected: tuple[Any, ...]) -> None:
+    parsed = xid.parse_xid_line(line)
+    assert parsed is not None
+    assert parsed.pci_bus_id == "00000000:18:00.0"
+    got = (parsed.xid, parsed.pid, parsed.process)
+    assert got + (parsed.gpu_instance_id, parsed.compute_instance_id) == expected
+    (event,) = xid.parse_xids([KmsgRecord(3, 1, 1_000_000, line)], 0.0, GPUS)
+    assert (event.gpu_index, event.gpu_instance_id, event.compute_instance_id) == (
+        0,
+        expected[3],
+        expected[4],
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "NVRM: Xid (PCI:0000:18:00 GPU-I:): 13, x",  # no instance number
+        "NVRM: Xid (PCI:0000:18:00 GPU-CI:02): 13, x",  # a CI needs its GPU instance
+        "NVRM: Xid (PCI:0000:18:00 GPU-I:1234): 13, x",
+    ],
+)
+def test_malformed_instance_tags_are_not_xids(line: str) -> None:
+    assert xid.parse_xid_line(line) is None
+
+
+def test_xids_on_different_slices_are_separate_groups_named_by_their_mig_device() -> None:
+    from agent.backend import MigInstance
+
+    def tagged(code: int, ts: float, gi: int | None) -> xid.XidEvent:
+        return make_event(code, ts, gpu_instance_id=gi)
+
+    events = [tagged(13, NOW - 30, 1), tagged(13, NOW - 20, 1), tagged(13, NOW - 10, 3)]
+    events.append(tagged(13, NOW - 5, None))
+    instances = {
+        0: [
+            MigInstance(1, 0, "MIG-aaaa", "1g.10gb", 9984),
+            MigInstance(3, 0, "MIG-cccc", "3g.40gb", 40320),
+        ]
+    }
+    groups = xid.analyze(events, 60, now=NOW, instances=instances)["xids"]
+    by_instance = {g["gpu_instance_id"]: g for g in groups}
+    assert set(by_instance) == {1, 3, None}
+    assert by_instance[1]["count"] == 2
+    assert (by_instance[1]["mig_uuid"], by_instance[1]["mig_profile"]) == ("MIG-aaaa", "1g.10gb")
+    assert (by_instance[3]["mig_uuid"], by_instance[3]["mig_profile"]) == ("MIG-cccc", "3g.40gb")
+    assert by_instance[None]["mig_uuid"] is None  # untagged: no slice to name
+    # without an inventory the instance is still reported, the device is not
+    (row,) = xid.analyze([tagged(13, NOW - 5, 7)], 60, now=NOW)["xids"]
+    assert (row["gpu_instance_id"], row["mig_uuid"]) == (7, None)

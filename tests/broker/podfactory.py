@@ -132,8 +132,10 @@ def xid(
     bucket: str | None = None,
     investigate: str | None = None,
     action: str = "catalog action",
+    gi: int | None = None,
 ) -> Obj:
-    """One analyze_xid_errors group; catalog fields from the agent's catalog by default."""
+    """One analyze_xid_errors group; catalog fields from the agent's catalog by default.
+    ``gi``: the MIG GPU instance the driver attributed it to (its ``GPU-I:nn`` tag)."""
     from agent.xid import info_for
 
     info = info_for(code)
@@ -154,7 +156,12 @@ def xid(
         "pids": [],
         "processes": [],
         "recovery_action": None,
-        "last_message": f"NVRM: Xid (PCI:0000:10:00): {code}, ...",
+        "last_message": f"NVRM: Xid (PCI:0000:10:00{'' if gi is None else f' GPU-I:{gi:02d}'}): "
+        f"{code}, ...",
+        "gpu_instance_id": gi,
+        "compute_instance_id": None,
+        "mig_uuid": None,  # the broker finds the instance in the inventory
+        "mig_profile": None,
     }
 
 
@@ -179,17 +186,26 @@ def health(*bad: tuple[int, str, str], gpus: int = 8) -> Obj:
     return {"status": worst, "summary": f"{gpus} GPU(s)", "gpus": out, "issues": []}
 
 
+_MIG_MIB = {"10gb": 9984, "20gb": 20096, "40gb": 40320, "80gb": 81024}  # as A100-80GB reports
+
+
 def inventory(gpus: int = 8, mig: dict[int, list[str]] | None = None) -> Obj:
     rows = []
     for i in range(gpus):
         instances = [
-            {"gpu_instance_id": k + 1, "uuid": f"MIG-{i}-{k}", "profile": p}
+            {
+                "gpu_instance_id": k + 1,
+                "uuid": f"MIG-{i}-{k}",
+                "profile": p,
+                "memory_total_mib": _MIG_MIB.get(p.split(".")[-1], 0),
+            }
             for k, p in enumerate((mig or {}).get(i, []))
         ]
         rows.append(
             {
                 "index": i,
                 "uuid": f"GPU-{i:08d}",
+                "memory_total_mib": 81920,
                 "mig_mode_current": bool(instances),
                 "mig_instances": instances,
             }

@@ -86,7 +86,13 @@ def test_visible_devices_in_the_pod_spec_name_gpus_and_mig_instances() -> None:
     a = gpu_assignment(p, pf.node(), inventory=pf.inventory(mig={0: ["3g.40gb", "1g.10gb"]}))
     assert a["source"] == "pod spec: NVIDIA_VISIBLE_DEVICES"
     assert a["gpus"][0] == {"index": 3, "uuid": "GPU-00000003"}
-    assert a["gpus"][1] == {"index": 0, "uuid": "GPU-00000000", "mig_uuid": "MIG-0-1"}
+    assert a["gpus"][1] == {
+        "index": 0,
+        "uuid": "GPU-00000000",
+        "mig_uuid": "MIG-0-1",
+        "mig_profile": "1g.10gb",  # the slice, from the inventory: its profile and instance
+        "gpu_instance_id": 2,
+    }
     by_index = gpu_assignment(
         pf.pod(gpus=1, env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "2"}]), pf.node()
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,46 @@ def test_a_container_that_never_started_has_the_epoch_as_its_start() -> None:
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["startedAt"] == "1970-01-01T00:00:00Z"
     assert term["finishedAt"] > "2020"
+
+
+_MIG_NODE = {
+    "name": "n-mig",
+    "product": "A100-80GB",
+    "mig": {"gpu": 0, "profiles": ["1g.10gb", "1g.10gb", "3g.40gb"], "strategy": "mixed"},
+}
+
+
+def _mig_pod(name: str, instance: int, **kw: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "node": "n-mig",
+        "gpus": 1,
+        "gpu_resource": "nvidia.com/mig-1g.10gb",
+        "mig_instance": instance,
+        "phase": "Running",
+        **kw,
+    }
+
+
+def test_a_mig_slice_the_device_plugin_gave_is_the_agents_mig_device() -> None:
+    cluster = _cluster({"nodes": [_MIG_NODE], "workloads": [_mig_pod("a", 2)]})
+    (pod,) = [p for p in cluster.pods("default") if p["metadata"]["name"] == "a"]
+    (env,) = pod["spec"]["containers"][0]["env"]
+    from agent.fake import FakeBackend
+
+    listed = FakeBackend(cluster.agent_scenario("n-mig")).inventory()[0].mig_instances
+    assert env == {"name": "NVIDIA_VISIBLE_DEVICES", "value": listed[1].uuid}
+
+
+@pytest.mark.parametrize(
+    ("pods", "message"),
+    [
+        ([_mig_pod("a", 4)], "n-mig has no MIG GPU instance 4; it has 1, 2, 3"),
+        ([_mig_pod("a", 3)], "instance 3 of n-mig is a 3g.40gb slice"),
+        ([_mig_pod("a", 1), _mig_pod("b", 1)], "instance 1 of n-mig is already held by default/a"),
+        ([_mig_pod("a", 1, gpu_resource="nvidia.com/gpu")], "needs gpus: 1 of a MIG resource"),
+    ],
+)
+def test_bad_mig_slices_name_the_problem(pods: list[dict[str, object]], message: str) -> None:
+    with pytest.raises(SimScenarioError, match=re.escape(message)):
+        _cluster({"nodes": [_MIG_NODE], "workloads": pods})
