@@ -38,7 +38,7 @@ async def case_sim(
 
 
 @pytest.mark.parametrize("name", sorted(CASE_SETS))
-def test_the_sim_holds_every_case_it_can_express(name: str) -> None:
+async def test_the_sim_holds_every_case_it_can_express(name: str) -> None:
     assert CASE_SETS[name].coverage_problems() == []
 
 
