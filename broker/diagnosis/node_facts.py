@@ -365,13 +365,13 @@ def node_facts(facts: Facts, window: RunWindow | None, assignment: Obj) -> NodeF
     root = sysfs.get("root") or "/sys"
     if sysfs.get("pcie_aer_gpus") == 0:
         why["aer"] = (
-            f"PCIe AER counters are not available under {root} (AER disabled on the root "
-            "port, an older kernel, or the host's /sys not mounted)"
+            f"PCIe AER counters are not available in the node's sysfs ({root}: AER "
+            "disabled on the root port, an older kernel, or the host's /sys not mounted)"
         )
     if nf.ib_ports is None:
         why["rdma"] = (
-            f"no InfiniBand/RoCE ports seen under {root} (no RDMA devices, or the host's "
-            "/sys not mounted): the network's state is not known"
+            f"no InfiniBand/RoCE ports seen in the node's sysfs ({root}: no RDMA devices, "
+            "or the host's /sys not mounted): the network's state is not known"
         )
     log = nf.sources.get("kernel_log") or {}
     if log.get("readable") is False and "kernel_log" not in why:
