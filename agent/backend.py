@@ -173,6 +173,9 @@ class GpuProcess:
     used_memory_mib: int | None
     kind: str  # "compute" | "graphics"
     name: str | None = None
+    # MIG: the GPU/compute instance the process runs in (None when MIG is off).
+    gpu_instance_id: int | None = None
+    compute_instance_id: int | None = None
 
 
 @dataclass

@@ -545,6 +545,12 @@ TOOL_DEFINITIONS: list[Json] = [
                                         "name": _n("string"),
                                         "used_memory_mib": _n("integer"),
                                         "kind": {"type": "string"},
+                                        "gpu_instance_id": {
+                                            **_n("integer"),
+                                            "description": "MIG: the GPU instance the process "
+                                            "runs in (null when MIG is off)",
+                                        },
+                                        "compute_instance_id": _n("integer"),
                                         "pod": _POD,
                                     },
                                     "required": ["pid", "name", "used_memory_mib", "kind", "pod"],

@@ -5,7 +5,8 @@ optional and ``{}`` is a healthy 8x H100 node. Top-level keys (``_TOP_KEYS``): n
 driver_version, cuda_driver_version, uptime_s, product (``PRESETS``), gpu_count;
 ``gpus`` (per-GPU overrides of any field, null = unsupported), ``faults`` (``FAULT_KINDS``:
 each ``{"gpu": N, "kind": ..., params}``; ``xid`` and ``fell_off_bus`` on a MIG GPU may
-name ``gpu_instance``, logged as the driver's ``GPU-I:nn`` tag), ``processes``,
+name ``gpu_instance``, logged as the driver's ``GPU-I:nn`` tag), ``processes`` (a process
+on a MIG GPU may name the ``gpu_instance`` it runs in),
 ``unsupported``, ``kmsg`` and ``journal`` (``{"ago_s", "line"}``; journal lines may
 predate the boot), ``mig``, ``infiniband`` (RDMA ports), ``disabled_tools``. Errors name
 the key and what is wanted.
@@ -21,7 +22,7 @@ import re
 import threading
 import time
 import zlib
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, NamedTuple, NoReturn
 
 from agent.backend import (
@@ -433,13 +434,17 @@ class FakeBackend:
         self._aer: dict[int, AerCounts] = {}
         self._procs: dict[int, list[GpuProcess]] = {i: [] for i in range(count)}
 
-        for i, item in enumerate(top.list_("processes")):
+        placed = [
             self._add_process(_Reader(source, f"processes[{i}]", item, _PROC_KEYS), count)
+            for i, item in enumerate(top.list_("processes"))
+        ]
         explicit = self._explicit_unsupported(top, count)
         self._gpus = [self._base_gpu(i, bus) for i, bus in enumerate(_buses(self.preset, count))]
         self._implicit = [self._preset_unsupported() for _ in range(count)]
         self._explicit = explicit
         self._apply_mig(top, count)
+        for r, gpu in placed:  # a process's gpu_instance is one of the MIG instances
+            self._place_in_instance(r, gpu)
         for i, item in enumerate(top.list_("faults")):
             self._apply_fault(f"faults[{i}]", item, count)
         self._apply_overrides(top, count)
@@ -562,7 +567,7 @@ class FakeBackend:
                 top.fail(f"disabled_tools[{i}]", f"expected a tool name, got {_json_type(name)}")
         return names
 
-    def _add_process(self, r: _Reader, count: int) -> None:
+    def _add_process(self, r: _Reader, count: int) -> tuple[_Reader, int]:
         gpu = r.gpu("gpu", count)
         if "pid" not in r.obj:
             r.fail("pid", "missing; give the process id")
@@ -575,6 +580,31 @@ class FakeBackend:
         if any(p.pid == pid for p in self._procs[gpu]):
             r.fail("pid", f"pid {pid} is listed twice on GPU {gpu}")
         self._procs[gpu].append(GpuProcess(pid=pid, used_memory_mib=mem, kind=kind, name=name))
+        return r, gpu
+
+    def _place_in_instance(self, r: _Reader, gpu: int) -> None:
+        """A process's ``gpu_instance``: the MIG instance of its GPU it runs in."""
+        if "gpu_instance" not in r.obj:
+            return
+        wanted = r.int_("gpu_instance", 0, 0, 99)
+        instances: list[MigInstance] = self._gpus[gpu]["mig_instances"]
+        if not instances:
+            r.fail("gpu_instance", f"GPU {gpu} has no MIG instances (give it a 'mig' entry)")
+        for instance in instances:
+            if instance.gpu_instance_id == wanted:
+                procs = self._procs[gpu]
+                at = next(k for k, p in enumerate(procs) if p.pid == r.obj["pid"])
+                procs[at] = replace(
+                    procs[at],
+                    gpu_instance_id=instance.gpu_instance_id,
+                    compute_instance_id=instance.compute_instance_id,
+                )
+                return
+        r.fail(
+            "gpu_instance",
+            f"GPU {gpu} has no GPU instance {wanted}; its MIG GPU instances are "
+            + ", ".join(str(m.gpu_instance_id) for m in instances),
+        )
 
     def _explicit_unsupported(self, top: _Reader, count: int) -> list[set[str]]:
         names = set()
@@ -1159,7 +1189,7 @@ class FakeBackend:
             self._closed.wait(self._hang_s)
 
 
-_PROC_KEYS = frozenset({"gpu", "pid", "name", "used_memory_mib", "kind"})
+_PROC_KEYS = frozenset({"gpu", "pid", "name", "used_memory_mib", "kind", "gpu_instance"})
 _KMSG_KEYS = frozenset({"ago_s", "line", "priority"})
 _IB_KEYS = _names("device port state phys_state rate link_layer link_downed")
 _REMAP_KEYS = frozenset({"corrected", "uncorrected", "pending", "failure"})

@@ -869,7 +869,12 @@ class NvmlBackend:
                     name = _text(_ask(pynvml.nvmlSystemGetProcessName, pid))
                     result.processes.append(
                         GpuProcess(
-                            pid=pid, used_memory_mib=_mib(proc.usedGpuMemory), kind=kind, name=name
+                            pid=pid,
+                            used_memory_mib=_mib(proc.usedGpuMemory),
+                            kind=kind,
+                            name=name,
+                            gpu_instance_id=_instance(proc, "gpuInstanceId"),
+                            compute_instance_id=_instance(proc, "computeInstanceId"),
                         )
                     )
         result.unsupported = sorted(set(r.unsupported))
@@ -879,6 +884,15 @@ class NvmlBackend:
         elif r.errors:
             result.error = "; ".join(r.errors)
         return result
+
+
+def _instance(proc: Any, field: str) -> int | None:
+    """A process's MIG instance id, or None: MIG off (0xFFFFFFFF), or an older
+    ``nvmlProcessInfo`` struct without the field."""
+    value = getattr(proc, field, None)
+    if value is None or int(value) == 0xFFFFFFFF:
+        return None
+    return int(value)
 
 
 def _fabric_tuple(info: Any, health_mask: int) -> tuple[int, int, int, int]:

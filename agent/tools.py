@@ -477,6 +477,8 @@ class Toolbox:
                         "name": name,
                         "used_memory_mib": p.used_memory_mib,
                         "kind": p.kind,
+                        "gpu_instance_id": p.gpu_instance_id,
+                        "compute_instance_id": p.compute_instance_id,
                         "pod": pod,
                     }
                 )

@@ -703,9 +703,36 @@ def test_fell_off_bus_on_a_mig_gpu_can_name_the_instance_and_lists_no_devices_af
     assert b.inventory()[0].mig_instances == []  # as NVML: a lost GPU lists nothing
 
 
+def test_a_process_on_a_mig_gpu_runs_in_the_gpu_instance_it_names() -> None:
+    mig = {"gpu": 0, "profiles": ["1g.10gb", "3g.40gb"]}
+    processes = [
+        {"gpu": 0, "pid": 4242, "gpu_instance": 2},
+        {"gpu": 0, "pid": 4343},
+        {"gpu": 1, "pid": 4444},
+    ]
+    b = backend({"product": "A100-80GB", "mig": mig, "processes": processes})
+    by_pid = {p.pid: p for g in b.processes() for p in g.processes}
+    assert (by_pid[4242].gpu_instance_id, by_pid[4242].compute_instance_id) == (2, 0)
+    assert (by_pid[4343].gpu_instance_id, by_pid[4343].compute_instance_id) == (None, None)
+    assert by_pid[4444].gpu_instance_id is None
+
+
 @pytest.mark.parametrize(
     ("scenario", "message"),
     [
+        (
+            {"processes": [{"gpu": 0, "pid": 7, "gpu_instance": 1}]},
+            r"processes\[0\]\.gpu_instance: GPU 0 has no MIG instances",
+        ),
+        (
+            {
+                "product": "A100-80GB",
+                "mig": {"gpu": 0, "profiles": ["3g.40gb", "3g.40gb"]},
+                "processes": [{"gpu": 0, "pid": 7, "gpu_instance": 3}],
+            },
+            r"processes\[0\]\.gpu_instance: GPU 0 has no GPU instance 3; its MIG GPU "
+            "instances are 1, 2",
+        ),
         ({"faults": [{"gpu": 0, "kind": "xid", "xid": 13, "gpu_instance": 1}]}, "no MIG instances"),
         (
             {

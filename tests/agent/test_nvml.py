@@ -508,6 +508,22 @@ def test_processes(nvml: Callable[..., Any]) -> None:
     ]
     assert gpus[0]["uuid"].startswith("GPU-") and gpus[0]["unsupported"] == []
     assert gpus[1]["processes"] == [] and gpus[1]["unsupported"] == ["graphics_processes"]
+    assert all(p["gpu_instance_id"] is None for p in procs)  # NVML's 0xFFFFFFFF: not MIG
+    assert all(p["compute_instance_id"] is None for p in procs)
+
+
+def test_processes_on_mig_slices_carry_their_instances(nvml: Callable[..., Any]) -> None:
+    config = {
+        "gpu.4.mig": "3g.40gb,2g.20gb",
+        "gpu.4.processes": "4242:python:9000:2,4343:python:100:1:0,4444:nvidia-smi:5",
+    }
+    procs = nvml(config, "processes")[4]["processes"]
+    assert [(p["pid"], p["gpu_instance_id"], p["compute_instance_id"]) for p in procs] == [
+        (4242, 2, 0),
+        (4343, 1, 0),
+        (4444, None, None),
+    ]
+    assert [p["used_memory_mib"] for p in procs] == [9000, 100, 5]
 
 
 # ---- NVLink ---------------------------------------------------------------------------

@@ -203,6 +203,21 @@ def test_processes_map_to_pods_through_host_proc(
     assert procs[999]["pod"] is None  # exited: no cgroup file, no error
 
 
+def test_processes_name_their_mig_gpu_instance(
+    wire: Callable[..., Wire], scenario: Callable[[dict[str, Any]], str]
+) -> None:
+    node = {
+        "product": "A100-80GB",
+        "mig": {"gpu": 0, "profiles": ["3g.40gb", "3g.40gb"]},
+        "processes": [{"gpu": 0, "pid": 4242, "gpu_instance": 2}, {"gpu": 1, "pid": 77}],
+    }
+    w = wire("--backend", "fake", "--scenario", scenario(node))
+    w.initialize()
+    procs = {p["pid"]: p for g in content(w, "get_gpu_processes")["gpus"] for p in g["processes"]}
+    assert (procs[4242]["gpu_instance_id"], procs[4242]["compute_instance_id"]) == (2, 0)
+    assert (procs[77]["gpu_instance_id"], procs[77]["compute_instance_id"]) == (None, None)
+
+
 def test_nvlink_topology_counts_active_links(fake_wire: Wire) -> None:
     data = content(fake_wire, "get_nvlink_topology")
     for gpu in data["gpus"]:

@@ -1052,7 +1052,23 @@ nvmlReturn_t nvmlDeviceGetTopologyCommonAncestor(nvmlDevice_t a, nvmlDevice_t b,
     return NVML_SUCCESS;
 }
 
-/* ---- processes: "gpu.N.processes = pid:name:MiB,..." ---- */
+/* ---- processes: "gpu.N.processes = pid:name:MiB[:GI[:CI]],..." ---- */
+
+/* The optional ":GI[:CI]" after a process's MiB: its MIG GPU and compute instance
+   (0xFFFFFFFF, NVML's "not MIG", when absent; CI defaults to 0 once GI is given). */
+static void process_instances(const char *entry, unsigned int *gi, unsigned int *ci) {
+    *gi = *ci = 0xFFFFFFFFU;
+    const char *comma = strchr(entry, ',');
+    const char *end = comma != NULL ? comma : entry + strlen(entry);
+    const char *c = entry;
+    for (int colons = 0; c < end; c++) {
+        if (*c == ':' && ++colons == 3) break;
+    }
+    if (c >= end) return;
+    char *after;
+    *gi = (unsigned int)strtoul(c + 1, &after, 10);
+    *ci = (*after == ':' && after < end) ? (unsigned int)strtoul(after + 1, NULL, 10) : 0;
+}
 
 static nvmlReturn_t list_processes(nvmlDevice_t d, const char *key, unsigned int *count,
                                    nvmlProcessInfo_t *infos) {
@@ -1069,8 +1085,7 @@ static nvmlReturn_t list_processes(nvmlDevice_t d, const char *key, unsigned int
         if (find_process(p, pid, NULL, 0, &mib)) {
             found[n].pid = pid;
             found[n].usedGpuMemory = mib << 20;
-            found[n].gpuInstanceId = 0xFFFFFFFFU;
-            found[n].computeInstanceId = 0xFFFFFFFFU;
+            process_instances(p, &found[n].gpuInstanceId, &found[n].computeInstanceId);
             n++;
         }
         p = strchr(p, ',');
