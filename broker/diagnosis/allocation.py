@@ -150,6 +150,43 @@ def _gpu_ref(index: int | None, uuid: str | None, **extra: Any) -> Obj:
     return {"index": index, "uuid": uuid, **extra}
 
 
+def _seen_by_agent(
+    processes: Mapping[str, Any], uid: str, gpus: Sequence[Mapping[str, Any]]
+) -> tuple[list[Obj], list[str]]:
+    """The GPUs (on MIG: the GPU instances) where the agent saw the pod's processes, and
+    one line per MIG instance naming the process that pins it. NVML reports the GPU
+    instance of each process, so this tells the pod's slice when nothing else can."""
+    refs: list[Obj] = []
+    pinned: list[str] = []
+    for g in processes.get("gpus") or []:
+        index, uuid = g.get("index"), g.get("uuid")
+        mine = [p for p in g.get("processes") or [] if (p.get("pod") or {}).get("pod_uid") == uid]
+        if not mine:
+            continue
+        listed: Sequence[Mapping[str, Any]] = next(
+            (x.get("mig_instances") or [] for x in gpus if x.get("index") == index), []
+        )
+        instances: dict[int, Mapping[str, Any]] = {}
+        for p in mine:
+            gi = p.get("gpu_instance_id")
+            if isinstance(gi, int):
+                instances.setdefault(gi, p)
+        if any(not isinstance(p.get("gpu_instance_id"), int) for p in mine):
+            refs.append(_gpu_ref(index, uuid))  # a process of the whole GPU (MIG off)
+        for gi, p in instances.items():
+            m: Mapping[str, Any] = next((m for m in listed if m.get("gpu_instance_id") == gi), {})
+            extra: Obj = {"gpu_instance_id": gi}
+            if m.get("uuid"):
+                extra["mig_uuid"] = m["uuid"]
+            if m.get("profile"):
+                extra["mig_profile"] = m["profile"]
+            refs.append(_gpu_ref(index, uuid, **extra))
+            name = f" ({p['name']})" if p.get("name") else ""
+            what = f"MIG {m['profile']} GPU instance" if m.get("profile") else "MIG GPU instance"
+            pinned.append(f"pid {p.get('pid')}{name} runs in GPU {index}'s {what} {gi}")
+    return refs, pinned
+
+
 def gpu_assignment(
     pod: Mapping[str, Any],
     node: Mapping[str, Any] | None = None,
@@ -177,23 +214,18 @@ def gpu_assignment(
     ):
         node = None  # another node's facts say nothing about this pod's devices
 
-    # 1. The agent saw the pod's processes on GPUs.
+    gpus = _inventory_gpus(inventory)
+
+    # 1. The agent saw the pod's processes on GPUs (on MIG: in which GPU instance).
     mapping = (processes or {}).get("pod_mapping") or {}
     if processes is not None and mapping.get("enabled") and uid:
-        seen = [
-            _gpu_ref(g.get("index"), g.get("uuid"))
-            for g in processes.get("gpus") or []
-            if any((p.get("pod") or {}).get("pod_uid") == uid for p in g.get("processes") or [])
-        ]
+        seen, pinned = _seen_by_agent(processes, uid, gpus)
         if seen:
-            return {
-                "known": True,
-                "gpus": seen,
-                "source": "agent: GPU processes mapped to pods through the host's /proc",
-                "note": "",
-            }
+            source = "agent: GPU processes mapped to pods through the host's /proc"
+            if pinned:
+                source += "; " + "; ".join(pinned)
+            return {"known": True, "gpus": seen, "source": source, "note": ""}
 
-    gpus = _inventory_gpus(inventory)
     by_uuid = {str(g.get("uuid")): g for g in gpus if g.get("uuid")}
     by_index = {int(g["index"]): g for g in gpus if isinstance(g.get("index"), int)}
 

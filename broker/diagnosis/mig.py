@@ -82,7 +82,7 @@ def pod_slices(assignment: Mapping[str, Any], inventory: Mapping[str, Any] | Non
     out: list[Obj] = []
     for ref in assignment.get("gpus") or []:
         uuid, profile = ref.get("mig_uuid"), ref.get("mig_profile")
-        if not uuid and not profile:
+        if not uuid and not profile and ref.get("gpu_instance_id") is None:
             continue
         index = ref.get("index")
         listed = _instances(inventory, index)
@@ -93,6 +93,8 @@ def pod_slices(assignment: Mapping[str, Any], inventory: Mapping[str, Any] | Non
             )
         if found is not None:
             candidates = [found]
+        elif ref.get("gpu_instance_id") is not None:  # the agent saw it; the inventory lacks it
+            candidates = [{"gpu_instance_id": ref["gpu_instance_id"], "profile": profile}]
         else:
             candidates = [m for m in listed if profile and m.get("profile") == profile]
         one = candidates[0] if len(candidates) == 1 else None

@@ -12,6 +12,7 @@ from broker.diagnosis.allocation import (
     pod_summary,
     quantity,
 )
+from broker.diagnosis.mig import pod_slices, relation
 from tests.broker import podfactory as pf
 
 UID = "11111111-2222-3333-4444-555555555555"
@@ -139,3 +140,39 @@ def test_unknown_assignments_say_why_and_which_chart_value_would_tell() -> None:
     finished = gpu_assignment(pf.pod(gpus=2), pf.node())
     assert "has finished" in finished["note"] and "held 2 nvidia.com/gpu" in finished["note"]
     assert covers_gpu(finished, 3, None) is None
+
+
+def test_a_process_in_a_mig_gpu_instance_pins_the_pods_slice() -> None:
+    p = pf.pod(gpus=1, resource="nvidia.com/mig-1g.10gb", phase="Running", uid=UID)
+    procs = pf.processes({0: UID})
+    procs["gpus"][0]["processes"][0].update(gpu_instance_id=2, compute_instance_id=0)
+    inv = pf.inventory(mig={0: ["1g.10gb", "1g.10gb", "3g.40gb"]})
+    a = gpu_assignment(p, pf.node(capacity=7), processes=procs, inventory=inv)
+    assert a["gpus"] == [
+        {
+            "index": 0,
+            "uuid": "GPU-00000000",
+            "gpu_instance_id": 2,
+            "mig_uuid": "MIG-0-1",
+            "mig_profile": "1g.10gb",
+        }
+    ]
+    assert a["source"].endswith("pid 100 (python3) runs in GPU 0's MIG 1g.10gb GPU instance 2")
+    (mine,) = pod_slices(a, inv)
+    assert (mine["gpu_instance_id"], mine["candidates"], mine["memory_mib"]) == (2, [2], 9984)
+    own = {"gpu_index": 0, "gpu_instance_id": 2, "xid": 31, "immediate_action": "RESTART_APP"}
+    assert relation(own, [mine], ["1g.10gb"]) == "own"
+    assert relation({**own, "gpu_instance_id": 1}, [mine], ["1g.10gb"]) == "other"
+    # Without an inventory the instance the agent saw still pins the slice.
+    (bare,) = pod_slices(gpu_assignment(p, pf.node(capacity=7), processes=procs), None)
+    assert (bare["gpu_instance_id"], bare["candidates"]) == (2, [2])
+
+
+def test_processes_outside_mig_pin_whole_gpus_only() -> None:
+    p = pf.pod(gpus=1, phase="Running", uid=UID)
+    procs = pf.processes({3: UID})
+    procs["gpus"][3]["processes"][0].update(gpu_instance_id=None, compute_instance_id=None)
+    a = gpu_assignment(p, pf.node(), processes=procs, inventory=pf.inventory())
+    assert a["gpus"] == [{"index": 3, "uuid": "GPU-00000003"}]
+    assert a["source"] == "agent: GPU processes mapped to pods through the host's /proc"
+    assert pod_slices(a, pf.inventory()) == []
