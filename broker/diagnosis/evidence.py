@@ -312,6 +312,9 @@ def add_slices(v: Verdict, c: Case) -> None:
     if not rows:
         return
     mine = "; ".join(pod_slice_label(s) for s in c.slices) or "not known"
+    if any(r["slice"] in ("own", "other") for r in rows) and c.assignment.get("source"):
+        # Which slice is the pod's decides these: say how that is known.
+        v.add("allocation", f"GPUs of the pod: {c.assignment['source']}")
     for r in rows:
         what = f"XID {r['xid']} on {gpu_label(r)}"
         if r["slice"] == "own":

@@ -139,7 +139,13 @@ def facts_for(case: Case) -> Facts:
         missing.append(Missing("XIDs, GPU health of node gpu-1", "the agent did not answer"))
     processes = None
     if c.get("processes"):
-        processes = pf.processes({int(k): v for k, v in c["processes"].items()})
+        spec = {int(k): v if isinstance(v, dict) else {"uid": v} for k, v in c["processes"].items()}
+        processes = pf.processes({k: v.get("uid", pf.POD_UID) for k, v in spec.items()})
+        for k, v in spec.items():  # on MIG: the GPU instance the process runs in
+            if "gi" in v:
+                processes["gpus"][k]["processes"][0].update(
+                    gpu_instance_id=v["gi"], compute_instance_id=0
+                )
     events = [pf.event(**e) for e in c.get("events", [])]
     health = _health(c)
     if xids is not None:

@@ -9,6 +9,7 @@ from typing import Any
 Obj = dict[str, Any]
 
 NOW = 1_800_000_000.0  # a fixed "now" (2027-01-15): tests are deterministic
+POD_UID = "11111111-2222-3333-4444-555555555555"  # pod()'s default uid
 
 
 def ts(offset_s: float) -> str:
@@ -51,7 +52,7 @@ def pod(
     conditions: list[Obj] | None = None,
     status_reason: str | None = None,
     status_message: str | None = None,
-    uid: str = "11111111-2222-3333-4444-555555555555",
+    uid: str = POD_UID,
     init_containers: list[Obj] | None = None,
 ) -> Obj:
     limits: Obj = {"memory": memory}

@@ -4,6 +4,8 @@ engine: every case's verdict, confidence, summary and next steps, and the calibr
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from broker.diagnosis.explain import explain
@@ -35,3 +37,13 @@ def test_calibration_high_is_never_wrong() -> None:
     right, total = (int(n) for n in report["by_confidence"]["high"].split("/"))
     assert right == total
     assert report["verdicts_right"] == report["cases"]
+
+
+def test_a_process_in_a_mig_instance_is_named_as_how_the_slice_is_known() -> None:
+    (case,) = [c for c in CASES if c.id == "mig-process-pins-the-slice-xid94-on-the-other-1g"]
+    texts = [e["text"] for e in explain(facts_for(case))["evidence"]]
+    assert any("pid 100 (python3) runs in GPU 0's MIG 1g.10gb GPU instance 1" in t for t in texts)
+    # Without the process the 1g.10gb slice is one of two: the XID may be the pod's.
+    blind = copy.deepcopy(case)
+    blind.data.pop("processes")
+    assert explain(facts_for(blind))["verdict"] == "hardware"
