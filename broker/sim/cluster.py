@@ -395,9 +395,13 @@ class SimCluster:
                     item["ago_s"] = float(item["ago_s"]) + elapsed
         procs = self.gpu_processes(node)
         if procs:
+            mig_gpu = (sc.get("mig") or {}).get("gpu") if isinstance(sc.get("mig"), dict) else None
             sc["processes"] = [*sc.get("processes", []),
-                               *({"gpu": gpu, "pid": pid, "name": "python3"}
-                                 for pid, gpu, _ in procs)]  # fmt: skip
+                               *({"gpu": gpu, "pid": pid, "name": "python3",
+                                  # NVML lists a process on a MIG GPU in its GPU instance
+                                  **({"gpu_instance": w.mig_instance}
+                                     if w.mig_instance is not None and gpu == mig_gpu else {})}
+                                 for pid, gpu, w in procs)]  # fmt: skip
         return sc
 
     def gpu_uuids(self, node: str) -> list[str]:

@@ -135,7 +135,8 @@ class WorkloadSpec:
     # UUIDs (as the node's agent reports them), as a user who pins devices would.
     visible_gpus: list[int] = field(default_factory=list)
     # GPUs this pod's processes run on while its container runs (one process each): the
-    # node's agent lists them, and maps them to the pod when ``host_proc`` is on.
+    # node's agent lists them (on the MIG GPU, in ``mig_instance``), and maps them to the
+    # pod when ``host_proc`` is on.
     gpu_processes: list[int] = field(default_factory=list)
     # The MIG GPU instance the device plugin gave it (gpus: 1 of a nvidia.com/mig-* resource):
     # its container gets NVIDIA_VISIBLE_DEVICES=MIG-<uuid> of that instance (devices.py).

@@ -46,6 +46,10 @@ async def test_the_sim_holds_every_case_it_can_express(name: str) -> None:
 async def test_every_case_end_to_end(case_sim: tuple[str, SimServer]) -> None:
     name, sim = case_sim
     case_set = CASE_SETS[name]
-    wrong, report = judge(case_set, await explain_all(sim, case_set.pods))
+    answers = await explain_all(sim, case_set.pods)
+    wrong, report = judge(case_set, answers)
     print(f"{name} set, end to end:", report)
     assert wrong == [], "\n".join(wrong)
+    if name == "first":  # the agent's NVML process list pinned the pod's MIG slice
+        pinned = answers["mig-process-pins-the-slice-xid94-on-the-other-1g"]["evidence"]
+        assert any("runs in GPU 0's MIG 1g.10gb GPU instance 1" in e["text"] for e in pinned)
